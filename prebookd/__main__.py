@@ -1,0 +1,3 @@
+from prebookd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Connections to Postgres: which one (configured or embedded) and how they are opened."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import structlog
+
+from prebookd.embedded import start_embedded
+from prebookd.errors import DatabaseError
+from prebookd.settings import Settings, mask_dsn
+
+log = structlog.get_logger(__name__)
+
+# Keepalives let the kernel notice a Postgres that vanished without closing the socket
+# (a dead VPS, a firewall dropping packets) within about 20 s instead of hours.
+SERVER_SETTINGS = {"application_name": "prebookd"}
+CONNECT_KWARGS: dict[str, Any] = {
+    "timeout": 10,
+    "server_settings": SERVER_SETTINGS,
+    "statement_cache_size": 100,
+}
+
+
+@contextlib.asynccontextmanager
+async def database_dsn(settings: Settings) -> AsyncIterator[str]:
+    """The DSN to use: the configured one, or an embedded Postgres kept up meanwhile."""
+    if settings.database_url is not None:
+        dsn = settings.database_url.get_secret_value()
+        log.debug("database_configured", dsn=mask_dsn(dsn))
+        yield dsn
+        return
+    embedded = await asyncio.wait_for(
+        asyncio.to_thread(start_embedded, settings.state_dir),
+        timeout=settings.embedded_pg_timeout,
+    )
+    log.info("embedded_postgres_started", data_dir=str(embedded.data_dir))
+    try:
+        yield embedded.dsn
+    finally:
+        await asyncio.to_thread(embedded.stop)
+        log.info("embedded_postgres_released", data_dir=str(embedded.data_dir))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns come back as Python objects, and go in from them.
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection outside any pool (the listener, the CLI, migrations)."""
+    try:
+        conn = await asyncpg.connect(dsn, **CONNECT_KWARGS)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        raise DatabaseError(f"cannot connect to Postgres at {mask_dsn(dsn)}: {exc}") from exc
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+    """The daemon's pool, sized by settings: it never grows with the number of rows."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            init=_init_connection,
+            **CONNECT_KWARGS,
+        )
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        raise DatabaseError(f"cannot connect to Postgres at {mask_dsn(dsn)}: {exc}") from exc
+    assert pool is not None
+    return pool

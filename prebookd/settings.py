@@ -1,0 +1,229 @@
+"""Every setting of prebookd, read from `PREBOOKD_*` environment variables.
+
+One pydantic-settings class: systemd's `EnvironmentFile=` and a shell `export` feed
+it alike. Every number has bounds, so a typo is refused at start-up with the name of
+the setting instead of surfacing at the opening instant.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from prebookd.errors import ConfigError
+
+
+def default_state_dir() -> Path:
+    """systemd's `StateDirectory=` when run as a unit, else the XDG state home."""
+    systemd_dir = os.environ.get("STATE_DIRECTORY")
+    if systemd_dir:
+        # StateDirectory= may list several paths separated by ':'; ours is the first.
+        return Path(systemd_dir.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "prebookd"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PREBOOKD_", extra="ignore", validate_default=True, frozen=True
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="Postgres DSN (direct or session-mode; LISTEN does not work through a "
+        "transaction pooler). Unset: an embedded Postgres in the state directory.",
+    )
+    aimharder_url: str = Field(
+        default="https://aimharder.com",
+        description="AimHarder account site (login, token refresh).",
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Where the embedded Postgres and the result spool live.",
+    )
+    instance_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=100,
+        description="Recorded on the rows this instance claims and fires.",
+    )
+
+    db_pool_min: int = Field(default=2, ge=1, le=50, description="asyncpg pool min_size.")
+    db_pool_max: int = Field(default=4, ge=1, le=100, description="asyncpg pool max_size.")
+    http_pool_limit: int = Field(
+        default=200, ge=1, le=10_000, description="aiohttp TCPConnector(limit=...)."
+    )
+    http_pool_per_host: int = Field(
+        default=100, ge=1, le=10_000, description="aiohttp TCPConnector(limit_per_host=...)."
+    )
+
+    arm_lead: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds before the instant a row is claimed and its session loaded.",
+    )
+    stage_lead: float = Field(
+        default=3.0,
+        ge=0.05,
+        le=30.0,
+        description="Seconds before the instant requests are built and connections opened.",
+    )
+    spin_window: float = Field(
+        default=0.003,
+        ge=0.0,
+        le=0.05,
+        description="The timer wakes this early, then waits out the rest on the wall clock.",
+    )
+    fire_offset: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=5.0,
+        description="Send this many seconds after available_at (never before it).",
+    )
+    retry_window: float = Field(
+        default=3.0,
+        ge=0.0,
+        le=60.0,
+        description="Seconds after the instant during which 'not open yet' is retried.",
+    )
+    retry_interval: float = Field(
+        default=0.05, ge=0.005, le=5.0, description="Seconds between retries."
+    )
+    request_timeout: float = Field(
+        default=10.0, ge=0.1, le=120.0, description="Seconds to wait for an answer."
+    )
+    late_grace: float = Field(
+        default=300.0,
+        ge=0.0,
+        le=86_400.0,
+        description="A row whose instant passed less than this ago is sent at once; "
+        "older ones fail.",
+    )
+    horizon: float = Field(
+        default=86_400.0,
+        ge=60.0,
+        le=30 * 86_400.0,
+        description="Only rows opening within this many seconds are held in memory.",
+    )
+    max_lead_days: int = Field(
+        default=400,
+        ge=1,
+        le=3650,
+        description="A row opening further ahead than this is refused as absurd.",
+    )
+    reconcile_interval: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds between full resyncs with the table (safety net for NOTIFY).",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        ge=5.0,
+        le=3600.0,
+        description="How long past the instant a claimed row stays this instance's.",
+    )
+    result_flush_interval: float = Field(
+        default=0.2,
+        ge=0.01,
+        le=10.0,
+        description="Seconds between batched writes of results.",
+    )
+    shutdown_timeout: float = Field(
+        default=20.0,
+        ge=0.0,
+        le=600.0,
+        description="On SIGTERM, wait this long for requests in flight and their results.",
+    )
+    embedded_pg_timeout: float = Field(
+        default=60.0, ge=1.0, le=600.0, description="Seconds to wait for the embedded Postgres."
+    )
+
+    log_format: Literal["console", "json"] = Field(
+        default="console", description="key=value lines for journald/terminals, or JSON."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("postgres", "postgresql"):
+            # Say what is wrong without echoing the DSN: it may hold a password.
+            raise ValueError("must be a postgresql:// URL")
+        try:
+            parts.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError:
+            raise ValueError("has a port that is not a number") from None
+        return value
+
+    @field_validator("aimharder_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_pools(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("db_pool_min must not exceed db_pool_max")
+        if self.http_pool_per_host > self.http_pool_limit:
+            raise ValueError("http_pool_per_host must not exceed http_pool_limit")
+        if self.stage_lead >= self.arm_lead:
+            raise ValueError("stage_lead must be shorter than arm_lead")
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting with secrets masked: for `prebookd config` and the start-up log."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "database_url":
+                value = mask_dsn(value.get_secret_value()) if value else "(embedded)"
+            elif isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[name] = value
+        return shown
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password replaced, safe to print."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, turning validation errors into one line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        name = f"PREBOOKD_{field.upper()}" if field else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}")
+    return "invalid setting: " + "; ".join(problems)
