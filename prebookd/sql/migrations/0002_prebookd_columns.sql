@@ -26,8 +26,8 @@ CREATE INDEX IF NOT EXISTS prebookings_to_fire_idx
 CREATE INDEX IF NOT EXISTS prebookings_user_email_idx ON prebookings (user_email);
 CREATE INDEX IF NOT EXISTS auth_sessions_user_email_idx ON auth_sessions (user_email);
 
--- The payload stays tiny whatever the row holds (NOTIFY payloads must be < 8000 bytes):
--- the listener reads the row itself by id when it needs more.
+-- The payload stays tiny whatever the row holds (NOTIFY payloads must be < 8000 bytes),
+-- yet carries what scheduling needs, so a new row is armed without reading it back.
 CREATE OR REPLACE FUNCTION prebookd_notify_prebookings() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -42,6 +42,7 @@ BEGIN
         'op', lower(TG_OP),
         'id', changed.id,
         'available_at', changed.available_at,
+        'created_at', changed.created_at,
         'status', changed.status
     )::text);
     RETURN NULL;

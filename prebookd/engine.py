@@ -1,0 +1,395 @@
+"""The engine: rows in, firings out.
+
+Rows come from resyncs and notifications. Each waits in the `Schedule` heap until
+`arm_lead` before its instant; one `loop.call_at` timer is armed for the head. When
+it rings, the due rows are claimed (lease) and loaded with their box and session in
+one query, and handed to the `Firing` of their instant, which stages and releases
+them. Cancels and reschedules reach a row wherever it is: heap, claim in flight, or
+firing (up to its gate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from prebookd import store
+from prebookd.aimharder import AimHarderClient
+from prebookd.clock import WallClock
+from prebookd.errors import BadRow
+from prebookd.firing import Firing, Timing
+from prebookd.models import RowState, build_booking, parse_notice
+from prebookd.results import ResultUpdate, ResultWriter
+from prebookd.scheduler import Entry, Schedule
+from prebookd.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# The head timer is re-armed at least this often, mapping wall time to loop time
+# afresh each time, so a wall-clock step is noticed within this long.
+MAX_TIMER_DELAY = 30.0
+ARM_RETRY_DELAY = 1.0
+ACTIVE = ("pending", "loaded")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    instance: str
+    arm_lead: float
+    fire_offset: float
+    late_grace: float
+    horizon: float
+    max_lead: float
+    lease_seconds: float
+    timing: Timing
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(
+            instance=settings.instance_name,
+            arm_lead=settings.arm_lead,
+            fire_offset=settings.fire_offset,
+            late_grace=settings.late_grace,
+            horizon=settings.horizon,
+            max_lead=settings.max_lead_days * 86_400.0,
+            lease_seconds=settings.lease_seconds,
+            timing=Timing(
+                stage_lead=settings.stage_lead,
+                spin_window=settings.spin_window,
+                retry_window=settings.retry_window,
+                retry_interval=settings.retry_interval,
+            ),
+        )
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        pool: asyncpg.Pool,
+        client: AimHarderClient,
+        results: ResultWriter,
+        on_crash: Callable[[BaseException], None],
+        clock: WallClock = time.time,
+    ) -> None:
+        self.config = config
+        self._pool = pool
+        self._client = client
+        self._results = results
+        self._on_crash = on_crash
+        self._clock = clock
+        self.schedule = Schedule()
+        self.firings: dict[float, Firing] = {}
+        self._armed: dict[UUID, Firing] = {}
+        self._arming: set[UUID] = set()
+        self._forgotten_while_arming: set[UUID] = set()
+        self._touched: dict[UUID, float] = {}  # id -> clock() of the last notification
+        self._to_fetch: set[UUID] = set()
+        self._fetch_wakeup = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm_not_before = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # ---- what the daemon asks ------------------------------------------------
+
+    @property
+    def armed_count(self) -> int:
+        return len(self.schedule) + len(self._armed)
+
+    def next_instant(self) -> float | None:
+        instants = list(self.firings)
+        head = self.schedule.head()
+        if head is not None:
+            instants.append(head.available_at + self.config.fire_offset)
+        return min(instants, default=None)
+
+    async def resync(self) -> int:
+        """Bring memory in line with the table (after connecting, and periodically)."""
+        started = self._clock()
+        now = started
+        records = await store.rows_to_schedule(
+            self._pool,
+            self.config.instance,
+            horizon_end=now + self.config.horizon,
+            absurd_after=now + self.config.max_lead,
+        )
+        seen = set()
+        for record in records:
+            row = RowState.from_record(record)
+            seen.add(row.id)
+            self._accept(row)
+        # Known rows the table no longer offers us were cancelled, deleted, or taken,
+        # unless a notification about them arrived after the query began.
+        known = self.schedule.ids() | {i for i, f in self._armed.items() if i in f.unsent_ids()}
+        for row_id in known - seen:
+            if self._touched.get(row_id, 0.0) < started:
+                self._forget(row_id, "gone from the table")
+        self._touched = {i: t for i, t in self._touched.items() if t >= started}
+        return len(records)
+
+    def on_notification(self, payload: str) -> None:
+        try:
+            notice = parse_notice(payload)
+        except ValueError as exc:
+            log.error("notification_malformed", error=str(exc), payload=payload[:200])
+            return
+        self._touched[notice.id] = self._clock()
+        if notice.op == "delete":
+            self._forget(notice.id, "deleted")
+        elif notice.status == "pending" and notice.created_at is not None:
+            self._accept(notice.row_state())
+        elif notice.status == "loaded":
+            if notice.id in self._arming:
+                return  # our own claim
+            firing = self._armed.get(notice.id)
+            if (
+                firing is not None
+                and notice.available_at is not None
+                and firing.instant == notice.available_at.timestamp() + self.config.fire_offset
+            ):
+                return  # our own claim, instant unchanged
+            self._fetch(notice.id)
+        elif notice.status in ACTIVE:
+            self._fetch(notice.id)
+        else:
+            self._forget(notice.id, notice.status or "no status")
+
+    async def fetch_loop(self, stop: asyncio.Event) -> None:
+        """Read rows a notification could not tell enough about, in batches."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._fetch_wakeup.wait(), timeout=1.0)
+            except TimeoutError:
+                continue
+            self._fetch_wakeup.clear()
+            ids, self._to_fetch = list(self._to_fetch), set()
+            if not ids:
+                continue
+            try:
+                records = await store.rows_by_id(self._pool, ids)
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("row_fetch_failed", rows=len(ids), error=str(exc))
+                continue  # the resync after reconnecting, or the reconcile, catches up
+            found = {r["id"] for r in records}
+            for record in records:
+                self._accept(RowState.from_record(record))
+            for row_id in set(ids) - found:
+                self._forget(row_id, "deleted")
+
+    async def shutdown(self, deadline: float) -> list[UUID]:
+        """Stop arming; let released requests finish until the loop-time deadline.
+
+        Returns the ids claimed but never sent, for the daemon to release."""
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+        unsent: list[UUID] = []
+        for firing in list(self.firings.values()):
+            unsent.extend(firing.cancel_unsent())
+        in_flight = [t for t in self._tasks if not t.done()]
+        loop = asyncio.get_running_loop()
+        for task in in_flight:
+            if task.get_name().startswith("arm-"):
+                task.cancel()
+        if in_flight:
+            _, pending = await asyncio.wait(in_flight, timeout=max(0.0, deadline - loop.time()))
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("shutdown_cancelled_requests", tasks=len(pending))
+                await asyncio.wait(pending, timeout=1.0)
+        return unsent
+
+    # ---- rows in and out -----------------------------------------------------
+
+    def _accept(self, row: RowState) -> None:
+        cfg = self.config
+        if row.status not in ACTIVE or self._held_elsewhere(row):
+            self._forget(row.id, row.status)
+            return
+        now = self._clock()
+        if row.available_at is None:
+            self._fail(row.id, "bad_row", "available_at is null: no instant to fire at")
+            return
+        if row.available_at > now + cfg.max_lead:
+            self._fail(
+                row.id,
+                "bad_row",
+                f"available_at is more than {cfg.max_lead / 86_400:g} days ahead: not a "
+                "plausible opening instant",
+            )
+            return
+        if row.available_at > now + cfg.horizon:
+            self._forget(row.id, "beyond the horizon")  # a later resync brings it back
+            return
+        firing = self._armed.get(row.id)
+        if firing is not None:
+            if firing.instant == row.available_at + cfg.fire_offset:
+                return
+            if not firing.withdraw(row.id):
+                return  # already on the wire: too late to move it
+            del self._armed[row.id]
+            log.info("prebooking_rescheduled", prebooking_id=str(row.id))
+        if self.schedule.upsert(Entry(row.available_at, row.created_at, row.id)):
+            self._rearm()
+
+    def _held_elsewhere(self, row: RowState) -> bool:
+        return (
+            row.status == "loaded"
+            and row.lease_owner not in (None, self.config.instance)
+            and row.lease_expires_at is not None
+            and row.lease_expires_at > self._clock()
+        )
+
+    def _forget(self, row_id: UUID, why: str) -> None:
+        removed = self.schedule.remove(row_id) is not None
+        firing = self._armed.get(row_id)
+        if firing is not None and firing.withdraw(row_id):
+            del self._armed[row_id]
+            removed = True
+        if row_id in self._arming:
+            self._forgotten_while_arming.add(row_id)
+            removed = True
+        if removed:
+            log.info("prebooking_withdrawn", prebooking_id=str(row_id), reason=why)
+            self._rearm()
+
+    def _fetch(self, row_id: UUID) -> None:
+        self._to_fetch.add(row_id)
+        self._fetch_wakeup.set()
+
+    def _fail(self, row_id: UUID, code: str, reason: str) -> None:
+        self.schedule.remove(row_id)
+        log.error("prebooking_rejected", prebooking_id=str(row_id), reason=reason)
+        self._results.report(
+            ResultUpdate(
+                row_id,
+                "failed",
+                outcome=code,
+                error_message=reason,
+                executed_at=self._clock(),
+                fired_by=self.config.instance,
+            )
+        )
+
+    # ---- the head timer and arming -------------------------------------------
+
+    def _rearm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        head = self.schedule.head()
+        if head is None or self._stopping:
+            return
+        now = self._clock()
+        wake_at = max(head.available_at - self.config.arm_lead, self._arm_not_before)
+        delay = min(max(0.0, wake_at - now), MAX_TIMER_DELAY)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock()
+        if now >= self._arm_not_before:
+            due = self.schedule.pop_due(now + self.config.arm_lead)
+            if due:
+                self._spawn(self._arm(due), name=f"arm-{len(due)}")
+        self._rearm()
+
+    async def _arm(self, entries: Sequence[Entry]) -> None:
+        ids = [e.id for e in entries]
+        self._arming.update(ids)
+        try:
+            records = await store.claim(
+                self._pool, ids, self.config.instance, self.config.lease_seconds
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("arming_failed", rows=len(ids), error=str(exc))
+            for entry in entries:
+                if entry.id not in self._forgotten_while_arming:
+                    self.schedule.upsert(entry)
+            self._arm_not_before = self._clock() + ARM_RETRY_DELAY
+            self._rearm()
+            return
+        finally:
+            self._arming.difference_update(ids)
+        forgotten, self._forgotten_while_arming = self._forgotten_while_arming, set()
+        stale = []
+        for record in records:
+            row_id = record["id"]
+            if row_id in forgotten or row_id in self.schedule:
+                stale.append(row_id)  # cancelled or moved while we were claiming
+                continue
+            self._arm_one(record)
+        if stale:
+            await self._release(stale)
+
+    def _arm_one(self, record: asyncpg.Record) -> None:
+        cfg = self.config
+        try:
+            booking = build_booking(record)
+        except BadRow as exc:
+            self._fail(record["id"], "bad_row", exc.reason)
+            return
+        late = self._clock() - booking.available_at
+        if late > cfg.late_grace:
+            self._fail(
+                booking.id,
+                "missed",
+                f"opening instant passed {late:.0f} s ago, more than late_grace "
+                f"({cfg.late_grace:g} s): not sent",
+            )
+            return
+        instant = booking.available_at + cfg.fire_offset
+        firing = self.firings.get(instant)
+        if firing is None:
+            firing = Firing(
+                instant,
+                client=self._client,
+                timing=cfg.timing,
+                report=self._results.report,
+                instance=cfg.instance,
+                clock=self._clock,
+            )
+            self.firings[instant] = firing
+            self._spawn(self._run_firing(firing), name=f"firing-{instant:.3f}")
+        firing.add(booking)
+        self._armed[booking.id] = firing
+        log.debug("prebooking_armed", prebooking_id=str(booking.id), instant=instant)
+
+    async def _run_firing(self, firing: Firing) -> None:
+        try:
+            await firing.run()
+        finally:
+            if self.firings.get(firing.instant) is firing:
+                del self.firings[firing.instant]
+            for row_id in firing.booking_ids():
+                if self._armed.get(row_id) is firing:
+                    del self._armed[row_id]
+
+    async def _release(self, ids: list[UUID]) -> None:
+        try:
+            await store.release_claims(self._pool, ids, self.config.instance)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("release_failed", rows=len(ids), error=str(exc))
+
+    def _spawn(self, coro: Awaitable[Any], *, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("engine_task_crashed", task=task.get_name(), error=repr(error))
+            self._on_crash(error)

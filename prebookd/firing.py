@@ -1,0 +1,241 @@
+"""One opening instant: stage every request before it, release them all at it.
+
+Timeline of a `Firing` for instant T:
+
+- until T - stage_lead: bookings are added (claimed rows) or withdrawn freely;
+- at T - stage_lead: each booking's request is staged (built, connection opened)
+  and parks at its own gate;
+- at T (precise wake): gates open in `(created_at, id)` order, so requests are
+  written in FIFO order; then "not open yet" answers are retried every
+  retry_interval until T + retry_window.
+
+A booking withdrawn before its gate opens is never written. Results go to the
+`report` callback (the batched writer): `executing` when written, then final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+import structlog
+
+from prebookd.aimharder import AimHarderClient, Attempt, Exchange
+from prebookd.clock import WallClock, sleep_until
+from prebookd.log import mask_email
+from prebookd.models import Booking
+from prebookd.outcomes import Verdict
+from prebookd.results import ResultUpdate
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Timing:
+    stage_lead: float
+    spin_window: float
+    retry_window: float
+    retry_interval: float
+
+
+@dataclass
+class _Slot:
+    booking: Booking
+    gate: asyncio.Future[None]
+    task: asyncio.Task[ExchangeSummary] | None = None
+
+
+@dataclass(frozen=True)
+class ExchangeSummary:
+    booking: Booking
+    written_at: float | None
+    lateness_ms: float | None
+    outcome: str
+    verdict: Verdict
+
+
+class Firing:
+    def __init__(
+        self,
+        instant: float,
+        *,
+        client: AimHarderClient,
+        timing: Timing,
+        report: Callable[[ResultUpdate], None],
+        instance: str,
+        clock: WallClock = time.time,
+    ) -> None:
+        self.instant = instant
+        self._client = client
+        self._timing = timing
+        self._report = report
+        self._instance = instance
+        self._clock = clock
+        self._slots: dict[UUID, _Slot] = {}
+        self._staged = False
+        self.released = False
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def booking_ids(self) -> set[UUID]:
+        return set(self._slots)
+
+    def add(self, booking: Booking) -> None:
+        if booking.id in self._slots:
+            return
+        loop = asyncio.get_running_loop()
+        slot = _Slot(booking, loop.create_future())
+        self._slots[booking.id] = slot
+        if self.released:
+            slot.gate.set_result(None)  # late arrival: the instant has come, send now
+        if self._staged:
+            self._stage(slot)
+
+    def withdraw(self, booking_id: UUID) -> bool:
+        """Take a booking out; False when its request may already be on the wire."""
+        slot = self._slots.get(booking_id)
+        if slot is None or slot.gate.done():
+            return False
+        del self._slots[booking_id]
+        if slot.task is not None:
+            slot.task.cancel()
+        return True
+
+    def unsent_ids(self) -> list[UUID]:
+        return [i for i, s in self._slots.items() if not s.gate.done()]
+
+    async def run(self) -> None:
+        t = self._timing
+        await sleep_until(self.instant - t.stage_lead, clock=self._clock)
+        self._staged = True
+        for slot in self._ordered():
+            self._stage(slot)
+        await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)
+        self.released = True
+        for slot in self._ordered():  # FIFO: the order of wake-ups is the write order
+            if not slot.gate.done():
+                slot.gate.set_result(None)
+        tasks = [s.task for s in self._slots.values() if s.task is not None]
+        summaries = await asyncio.gather(*tasks)
+        # Bookings added while we were gathering (rows inserted at the instant).
+        while late := [s.task for s in self._slots.values() if s.task not in tasks and s.task]:
+            tasks += late
+            summaries += await asyncio.gather(*late)
+        self._log_summary(list(summaries))
+
+    def cancel_unsent(self) -> list[UUID]:
+        """Shutdown: withdraw what has not been written; return those ids."""
+        ids = self.unsent_ids()
+        for booking_id in ids:
+            self.withdraw(booking_id)
+        return ids
+
+    def _ordered(self) -> list[_Slot]:
+        return sorted(self._slots.values(), key=lambda s: s.booking.order)
+
+    def _stage(self, slot: _Slot) -> None:
+        slot.task = asyncio.create_task(
+            self._send(slot.booking, slot.gate), name=f"send-{slot.booking.id}"
+        )
+
+    async def _send(self, booking: Booking, gate: asyncio.Future[None]) -> ExchangeSummary:
+        t = self._timing
+        first = await self._client.book(booking, Attempt(gate))
+        attempts = 1 if first.written_at is not None else 0
+        written_at = first.written_at
+        lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
+        if written_at is not None:
+            self._report(
+                ResultUpdate(
+                    booking.id,
+                    "executing",
+                    written_at=written_at,
+                    lateness_ms=lateness_ms,
+                    attempts=attempts,
+                    fired_by=self._instance,
+                )
+            )
+        exchange = first
+        retry_until = self.instant + t.retry_window
+        while exchange.outcome.verdict is Verdict.RETRY and self._clock() < retry_until:
+            await asyncio.sleep(t.retry_interval)
+            exchange = await self._client.book(booking, Attempt(None))
+            if exchange.written_at is not None:
+                attempts += 1
+                if written_at is None:
+                    written_at = exchange.written_at
+                    lateness_ms = (written_at - self.instant) * 1000
+        self._report(self._final_update(booking, exchange, attempts, written_at, lateness_ms))
+        log.info(
+            "booking_sent" if attempts else "booking_not_sent",
+            prebooking_id=str(booking.id),
+            box=booking.box,
+            member=mask_email(booking.member),
+            lateness_ms=None if lateness_ms is None else round(lateness_ms, 3),
+            attempts=attempts,
+            outcome=exchange.outcome.code,
+        )
+        verdict = exchange.outcome.verdict
+        return ExchangeSummary(booking, written_at, lateness_ms, exchange.outcome.code, verdict)
+
+    def _final_update(
+        self,
+        booking: Booking,
+        exchange: Exchange,
+        attempts: int,
+        written_at: float | None,
+        lateness_ms: float | None,
+    ) -> ResultUpdate:
+        outcome = exchange.outcome
+        if outcome.verdict is Verdict.COMPLETED:
+            status, message = "completed", None
+        elif outcome.verdict is Verdict.RETRY:
+            status = "failed"
+            message = (
+                f"{outcome.reason}; still so {self._timing.retry_window:g} s after the "
+                f"instant ({attempts} attempts)"
+            )
+        else:
+            status, message = "failed", outcome.reason
+        result = exchange.answer
+        if result is None:
+            result = {"http_status": exchange.http_status, "error": outcome.reason}
+        return ResultUpdate(
+            booking.id,
+            status,
+            outcome=outcome.code,
+            error_message=message,
+            result=result,
+            written_at=written_at,
+            lateness_ms=lateness_ms,
+            attempts=attempts,
+            executed_at=exchange.answered_at,
+            fired_by=self._instance,
+        )
+
+    def _log_summary(self, summaries: list[ExchangeSummary]) -> None:
+        if not summaries:
+            return
+        lateness = [s.lateness_ms for s in summaries if s.lateness_ms is not None]
+        # FIFO held if, in prebooking order, each first request was written no earlier
+        # than the one before it.
+        written = [s.written_at for s in sorted(summaries, key=lambda s: s.booking.order)]
+        sent = [w for w in written if w is not None]
+        fifo = all(a <= b for a, b in itertools.pairwise(sent))
+        log.info(
+            "instant_fired",
+            instant=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.instant))
+            + f".{int(self.instant * 1000) % 1000:03d}Z",
+            count=len(summaries),
+            fifo=fifo,
+            lateness_p50_ms=round(statistics.median(lateness), 3) if lateness else None,
+            lateness_max_ms=round(max(lateness), 3) if lateness else None,
+            outcomes=dict(Counter(s.outcome for s in summaries)),
+        )

@@ -1,0 +1,246 @@
+"""Rows as the daemon sees them, parsed at the edge (pydantic) into frozen dataclasses.
+
+A row that cannot be sent as it is raises `BadRow` with a reason for the row's
+`error_message`; the daemon fails that row and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+from uuid import UUID
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from yarl import URL
+
+from prebookd.errors import BadRow
+
+# What a browser sends; AimHarder's front end posts forms through XMLHttpRequest.
+USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+)
+AUTH_COOKIE = "amhrdrauth"
+RecordLike = Mapping[str, Any] | asyncpg.Record
+_COOKIE_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_COOKIE_VALUE = re.compile(r"^[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*$")
+
+
+@dataclass(frozen=True)
+class RowState:
+    """The scheduling-relevant columns of a prebooking."""
+
+    id: UUID
+    available_at: float | None  # epoch seconds
+    created_at: float
+    status: str
+    lease_owner: str | None
+    lease_expires_at: float | None
+
+    @classmethod
+    def from_record(cls, record: RecordLike) -> RowState:
+        return cls(
+            id=record["id"],
+            available_at=_epoch(record["available_at"]),
+            created_at=_epoch(record["created_at"]) or 0.0,
+            status=record["status"] or "pending",
+            lease_owner=record["lease_owner"],
+            lease_expires_at=_epoch(record["lease_expires_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class Booking:
+    """A claimed row with everything needed to send it: no DB access left to do."""
+
+    id: UUID
+    member: str
+    box: str
+    available_at: float
+    created_at: float
+    url: URL
+    body: bytes
+    headers: Mapping[str, str]
+
+    @property
+    def order(self) -> tuple[float, float, UUID]:
+        return (self.available_at, self.created_at, self.id)
+
+
+class BookingData(BaseModel):
+    """`prebookings.booking_data`: exactly the form fields of `POST /api/book`."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    day: str
+    id: str
+    familyId: str = ""
+    insist: int = 0
+
+    @field_validator("day", mode="before")
+    @classmethod
+    def _day(cls, value: Any) -> str:
+        text = str(value)
+        if not re.fullmatch(r"\d{8}", text):
+            raise ValueError("must be YYYYMMDD")
+        dt.datetime.strptime(text, "%Y%m%d")  # a real date
+        return text
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _session_id(cls, value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("must be the class session id")
+        text = str(value).strip()
+        if not text or len(text) > 64:
+            raise ValueError("must be the class session id")
+        return text
+
+    @field_validator("familyId", mode="before")
+    @classmethod
+    def _family(cls, value: Any) -> str:
+        return "" if value is None else str(value)
+
+
+def build_booking(record: RecordLike) -> Booking:
+    """A claimed row (joined with its box and session) as a ready-to-send Booking."""
+    if not record["box_found"]:
+        raise BadRow("unknown box: the row's box_id matches no box")
+    data = _parse_booking_data(record["booking_data"])
+    base_url = _box_base_url(record["base_url"], record["subdomain"])
+    cookies = _cookie_header(record["aimharder_cookies"], record["session_found"])
+    available_at = _epoch(record["available_at"])
+    if available_at is None:
+        raise BadRow("available_at is null")
+    form = {"id": data.id, "day": data.day, "insist": str(data.insist), "familyId": data.familyId}
+    headers = {
+        "Accept": "*/*",
+        "X-Requested-With": "XMLHttpRequest",
+        "Content-Type": "application/x-www-form-urlencoded; charset=UTF-8",
+        "User-Agent": USER_AGENT,
+        "Origin": base_url,
+        "Referer": base_url + "/",
+        "Cookie": cookies,
+    }
+    return Booking(
+        id=record["id"],
+        member=record["user_email"] or "",
+        box=record["subdomain"] or "",
+        available_at=available_at,
+        created_at=_epoch(record["created_at"]) or 0.0,
+        url=URL(base_url + "/api/book"),
+        body=urlencode(form).encode(),
+        headers=headers,
+    )
+
+
+def _parse_booking_data(raw: Any) -> BookingData:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise BadRow("booking_data is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise BadRow("booking_data must be a JSON object with day, id, familyId, insist")
+    try:
+        return BookingData.model_validate(raw)
+    except ValidationError as exc:
+        problems = ", ".join(
+            f"{'.'.join(map(str, e['loc']))} {e['msg'].lower()}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise BadRow(f"booking_data is invalid: {problems}") from None
+
+
+def _box_base_url(base_url: str | None, subdomain: str | None) -> str:
+    if not base_url:
+        if not subdomain:
+            raise BadRow("box has neither base_url nor subdomain")
+        base_url = f"https://{subdomain}.aimharder.com"
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRow(f"box base_url is not an http(s) URL: {base_url[:100]}")
+    return base_url.rstrip("/")
+
+
+def _cookie_header(raw: Any, session_found: bool) -> str:
+    """`Cookie:` value from `auth_sessions.aimharder_cookies` ([{"name", "value"}])."""
+    if not session_found:
+        raise BadRow("no background session for this member: log in again")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise BadRow("background session cookies are not valid JSON") from None
+    if isinstance(raw, dict):  # {"name": "value"} is accepted too
+        raw = [{"name": k, "value": v} for k, v in raw.items()]
+    if not isinstance(raw, list):
+        raise BadRow("background session has no cookies: log in again")
+    pairs = []
+    for cookie in raw:
+        if not isinstance(cookie, dict):
+            raise BadRow("background session cookies are malformed")
+        name, value = str(cookie.get("name", "")), str(cookie.get("value", ""))
+        # A value with ';' or a newline would smuggle headers: refuse it outright.
+        if not _COOKIE_TOKEN.match(name) or not _COOKIE_VALUE.match(value):
+            raise BadRow("background session cookies are malformed")
+        pairs.append(f"{name}={value}")
+    if not any(p.startswith(AUTH_COOKIE + "=") and len(p) > len(AUTH_COOKIE) + 1 for p in pairs):
+        raise BadRow(f"background session has no {AUTH_COOKIE} cookie: log in again")
+    return "; ".join(pairs)
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+class Notice(BaseModel):
+    """A `pg_notify('prebookings', ...)` payload, as the trigger writes it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    op: str
+    id: UUID
+    available_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+    status: str | None = None
+
+    @field_validator("op")
+    @classmethod
+    def _op(cls, value: str) -> str:
+        if value not in ("insert", "update", "delete"):
+            raise ValueError("must be insert, update or delete")
+        return value
+
+    @field_validator("available_at", "created_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must carry a time zone")
+        return value
+
+    def row_state(self) -> RowState:
+        return RowState(
+            id=self.id,
+            available_at=_epoch(self.available_at),
+            created_at=_epoch(self.created_at) or 0.0,
+            status=self.status or "pending",
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+
+
+def parse_notice(payload: str) -> Notice:
+    """Parse a payload; raises ValueError with a readable reason."""
+    try:
+        return Notice.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(map(str, first["loc"])) or "payload"
+        raise ValueError(f"{where}: {first['msg']}") from None

@@ -1,0 +1,117 @@
+"""Results written back in batches, off the hot path.
+
+Firings `report()` updates (no I/O: a dict write); a background task flushes them
+every `flush_interval` in one statement. Updates for the same row are merged, so an
+`executing` and a `completed` that meet in one batch become one write. If Postgres
+is unreachable the batch stays in memory and is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+FINAL_STATUSES = frozenset({"completed", "failed"})
+
+
+@dataclass(frozen=True)
+class ResultUpdate:
+    id: UUID
+    status: str  # executing | completed | failed
+    outcome: str | None = None
+    error_message: str | None = None
+    result: Any = None
+    written_at: float | None = None
+    lateness_ms: float | None = None
+    attempts: int | None = None
+    executed_at: float | None = None
+    fired_by: str | None = None
+
+    def merged_with(self, newer: ResultUpdate) -> ResultUpdate:
+        """`newer` wins field by field, except that a final status is never undone."""
+        if self.status in FINAL_STATUSES and newer.status not in FINAL_STATUSES:
+            newer, older = self, newer
+        else:
+            older = self
+        changes = {
+            f.name: getattr(newer, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(newer, f.name) is not None
+        }
+        return dataclasses.replace(older, **changes)
+
+
+Writer = Callable[[Sequence[ResultUpdate]], Awaitable[None]]
+
+
+class ResultWriter:
+    def __init__(self, write: Writer, *, flush_interval: float) -> None:
+        self._write = write
+        self._flush_interval = flush_interval
+        self._pending: dict[UUID, ResultUpdate] = {}
+        self._wakeup = asyncio.Event()
+        self.written = 0
+
+    def report(self, update: ResultUpdate) -> None:
+        known = self._pending.get(update.id)
+        self._pending[update.id] = update if known is None else known.merged_with(update)
+        if update.status in FINAL_STATUSES:
+            self._wakeup.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush until `stop` is set; the caller flushes what remains (`drain`)."""
+        backoff = self._flush_interval
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            # Let a burst finish reporting before writing: one batch, not one per row.
+            await asyncio.sleep(self._flush_interval)
+            self._wakeup.clear()
+            if await self.flush():
+                backoff = self._flush_interval
+            else:
+                backoff = min(backoff * 2, 5.0)
+
+    async def flush(self) -> bool:
+        """Write what is pending; False (and everything kept) if the write failed."""
+        if not self._pending:
+            return True
+        batch, self._pending = self._pending, {}
+        try:
+            await self._write(list(batch.values()))
+        except Exception as exc:
+            # Put the batch back under anything reported meanwhile (which is newer).
+            for row_id, update in batch.items():
+                newer = self._pending.get(row_id)
+                self._pending[row_id] = update if newer is None else update.merged_with(newer)
+            log.warning("results_write_failed", rows=len(batch), error=str(exc))
+            return False
+        self.written += len(batch)
+        log.debug("results_written", rows=len(batch))
+        return True
+
+    async def drain(self, deadline: float) -> bool:
+        """Flush until nothing is pending or the loop-time deadline passes."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            if await self.flush():
+                continue
+            if loop.time() + 0.5 > deadline:
+                log.error("results_not_written", rows=len(self._pending))
+                return False
+            await asyncio.sleep(0.5)
+        return True

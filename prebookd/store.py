@@ -1,0 +1,162 @@
+"""Every SQL statement the daemon runs, as named functions. The rest never sees SQL.
+
+Claims follow the design's multi-instance rule: a row is this instance's when it
+is `pending`, or `loaded` with this instance's lease, or `loaded` with an expired
+lease. `FOR UPDATE SKIP LOCKED` keeps two instances from waiting on each other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from uuid import UUID
+
+import asyncpg
+
+from prebookd.results import ResultUpdate
+
+_ROW_STATE_COLUMNS = "id, available_at, created_at, status, lease_owner, lease_expires_at"
+
+# Rows this instance may schedule: pending, or loaded under its own or a dead lease.
+_MINE = """(status = 'pending'
+            OR (status = 'loaded' AND (lease_owner = $1 OR lease_expires_at < now())))"""
+
+
+async def rows_to_schedule(
+    conn: asyncpg.Connection | asyncpg.Pool, owner: str, horizon_end: float, absurd_after: float
+) -> list[asyncpg.Record]:
+    """Rows to hold in memory: those opening before the horizon, plus broken ones
+    (no instant, or an absurd one) so that they can be failed with a reason."""
+    return list(
+        await conn.fetch(
+            f"""
+            SELECT {_ROW_STATE_COLUMNS} FROM prebookings
+            WHERE status IN ('pending', 'loaded') AND {_MINE}
+              AND (available_at IS NULL OR available_at < $2 OR available_at > $3)
+            ORDER BY available_at NULLS FIRST, created_at, id
+            """,
+            owner,
+            _ts(horizon_end),
+            _ts(absurd_after),
+        )
+    )
+
+
+async def rows_by_id(
+    conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[UUID]
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            f"SELECT {_ROW_STATE_COLUMNS} FROM prebookings WHERE id = ANY($1::uuid[])", list(ids)
+        )
+    )
+
+
+async def claim(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    ids: Sequence[UUID],
+    owner: str,
+    lease_seconds: float,
+) -> list[asyncpg.Record]:
+    """Take the lease on these rows and return them with their box and session.
+
+    Rows held by another live instance, or no longer pending, are simply absent
+    from the answer. The lease runs until `lease_seconds` after the instant."""
+    return list(
+        await conn.fetch(
+            f"""
+            WITH target AS (
+                SELECT id FROM prebookings
+                WHERE id = ANY($2::uuid[]) AND status IN ('pending', 'loaded')
+                  AND {_MINE}
+                FOR UPDATE SKIP LOCKED
+            ), claimed AS (
+                UPDATE prebookings p
+                   SET status = 'loaded', loaded_at = now(), lease_owner = $1,
+                       lease_expires_at = greatest(now(), p.available_at)
+                                          + make_interval(secs => $3)
+                  FROM target
+                 WHERE p.id = target.id
+             RETURNING p.id, p.user_email, p.box_id, p.booking_data, p.available_at,
+                       p.created_at
+            )
+            SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
+                   s.found IS NOT NULL AS session_found, s.aimharder_cookies
+              FROM claimed c
+              LEFT JOIN boxes b ON b.id = c.box_id
+              LEFT JOIN LATERAL (
+                   SELECT true AS found, a.aimharder_cookies FROM auth_sessions a
+                    WHERE a.user_email = c.user_email AND a.session_type = 'background'
+                    ORDER BY a.updated_at DESC NULLS LAST
+                    LIMIT 1) s ON true
+             ORDER BY c.available_at, c.created_at, c.id
+            """,
+            owner,
+            list(ids),
+            lease_seconds,
+        )
+    )
+
+
+async def release_claims(
+    conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[UUID], owner: str
+) -> int:
+    """Give back rows claimed but not sent (shutdown, withdrawn): pending again."""
+    result = await conn.execute(
+        """
+        UPDATE prebookings
+           SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = ANY($1::uuid[]) AND status = 'loaded' AND lease_owner = $2
+        """,
+        list(ids),
+        owner,
+    )
+    return int(result.split()[-1])
+
+
+async def write_results(
+    conn: asyncpg.Connection | asyncpg.Pool, updates: Sequence[ResultUpdate]
+) -> None:
+    """Write a batch of outcomes in one statement.
+
+    A final row (completed/failed) is never rewritten. A row cancelled while its
+    request was already on the wire still gets the truth recorded."""
+    if not updates:
+        return
+    await conn.execute(
+        """
+        UPDATE prebookings p
+           SET status        = u.status,
+               outcome       = coalesce(u.outcome, p.outcome),
+               error_message = coalesce(u.error_message, p.error_message),
+               result        = coalesce(u.result::jsonb, p.result),
+               written_at    = coalesce(u.written_at, p.written_at),
+               lateness_ms   = coalesce(u.lateness_ms, p.lateness_ms),
+               attempts      = greatest(coalesce(u.attempts, 0), p.attempts),
+               executed_at   = coalesce(u.executed_at, p.executed_at),
+               fired_by      = coalesce(u.fired_by, p.fired_by)
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                      $6::timestamptz[], $7::float8[], $8::int[], $9::timestamptz[],
+                      $10::text[])
+               AS u(id, status, outcome, error_message, result, written_at, lateness_ms,
+                    attempts, executed_at, fired_by)
+         WHERE p.id = u.id
+           AND (p.status IN ('pending', 'loaded', 'executing')
+                OR (p.status = 'cancelled' AND u.written_at IS NOT NULL))
+        """,
+        [u.id for u in updates],
+        [u.status for u in updates],
+        [u.outcome for u in updates],
+        [u.error_message for u in updates],
+        [None if u.result is None else json.dumps(u.result) for u in updates],
+        [_ts(u.written_at) for u in updates],
+        [u.lateness_ms for u in updates],
+        [u.attempts for u in updates],
+        [_ts(u.executed_at) for u in updates],
+        [u.fired_by for u in updates],
+    )
+
+
+def _ts(epoch: float | None) -> dt.datetime | None:
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC)
