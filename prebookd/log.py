@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -19,10 +19,23 @@ import structlog
 SECRET_KEYS = re.compile(r"(pass(word)?|token|cookie|secret|authorization|dsn)", re.IGNORECASE)
 SECRET_PATTERNS = [
     # a cookie or form value of AimHarder's session
-    (re.compile(r"(amhrdrauth|AWSALB\w*|PHPSESSID|token|password)=([^;&\s\"']+)", re.I), r"\1=****"),
-    # the password of a DSN: scheme://user:PASSWORD@host
-    (re.compile(r"(\w+://[^:/@\s]*:)([^@\s]+)(@)"), r"\1****\3"),
+    (
+        re.compile(r"(amhrdrauth|AWSALB\w*|PHPSESSID|token|password)=([^;&\s\"']+)", re.I),
+        r"\1=****",
+    ),
+    # the same in JSON text (an answer body in an error): "token": "..."
+    (
+        re.compile(r"(\"[\w-]*(?:token|password|cookie|secret)[\w-]*\"\s*:\s*\")([^\"]*)", re.I),
+        r"\1****",
+    ),
+    # an Authorization header value
+    (re.compile(r"(Bearer\s+)[^\s\"',;]+", re.I), r"\1****"),
+    # the password of a DSN: scheme://user:PASSWORD@host (up to the last '@' of the
+    # netloc: an unescaped '@' inside the password must not leave its tail visible)
+    (re.compile(r"(\w+://[^:/@\s]*:)([^\s/]+)(@)"), r"\1****\3"),
 ]
+# Values logged as they are: they cannot hold a secret and keep their own rendering.
+_PLAIN = (int, float, bool, type(None))
 
 
 def redact_text(text: str) -> str:
@@ -34,13 +47,22 @@ def redact_text(text: str) -> str:
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
-    if isinstance(value, dict):
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, Mapping):  # dict, and also aiohttp's CIMultiDict headers
+        if isinstance(value.get("name"), str) and "value" in value:
+            # a cookie-jar entry: {"name": "amhrdrauth", "value": "..."}
+            return {**value, "value": "****"}
         return {
             k: "****" if SECRET_KEYS.search(str(k)) else _redact_value(v) for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]
-    return value
+    # Any other object (an exception, a model) is rendered by its repr: scrub that,
+    # and keep the object itself when there is nothing to hide.
+    text = repr(value)
+    scrubbed = redact_text(text)
+    return value if scrubbed == text else scrubbed
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -8,6 +8,7 @@ the setting instead of surfacing at the opening instant.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -179,12 +180,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_pools(self) -> Settings:
+        # Named as the operator sets them: this message is all they get.
         if self.db_pool_min > self.db_pool_max:
-            raise ValueError("db_pool_min must not exceed db_pool_max")
+            raise ValueError("PREBOOKD_DB_POOL_MIN must not exceed PREBOOKD_DB_POOL_MAX")
         if self.http_pool_per_host > self.http_pool_limit:
-            raise ValueError("http_pool_per_host must not exceed http_pool_limit")
+            raise ValueError("PREBOOKD_HTTP_POOL_PER_HOST must not exceed PREBOOKD_HTTP_POOL_LIMIT")
         if self.stage_lead >= self.arm_lead:
-            raise ValueError("stage_lead must be shorter than arm_lead")
+            raise ValueError("PREBOOKD_STAGE_LEAD must be shorter than PREBOOKD_ARM_LEAD")
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -202,13 +204,18 @@ class Settings(BaseSettings):
         return shown
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def mask_dsn(dsn: str) -> str:
     """The DSN with its password replaced, safe to print."""
+    masked = dsn
     parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+        masked = parts._replace(netloc=netloc).geturl()
+    # libpq also takes the password as a query parameter: ...?password=...
+    return _QUERY_PASSWORD.sub(r"\1****", masked)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -223,7 +230,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         field = ".".join(str(part) for part in error["loc"])
-        name = f"PREBOOKD_{field.upper()}" if field else "settings"
         message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{name}: {message}")
+        # A check across settings has no field; its message names the settings itself.
+        problems.append(f"PREBOOKD_{field.upper()}: {message}" if field else message)
     return "invalid setting: " + "; ".join(problems)

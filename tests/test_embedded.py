@@ -1,0 +1,73 @@
+"""The embedded Postgres: what `prebookd migrate` does with no PREBOOKD_DATABASE_URL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+
+def cli_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any PREBOOKD_* of the developer's, plus these."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("PREBOOKD_") and key != "STATE_DIRECTORY"
+    }
+    env.update(settings)
+    return env
+
+
+async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `python -m prebookd ARGS`; return its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "prebookd",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def postgres_running_in(data_dir: Path) -> bool:
+    """A server holds `postmaster.pid` while it runs, and names its data dir in its
+    command line."""
+    if (data_dir / "postmaster.pid").exists():
+        return True
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        if str(data_dir).encode() in args and any(b"postgres" in arg for arg in args):
+            return True
+    return False
+
+
+async def test_migrate_runs_on_an_embedded_postgres_and_stops_it(tmp_path: Path) -> None:
+    env = cli_env(PREBOOKD_STATE_DIR=str(tmp_path))
+    data_dir = tmp_path / "pgdata"
+
+    code, out, err = await run_prebookd("migrate", env=env)
+
+    assert code == 0, err
+    assert "applied 0001_" in out
+    started = [line for line in out.splitlines() if "embedded_postgres_started" in line]
+    assert len(started) == 1
+    assert str(data_dir) in started[0]
+    assert (data_dir / "PG_VERSION").exists()
+    assert not postgres_running_in(data_dir)
+
+    code, out, err = await run_prebookd("migrate", env=env)
+
+    assert code == 0, err
+    assert "nothing to apply" in out
+    assert "applied" not in out
+    assert not postgres_running_in(data_dir)

@@ -1,0 +1,129 @@
+"""What prebookd's log lines show: events and fields, never a secret."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from multidict import CIMultiDict
+
+from prebookd.log import configure_logging, mask_email
+
+SECRETS = ("s3cretTok", "c00kieVal", "pa55word", "dsnPa55", "nestedTok", "jarVal", "bodyTok")
+
+
+@pytest.fixture(params=["console", "json"])
+def log_format(request: pytest.FixtureRequest) -> Iterator[str]:
+    fmt: str = request.param
+    yield fmt
+    structlog.reset_defaults()
+
+
+def emit(fmt: str, event: str, **fields: Any) -> None:
+    configure_logging("info", fmt)
+    structlog.get_logger("test").info(event, **fields)
+
+
+def test_secret_keys_are_masked(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    emit(
+        log_format,
+        "session_loaded",
+        token="s3cretTok",
+        cookie="amhrdrauth=c00kieVal",
+        password="pa55word",
+        aimharder_cookies=[{"name": "amhrdrauth", "value": "c00kieVal"}],
+        box="crossfitnorte",
+    )
+
+    out = capsys.readouterr().out
+    assert "session_loaded" in out
+    assert "crossfitnorte" in out
+    for secret in SECRETS:
+        assert secret not in out
+
+
+def test_secrets_inside_text_are_masked(
+    log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emit(
+        log_format,
+        "login answered Set-Cookie: amhrdrauth=c00kieVal; path=/; PHPSESSID=c00kieVal",
+        error="cannot connect to postgresql://prebookd:dsnPa55@db.internal:5432/prebookd",
+        body='{"token": "bodyTok", "bookState": 1}',
+        form="login=ana%40example.com&password=pa55word&token=s3cretTok",
+    )
+
+    out = capsys.readouterr().out
+    assert "db.internal:5432" in out
+    assert "bookState" in out
+    for secret in SECRETS:
+        assert secret not in out
+
+
+def test_nested_secrets_are_masked(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    emit(
+        log_format,
+        "token_refreshed",
+        session={
+            "user": "ana@example.com",
+            "auth": {"aimharder_token": "nestedTok", "fingerprint": "bg-ana"},
+        },
+        jar=[{"name": "amhrdrauth", "value": "jarVal"}],
+        headers=CIMultiDict({"Cookie": "amhrdrauth=c00kieVal", "Accept": "application/json"}),
+        error=RuntimeError("connect postgresql://u:dsnPa55@host/db failed"),
+    )
+
+    out = capsys.readouterr().out
+    assert "bg-ana" in out
+    assert "application/json" in out
+    for secret in SECRETS:
+        assert secret not in out
+
+
+def test_exception_tracebacks_are_masked(
+    log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("info", log_format)
+    try:
+        raise RuntimeError("token refresh failed for token=s3cretTok")
+    except RuntimeError:
+        structlog.get_logger("test").exception("token_refresh_failed")
+
+    out = capsys.readouterr().out
+    assert "token_refresh_failed" in out
+    assert "RuntimeError" in out
+    assert "s3cretTok" not in out
+
+
+def test_json_lines_keep_ordinary_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        emit("json", "prebooking_fired", prebooking_id="abc", lateness_ms=0.4, attempts=1)
+    finally:
+        structlog.reset_defaults()
+
+    line = json.loads(capsys.readouterr().out)
+    assert line["event"] == "prebooking_fired"
+    assert line["level"] == "info"
+    assert (line["prebooking_id"], line["lateness_ms"], line["attempts"]) == ("abc", 0.4, 1)
+
+
+def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        configure_logging("warning", "console")
+        log = structlog.get_logger("test")
+        log.info("quiet_event")
+        log.warning("loud_event")
+    finally:
+        structlog.reset_defaults()
+
+    out = capsys.readouterr().out
+    assert "quiet_event" not in out
+    assert "loud_event" in out
+
+
+def test_mask_email() -> None:
+    assert mask_email("jane.doe@example.com") == "ja***@example.com"
+    assert mask_email(None) == "?"
