@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import structlog
@@ -17,9 +17,9 @@ from prebookd.settings import Settings, mask_dsn
 
 log = structlog.get_logger(__name__)
 
-# Keepalives let the kernel notice a Postgres that vanished without closing the socket
-# (a dead VPS, a firewall dropping packets) within about 20 s instead of hours.
-SERVER_SETTINGS = {"application_name": "prebookd"}
+# A dead Postgres is noticed by the listener's health check (a SELECT 1 with a
+# timeout); the pool's connections are checked as they are used.
+SERVER_SETTINGS = {"application_name": "prebookd-pool"}
 CONNECT_KWARGS: dict[str, Any] = {
     "timeout": 10,
     "server_settings": SERVER_SETTINGS,
@@ -55,14 +55,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    """One connection outside any pool (the listener, the CLI, migrations)."""
+async def connect(dsn: str, *, role: str = "cli") -> asyncpg.Connection:
+    """One connection outside any pool (the listener, the CLI, migrations).
+
+    `role` shows in pg_stat_activity's application_name, so an operator can tell
+    the listener from the pool at a glance."""
+    kwargs = {**CONNECT_KWARGS, "server_settings": {"application_name": f"prebookd-{role}"}}
     try:
-        conn = await asyncpg.connect(dsn, **CONNECT_KWARGS)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        conn = await asyncpg.connect(dsn, **kwargs)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise DatabaseError(f"cannot connect to Postgres at {mask_dsn(dsn)}: {exc}") from exc
     await _init_connection(conn)
-    return conn
+    return cast(asyncpg.Connection, conn)
 
 
 async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
@@ -75,7 +79,7 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
             init=_init_connection,
             **CONNECT_KWARGS,
         )
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise DatabaseError(f"cannot connect to Postgres at {mask_dsn(dsn)}: {exc}") from exc
     assert pool is not None
     return pool

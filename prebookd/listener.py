@@ -61,7 +61,7 @@ class Listener:
             self.reconnects += 1
 
     async def _session(self, stop: asyncio.Event) -> None:
-        conn = await connect(self._dsn)
+        conn = await connect(self._dsn, role="listener")
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
