@@ -2,15 +2,20 @@
 
 Building an aiohttp request costs about 0.2 ms of CPU here, and opening a connection
 costs a DNS lookup and a TCP (and TLS) handshake. None of that may happen at the
-opening instant. So a request is *staged*: `book(..., gate=future)` runs aiohttp's
-whole request path (URL, headers, cookies, body, connection from the pool or a new
-one) and then parks, holding its connection, until `gate` resolves. When the instant
-comes, only the write is left.
+opening instant. So a request is *staged*: `book(..., Attempt(gate))` runs aiohttp's
+whole request path (URL, headers, cookies, connection from the pool or a new one,
+status line and headers serialised, body task started) and parks at the very last
+step, aiohttp's `on_request_chunk_sent` trace, which is awaited right before the
+headers and body go to the socket in one write. When the gate opens only that write
+is left.
 
-The parking happens in `StagingConnector.connect`, right after a connection is
-obtained and right before aiohttp writes; which gate to wait on travels in a context
-variable, so no aiohttp internals are touched. A request withdrawn while parked
-(cancelled) hands its unused connection back to the pool: nothing was written.
+Parking any earlier is not enough on Python 3.11: aiohttp writes the body from a
+task of its own, so requests released together would each be prepared before the
+first one is written (100 requests: the first written ~10 ms late).
+
+Which gate to wait on travels in a context variable (the body task copies the
+context), so no aiohttp internals are touched. A request withdrawn while parked is
+cancelled before anything is written; aiohttp then closes its connection.
 """
 
 from __future__ import annotations
@@ -18,14 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import structlog
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.connector import Connection
-from aiohttp.tracing import Trace
 
 from prebookd.models import Booking
 from prebookd.outcomes import Outcome, classify_http, transport_failure
@@ -41,7 +43,6 @@ class Attempt:
 
     gate: asyncio.Future[None] | None
     written_at: float | None = None
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 _current_attempt: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
@@ -49,34 +50,16 @@ _current_attempt: contextvars.ContextVar[Attempt | None] = contextvars.ContextVa
 )
 
 
-class StagingConnector(aiohttp.TCPConnector):
-    """A TCPConnector that parks a staged request after connecting, before writing."""
-
-    async def connect(
-        self,
-        req: ClientRequest,
-        traces: list[Trace],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
-    ) -> Connection:
-        conn = await super().connect(req, traces, timeout)
-        attempt = _current_attempt.get()
-        if attempt is not None:
-            attempt.connected.set()
-            if attempt.gate is not None:
-                try:
-                    await attempt.gate
-                except BaseException:
-                    conn.release()  # unused: back to the pool, still warm
-                    raise
-        return conn
-
-
-async def _stamp_write(
+async def _hold_then_stamp(
     session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestChunkSentParams
 ) -> None:
-    # Fires right before the body (coalesced with the headers) goes to the socket.
+    # Awaited by aiohttp right before it writes headers and body to the socket.
     attempt = _current_attempt.get()
-    if attempt is not None and attempt.written_at is None:
+    if attempt is None:
+        return
+    if attempt.gate is not None and not attempt.gate.done():
+        await attempt.gate
+    if attempt.written_at is None:
         attempt.written_at = time.time()
 
 
@@ -101,12 +84,12 @@ class AimHarderClient:
             total=None, sock_connect=request_timeout, sock_read=request_timeout
         )
         self._session: aiohttp.ClientSession | None = None
-        self._connector: StagingConnector | None = None
+        self._connector: aiohttp.TCPConnector | None = None
 
     async def start(self) -> None:
         trace = aiohttp.TraceConfig()
-        trace.on_request_chunk_sent.append(_stamp_write)
-        self._connector = StagingConnector(
+        trace.on_request_chunk_sent.append(_hold_then_stamp)
+        self._connector = aiohttp.TCPConnector(
             limit=self._limit,
             limit_per_host=self._limit_per_host,
             keepalive_timeout=60,
