@@ -1,4 +1,7 @@
-"""Logging: structlog to stdout, one event per line, secrets scrubbed.
+"""Logging: structlog to stderr, one event per line, secrets scrubbed.
+
+stderr, so that a command's own output on stdout (`prebookd list --json`, the id
+that `prebookd add` prints) stays clean for pipes; journald takes both streams.
 
 Events are stable snake_case names with key=value fields (or JSON). A redaction step
 runs last before rendering, so no code path can log a cookie, token or password by
@@ -16,7 +19,11 @@ from typing import Any
 
 import structlog
 
-SECRET_KEYS = re.compile(r"(pass(word)?|token|cookie|secret|authorization|dsn)", re.IGNORECASE)
+# Keys whose value is a secret: `password`, `token`, `aimharder_token`, `cookies`,
+# `auth_cookie`... but not `token_update_count` or `passes`.
+SECRET_KEYS = re.compile(
+    r"(^|_)(password|passwd|token|cookies?|secret|authorization|auth_cookie)$", re.IGNORECASE
+)
 SECRET_PATTERNS = [
     # a cookie or form value of AimHarder's session
     (
@@ -101,6 +108,6 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )

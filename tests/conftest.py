@@ -9,6 +9,8 @@ cheap (a clone is a file copy, no migrations rerun).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,17 +29,21 @@ def dsn_with_database(dsn: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_dsn() -> Iterator[str]:
     configured = os.environ.get("PREBOOKD_TEST_DATABASE_URL")
     if configured:
         yield configured
         return
-    state_dir: Path = tmp_path_factory.mktemp("embedded-pg")
+    # A directory of our own, not pytest's tmp_path: pytest prunes old basetemp
+    # directories, which would pull the data from under a server still in use by a
+    # concurrent test session.
+    state_dir = Path(tempfile.mkdtemp(prefix="prebookd-test-pg-"))
     server = start_embedded(state_dir)
     try:
         yield server.dsn
     finally:
         server.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 async def _admin(dsn: str) -> asyncpg.Connection:

@@ -59,7 +59,8 @@ async def test_migrate_runs_on_an_embedded_postgres_and_stops_it(tmp_path: Path)
 
     assert code == 0, err
     assert "applied 0001_" in out
-    started = [line for line in out.splitlines() if "embedded_postgres_started" in line]
+    # Logs go to stderr; stdout holds only what the command says.
+    started = [line for line in err.splitlines() if "embedded_postgres_started" in line]
     assert len(started) == 1
     assert str(data_dir) in started[0]
     assert (data_dir / "PG_VERSION").exists()
@@ -70,4 +71,5 @@ async def test_migrate_runs_on_an_embedded_postgres_and_stops_it(tmp_path: Path)
     assert code == 0, err
     assert "nothing to apply" in out
     assert "applied" not in out
+    assert "embedded_postgres" not in out
     assert not postgres_running_in(data_dir)

@@ -38,7 +38,7 @@ def test_secret_keys_are_masked(log_format: str, capsys: pytest.CaptureFixture[s
         box="crossfitnorte",
     )
 
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "session_loaded" in out
     assert "crossfitnorte" in out
     for secret in SECRETS:
@@ -56,7 +56,7 @@ def test_secrets_inside_text_are_masked(
         form="login=ana%40example.com&password=pa55word&token=s3cretTok",
     )
 
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "db.internal:5432" in out
     assert "bookState" in out
     for secret in SECRETS:
@@ -76,7 +76,7 @@ def test_nested_secrets_are_masked(log_format: str, capsys: pytest.CaptureFixtur
         error=RuntimeError("connect postgresql://u:dsnPa55@host/db failed"),
     )
 
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "bg-ana" in out
     assert "application/json" in out
     for secret in SECRETS:
@@ -92,7 +92,7 @@ def test_exception_tracebacks_are_masked(
     except RuntimeError:
         structlog.get_logger("test").exception("token_refresh_failed")
 
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "token_refresh_failed" in out
     assert "RuntimeError" in out
     assert "s3cretTok" not in out
@@ -104,7 +104,7 @@ def test_json_lines_keep_ordinary_fields(capsys: pytest.CaptureFixture[str]) -> 
     finally:
         structlog.reset_defaults()
 
-    line = json.loads(capsys.readouterr().out)
+    line = json.loads(capsys.readouterr().err)
     assert line["event"] == "prebooking_fired"
     assert line["level"] == "info"
     assert (line["prebooking_id"], line["lateness_ms"], line["attempts"]) == ("abc", 0.4, 1)
@@ -119,7 +119,7 @@ def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         structlog.reset_defaults()
 
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "quiet_event" not in out
     assert "loud_event" in out
 
@@ -127,3 +127,13 @@ def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
 def test_mask_email() -> None:
     assert mask_email("jane.doe@example.com") == "ja***@example.com"
     assert mask_email(None) == "?"
+
+
+def test_ordinary_fields_that_merely_mention_a_secret_are_shown(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info", "json")
+    structlog.get_logger("t").info("session_refreshed", token_update_count=3, passes=2)
+    line = json.loads(capsys.readouterr().err)
+    assert line["token_update_count"] == 3
+    assert line["passes"] == 2
