@@ -5,6 +5,7 @@ first come first served."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
@@ -230,3 +231,49 @@ async def test_row_armed_before_start_is_fired_after_restart(
     assert final["outcome"] == "booked"
     assert 0 <= final["lateness_ms"] < 50
     assert isinstance(final["id"], uuid.UUID)
+
+
+async def test_not_open_yet_is_retried_inside_the_window_and_logout_is_never_success(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    box = await add_box(conn, sim, "box-e")
+    for email in ("patient@x.es", "toosoon@x.es"):
+        await add_member(conn, sim, email)
+    t = time.time() + 3.0
+    # The box opens 0.4 s after the instant the web app computed: retries must catch it.
+    open_class(sim, "box-e", "1", t + 0.4, 10)
+    # ...and this one opens only after the retry window (1 s here): a clear failure.
+    open_class(sim, "box-e", "2", t + 5.0, 10)
+    open_class(sim, "box-e", "3", t, 10)
+    async with running_daemon(db_dsn, tmp_path, retry_window=1.0, retry_interval=0.05) as d:
+        patient = await add_prebooking(conn, box, "patient@x.es", "1", t)
+        too_soon = await add_prebooking(conn, box, "toosoon@x.es", "2", t)
+        # A session AimHarder no longer knows: the box answers {"logout": 1}.
+        await add_member(conn, sim, "dead@x.es")
+        await conn.execute(
+            """UPDATE auth_sessions SET aimharder_cookies = '[{"name": "amhrdrauth",
+               "value": "unknown-to-aimharder"}]' WHERE user_email = 'dead@x.es'"""
+        )
+        dead = await add_prebooking(conn, box, "dead@x.es", "3", t)
+        rows = {r["id"]: r for r in await wait_rows_final(conn, [patient, too_soon, dead])}
+        assert await d.stop() == 0
+
+    assert rows[patient]["status"] == "completed"
+    assert rows[patient]["attempts"] > 1, "refused while not open, then booked"
+    assert 0 <= rows[patient]["lateness_ms"] < 50, "lateness is of the first request"
+    tries = [r for r in arrivals_of(sim) if r.email == "patient@x.es"]
+    assert len(tries) == rows[patient]["attempts"]
+    gaps = [b.arrived_at - a.arrived_at for a, b in itertools.pairwise(tries)]
+    assert all(g >= 0.05 for g in gaps), "retries keep their interval"
+
+    assert rows[dead]["status"] == "failed"
+    assert rows[dead]["outcome"] == "session_expired"
+    assert "log in again" in rows[dead]["error_message"]
+    assert rows[dead]["result"] == {"logout": 1}
+
+    assert rows[too_soon]["status"] == "failed"
+    assert rows[too_soon]["outcome"] == "not_open"
+    assert "still so 1 s after the instant" in rows[too_soon]["error_message"]
+    assert rows[too_soon]["result"]["errorMssgLang"] == "ERROR_ANTELACION_CLIENTE"
+    last_try = max(r.arrived_at for r in arrivals_of(sim) if r.email == "toosoon@x.es")
+    assert last_try < t + 1.2, "no retry after the window"
