@@ -80,7 +80,8 @@ async def sample_connections(dsn: str, stop: asyncio.Event, seen: list[int]) -> 
             seen.append(
                 await conn.fetchval(
                     "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name LIKE 'prebookd-%'"
+                    "WHERE datname = current_database() AND application_name IN "
+                    "('prebookd-pool', 'prebookd-listener')"
                 )
             )
             await asyncio.sleep(0.25)
@@ -210,7 +211,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--burst", type=int, default=100)
-    parser.add_argument("--lead", type=float, default=6.0, help="seconds before the first")
+    parser.add_argument(
+        "--lead", type=float, default=10.0, help="seconds from start to the first instant"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/out/precision.json"))
     args = parser.parse_args()
 

@@ -160,10 +160,7 @@ async def _reconcile(
 ) -> None:
     """Full resync every reconcile_interval, and on SIGHUP: the NOTIFY safety net."""
     while not stop.is_set():
-        try:
-            await asyncio.wait_for(signals.resync.wait(), timeout=settings.reconcile_interval)
-        except TimeoutError:
-            pass
+        await _first_of(signals.resync.wait(), stop.wait(), timeout=settings.reconcile_interval)
         signals.resync.clear()
         if stop.is_set() or not listener.connected:
             continue  # the listener resyncs itself when it reconnects
@@ -222,10 +219,11 @@ class Background:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _first_of(*aws: Coroutine[Any, Any, Any]) -> None:
+async def _first_of(*aws: Coroutine[Any, Any, Any], timeout: float | None = None) -> None:
+    """Wait until the first of `aws` finishes (or the timeout passes); cancel the rest."""
     tasks = [asyncio.ensure_future(a) for a in aws]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()

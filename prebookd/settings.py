@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
-        description="Where the embedded Postgres and the result spool live.",
+        description="Where the embedded Postgres keeps its data.",
     )
     instance_name: str = Field(
         default_factory=socket.gethostname,

@@ -296,8 +296,8 @@ async def test_prebookd_simulate_serves_and_stops_on_sigterm(
         "--member", "ana@example.com=ana-cookie", "--member", "bo@example.com=bo-cookie",
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert proc.stderr is not None  # logs go to stderr
+        line = await asyncio.wait_for(proc.stderr.readline(), 10)
         listening = json.loads(line)
         assert listening["event"] == "simulator_listening"
         assert listening["url"] == f"http://127.0.0.1:{port}"
@@ -311,7 +311,7 @@ async def test_prebookd_simulate_serves_and_stops_on_sigterm(
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
-        rest = (await proc.stdout.read()).decode()
+        rest = (await proc.stderr.read()).decode()
         assert [json.loads(x)["event"] for x in rest.splitlines()] == [
             "simulator_stopping",
             "simulator_stopped",
