@@ -160,6 +160,11 @@ def measure(
     single_ms = [
         (reqs[0].arrived_at - opens[sid]) * 1000 for sid, reqs in by_class.items() if sid[0] == "s"
     ]
+    written_at = {r["id"]: r["written_at"].timestamp() for r in rows if r["written_at"]}
+    sender_spread_ms = []
+    for sid in {r["booking_data"]["id"] for r in rows if r["booking_data"]["id"][0] == "b"}:
+        times = [written_at[r["id"]] for r in rows if r["booking_data"]["id"] == sid]
+        sender_spread_ms.append((max(times) - min(times)) * 1000)
     first_ms, spread_ms, fifo_violations = [], [], 0
     for sid, reqs in by_class.items():
         if sid[0] != "b":
@@ -179,12 +184,26 @@ def measure(
     for row in rows:
         key = f"{row['status']}:{row['outcome']}"
         statuses[key] = statuses.get(key, 0) + 1
+    written_by_class = {r["booking_data"]["id"]: r["lateness_ms"] for r in rows}
+    raw = [
+        {
+            "class": r.session_id,
+            "opens_at": opens[r.session_id or ""],
+            "arrived_ms": (r.arrived_at - opens[r.session_id or ""]) * 1000,
+            "handled_ms": (r.handled_at - opens[r.session_id or ""]) * 1000,
+            "written_ms": written_by_class.get(r.session_id) if r.session_id[0] == "s" else None,
+        }
+        for r in books
+        if r.session_id
+    ]
     return {
+        "raw": raw,
         "rows": len(rows),
         "requests": len(books),
         "single_lateness_ms (arrival)": summary(single_ms),
         "first_of_burst_lateness_ms (arrival)": summary(first_ms),
-        "burst_spread_ms": summary(spread_ms),
+        "burst_spread_ms (arrival)": summary(spread_ms),
+        "burst_spread_ms (sender)": summary(sender_spread_ms),
         "written_lateness_ms (sender)": summary(written_ms),
         "early_requests": early,
         "fifo_violations": fifo_violations,

@@ -12,8 +12,11 @@ the point: nothing else should run then.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 WallClock = Callable[[], float]
 
@@ -49,3 +52,70 @@ async def _sleep_loop_time(loop: asyncio.AbstractEventLoop, when: float) -> None
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class HotWindows:
+    """The moments around armed instants, kept free of deferrable work.
+
+    The event loop runs one callback at a time: 100 answers being parsed, a burst of
+    requests being staged, or a batch of results being encoded can hold it for
+    several milliseconds, and an instant that falls inside makes its requests that
+    late. So work that can wait calls `wait_clear()` first, which waits out any
+    window from `guard` before an instant to `settle` after it.
+    """
+
+    def __init__(
+        self, *, guard: float = 0.010, settle: float = 0.003, clock: WallClock = time.time
+    ) -> None:
+        self._guard = guard
+        self._settle = settle
+        self._clock = clock
+        self._instants: list[float] = []  # sorted; an instant once per firing holding it
+
+    def add(self, instant: float) -> None:
+        bisect.insort(self._instants, instant)
+
+    def discard(self, instant: float) -> None:
+        index = bisect.bisect_left(self._instants, instant)
+        if index < len(self._instants) and self._instants[index] == instant:
+            del self._instants[index]
+
+    def busy_until(self, now: float) -> float | None:
+        """End of the hot window `now` falls in, or None when the loop is free."""
+        # Instants in [now - settle, now + guard] make `now` hot; the last one decides.
+        first = bisect.bisect_left(self._instants, now - self._settle)
+        last = bisect.bisect_right(self._instants, now + self._guard)
+        if first >= last:
+            return None
+        return self._instants[last - 1] + self._settle
+
+    async def wait_clear(self) -> None:
+        """Return once no instant is about to fire, or has just fired."""
+        while (end := self.busy_until(self._clock())) is not None:
+            await sleep_until(end, clock=self._clock)
+
+
+_gc_pauses = 0
+
+
+@contextlib.contextmanager
+def gc_paused(loop: asyncio.AbstractEventLoop, linger: float) -> Iterator[None]:
+    """No garbage collection from here until `linger` seconds after the block.
+
+    A collection can take milliseconds; one that starts while a burst is written
+    makes the rest of the burst that late. The pause outlives the block by `linger`
+    because the writes happen in the loop iterations right after the release."""
+    global _gc_pauses
+    _gc_pauses += 1
+    gc.disable()
+    try:
+        yield
+    finally:
+        loop.call_later(linger, _gc_resume)
+
+
+def _gc_resume() -> None:
+    global _gc_pauses
+    _gc_pauses -= 1
+    if _gc_pauses == 0:
+        gc.enable()

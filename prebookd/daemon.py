@@ -19,6 +19,7 @@ import structlog
 
 from prebookd import store
 from prebookd.aimharder import AimHarderClient
+from prebookd.clock import HotWindows
 from prebookd.db import connect, create_pool, database_dsn
 from prebookd.engine import Engine, EngineConfig
 from prebookd.listener import Listener
@@ -106,9 +107,11 @@ async def _serve(
         if not crashed.done():
             crashed.set_result(error)
 
+    hot = HotWindows()
     results = ResultWriter(
         lambda updates: store.write_results(pool, updates),
         flush_interval=settings.result_flush_interval,
+        wait_clear=hot.wait_clear,
     )
     engine = Engine(
         EngineConfig.from_settings(settings),
@@ -116,6 +119,7 @@ async def _serve(
         client=client,
         results=results,
         on_crash=on_crash,
+        hot=hot,
     )
     listener = Listener(dsn, on_notification=engine.on_notification, on_connected=engine.resync)
     background = Background(on_crash)

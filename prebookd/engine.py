@@ -22,7 +22,7 @@ import structlog
 
 from prebookd import store
 from prebookd.aimharder import AimHarderClient
-from prebookd.clock import WallClock
+from prebookd.clock import HotWindows, WallClock
 from prebookd.errors import BadRow
 from prebookd.firing import Firing, Timing
 from prebookd.models import RowState, build_booking, parse_notice
@@ -78,6 +78,7 @@ class Engine:
         client: AimHarderClient,
         results: ResultWriter,
         on_crash: Callable[[BaseException], None],
+        hot: HotWindows,
         clock: WallClock = time.time,
     ) -> None:
         self.config = config
@@ -98,6 +99,7 @@ class Engine:
         self._arm_not_before = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self.hot = hot
 
     # ---- what the daemon asks ------------------------------------------------
 
@@ -309,6 +311,7 @@ class Engine:
         ids = [e.id for e in entries]
         self._arming.update(ids)
         try:
+            await self.hot.wait_clear()
             records = await store.claim(
                 self._pool, ids, self.config.instance, self.config.lease_seconds
             )
@@ -358,6 +361,7 @@ class Engine:
                 timing=cfg.timing,
                 report=self._results.report,
                 instance=cfg.instance,
+                hot=self.hot,
                 clock=self._clock,
             )
             self.firings[instant] = firing

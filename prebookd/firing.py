@@ -27,13 +27,19 @@ from uuid import UUID
 import structlog
 
 from prebookd.aimharder import AimHarderClient, Attempt, Exchange
-from prebookd.clock import WallClock, sleep_until
+from prebookd.clock import HotWindows, WallClock, gc_paused, sleep_until
 from prebookd.log import mask_email
 from prebookd.models import Booking
 from prebookd.outcomes import Verdict
 from prebookd.results import ResultUpdate
 
 log = structlog.get_logger(__name__)
+
+# Requests staged per loop iteration: staging 100 at once would hold the loop for
+# ~20 ms, long enough to make another instant late.
+STAGE_CHUNK = 10
+# Garbage collection stays off from this long before the instant to this long after.
+GC_PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -69,9 +75,11 @@ class Firing:
         timing: Timing,
         report: Callable[[ResultUpdate], None],
         instance: str,
+        hot: HotWindows,
         clock: WallClock = time.time,
     ) -> None:
         self.instant = instant
+        self._hot = hot
         self._client = client
         self._timing = timing
         self._report = report
@@ -112,16 +120,21 @@ class Firing:
         return [i for i, s in self._slots.items() if not s.gate.done()]
 
     async def run(self) -> None:
+        self._hot.add(self.instant)
+        try:
+            await self._run()
+        finally:
+            self._hot.discard(self.instant)
+
+    async def _run(self) -> None:
         t = self._timing
         await sleep_until(self.instant - t.stage_lead, clock=self._clock)
         self._staged = True
-        for slot in self._ordered():
-            self._stage(slot)
-        await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)
-        self.released = True
-        for slot in self._ordered():  # FIFO: the order of wake-ups is the write order
-            if not slot.gate.done():
-                slot.gate.set_result(None)
+        await self._stage_all()
+        await sleep_until(self.instant - GC_PAUSE, clock=self._clock)
+        with gc_paused(asyncio.get_running_loop(), GC_PAUSE):
+            await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)
+            self._release()
         tasks = [s.task for s in self._slots.values() if s.task is not None]
         summaries = await asyncio.gather(*tasks)
         # Bookings added while we were gathering (rows inserted at the instant).
@@ -140,6 +153,21 @@ class Firing:
     def _ordered(self) -> list[_Slot]:
         return sorted(self._slots.values(), key=lambda s: s.booking.order)
 
+    def _release(self) -> None:
+        self.released = True
+        for slot in self._ordered():  # FIFO: the order of wake-ups is the write order
+            if not slot.gate.done():
+                slot.gate.set_result(None)
+
+    async def _stage_all(self) -> None:
+        slots = self._ordered()
+        for start in range(0, len(slots), STAGE_CHUNK):
+            await self._hot.wait_clear()
+            for slot in slots[start : start + STAGE_CHUNK]:
+                if slot.task is None and self._slots.get(slot.booking.id) is slot:
+                    self._stage(slot)
+            await asyncio.sleep(0)  # these run up to their gate before the next chunk
+
     def _stage(self, slot: _Slot) -> None:
         slot.task = asyncio.create_task(
             self._send(slot.booking, slot.gate), name=f"send-{slot.booking.id}"
@@ -148,6 +176,7 @@ class Firing:
     async def _send(self, booking: Booking, gate: asyncio.Future[None]) -> ExchangeSummary:
         t = self._timing
         first = await self._client.book(booking, Attempt(gate))
+        await self._hot.wait_clear()
         attempts = 1 if first.written_at is not None else 0
         written_at = first.written_at
         lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
@@ -167,6 +196,7 @@ class Firing:
         while exchange.outcome.verdict is Verdict.RETRY and self._clock() < retry_until:
             await asyncio.sleep(t.retry_interval)
             exchange = await self._client.book(booking, Attempt(None))
+            await self._hot.wait_clear()
             if exchange.written_at is not None:
                 attempts += 1
                 if written_at is None:

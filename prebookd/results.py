@@ -50,11 +50,19 @@ class ResultUpdate:
 
 
 Writer = Callable[[Sequence[ResultUpdate]], Awaitable[None]]
+WaitClear = Callable[[], Awaitable[None]]
+
+
+async def _never_wait() -> None:
+    return None
 
 
 class ResultWriter:
-    def __init__(self, write: Writer, *, flush_interval: float) -> None:
+    def __init__(
+        self, write: Writer, *, flush_interval: float, wait_clear: WaitClear = _never_wait
+    ) -> None:
         self._write = write
+        self._wait_clear = wait_clear  # keeps batch writes out of an instant's way
         self._flush_interval = flush_interval
         self._pending: dict[UUID, ResultUpdate] = {}
         self._wakeup = asyncio.Event()
@@ -80,6 +88,7 @@ class ResultWriter:
                 pass
             # Let a burst finish reporting before writing: one batch, not one per row.
             await asyncio.sleep(self._flush_interval)
+            await self._wait_clear()
             self._wakeup.clear()
             if await self.flush():
                 backoff = self._flush_interval
