@@ -148,6 +148,25 @@ class Settings(BaseSettings):
         default=60.0, ge=1.0, le=600.0, description="Seconds to wait for the embedded Postgres."
     )
 
+    token_refresh_age: float = Field(
+        default=1200.0,
+        ge=60.0,
+        le=3600.0,
+        description="A session token older than this is refreshed (tokenUpdate) before use.",
+    )
+    session_keep_horizon: float = Field(
+        default=6 * 3600.0,
+        ge=60.0,
+        le=7 * 86_400.0,
+        description="Sessions of members with a prebooking opening within this are kept alive.",
+    )
+    status_host: str = Field(
+        default="127.0.0.1", description="Address of the status/metrics HTTP endpoint."
+    )
+    status_port: int = Field(
+        default=8791, ge=0, le=65_535, description="Port of the status endpoint; 0 turns it off."
+    )
+
     log_format: Literal["console", "json"] = Field(
         default="console", description="key=value lines for journald/terminals, or JSON."
     )
