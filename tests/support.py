@@ -118,6 +118,7 @@ def daemon_env(db_dsn: str, state_dir: Path, **settings: object) -> dict[str, st
     env["PREBOOKD_STATE_DIR"] = str(state_dir)
     env["PREBOOKD_INSTANCE_NAME"] = "test-instance"
     env["PREBOOKD_LOG_FORMAT"] = "console"
+    env["PREBOOKD_STATUS_PORT"] = "0"  # tests run side by side: no fixed port
     for name, value in settings.items():
         env[f"PREBOOKD_{name.upper()}"] = str(value)
     return env
