@@ -17,7 +17,7 @@ from typing import Any
 from prebookd import __version__
 from prebookd.errors import PrebookdError
 from prebookd.log import configure_logging
-from prebookd.settings import Settings, load_settings
+from prebookd.settings import Settings, read_settings
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = read_settings()
         configure_logging(settings.log_level, settings.log_format)
         handler: Handler = args.handler
         return asyncio.run(handler(args, settings))

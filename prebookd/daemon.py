@@ -1,20 +1,23 @@
 """`prebookd run`: the one place that wires the daemon together.
 
-startup (schema, pools, listener + resync, READY=1) -> main loop (wait for a signal
-or a crashed task) -> shutdown (stop arming, let requests in flight finish and their
-results be written, up to `shutdown_timeout`; give back claims never sent).
-Signal handlers only log and set events; this module acts on them.
+startup (schema, pools, spool recovery, listener + resync, READY=1) -> main loop
+(wait for a signal or a crashed task; SIGHUP reloads) -> shutdown (stop arming, let
+requests in flight finish and their results be written, up to `shutdown_timeout`;
+give back claims never sent). Signal handlers only log and set events; the main
+loop acts on them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import time
 from collections.abc import Coroutine
 from typing import Any
 
+import asyncpg
 import structlog
 
 from prebookd import store
@@ -22,25 +25,30 @@ from prebookd.aimharder import AimHarderClient
 from prebookd.clock import HotWindows
 from prebookd.db import connect, create_pool, database_dsn
 from prebookd.engine import Engine, EngineConfig
+from prebookd.errors import ConfigError
+from prebookd.firing import iso_instant
 from prebookd.listener import Listener
+from prebookd.log import configure_logging
 from prebookd.migrate import migrate
 from prebookd.results import ResultWriter
-from prebookd.settings import Settings
+from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, read_settings
+from prebookd.spool import Spool
 from prebookd.systemd import Notifier
 
 log = structlog.get_logger(__name__)
 
 EXIT_OK = 0
 EXIT_CRASHED = 1
+SPOOL_FILE = "results.spool"
 
 
 class Signals:
     """SIGTERM/SIGINT ask for a graceful stop (a second SIGINT exits at once);
-    SIGHUP asks for a resync."""
+    SIGHUP asks for a reload."""
 
     def __init__(self) -> None:
         self.stop = asyncio.Event()
-        self.resync = asyncio.Event()
+        self.reload = asyncio.Event()
         self._interrupts = 0
 
     def install(self) -> None:
@@ -61,17 +69,16 @@ class Signals:
         self._on_stop("SIGINT")
 
     def _on_hup(self) -> None:
-        log.info("signal_received", signal="SIGHUP", action="resync")
-        self.resync.set()
+        log.info("signal_received", signal="SIGHUP", action="reload")
+        self.reload.set()
 
 
 async def run_daemon(settings: Settings) -> int:
     log.info("daemon_starting", **settings.describe())
-    notifier = Notifier()
     signals = Signals()
     signals.install()
     async with database_dsn(settings) as dsn:
-        conn = await connect(dsn)
+        conn = await connect(dsn, role="migrate")
         try:
             applied = await migrate(conn)
         finally:
@@ -85,115 +92,200 @@ async def run_daemon(settings: Settings) -> int:
             request_timeout=settings.request_timeout,
         )
         await client.start()
+        notifier = Notifier()
         try:
-            return await _serve(settings, dsn, pool, client, signals, notifier)
+            daemon = Daemon(settings, dsn, pool, client, signals, notifier)
+            return await daemon.serve()
         finally:
             await client.close()
             await pool.close()
             notifier.close()
 
 
-async def _serve(
-    settings: Settings,
-    dsn: str,
-    pool: Any,
-    client: AimHarderClient,
-    signals: Signals,
-    notifier: Notifier,
-) -> int:
-    crashed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        dsn: str,
+        pool: asyncpg.Pool,
+        client: AimHarderClient,
+        signals: Signals,
+        notifier: Notifier,
+    ) -> None:
+        self.settings = settings
+        self._pool = pool
+        self._client = client
+        self._signals = signals
+        self._notifier = notifier
+        self._started_at = time.time()
+        self._crashed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._tasks_stop = asyncio.Event()
+        self._background = Background(self._on_crash)
+        self.hot = HotWindows()
+        self.spool = Spool(settings.state_dir / SPOOL_FILE)
+        self.results = ResultWriter(
+            lambda updates: store.write_results(pool, updates),
+            flush_interval=settings.result_flush_interval,
+            wait_clear=self.hot.wait_clear,
+            spool=self.spool,
+        )
+        self.engine = Engine(
+            EngineConfig.from_settings(settings),
+            pool=pool,
+            client=client,
+            results=self.results,
+            on_crash=self._on_crash,
+            hot=self.hot,
+        )
+        self.listener = Listener(
+            dsn, on_notification=self.engine.on_notification, on_connected=self.engine.resync
+        )
 
-    def on_crash(error: BaseException) -> None:
-        if not crashed.done():
-            crashed.set_result(error)
+    def _on_crash(self, error: BaseException) -> None:
+        if not self._crashed.done():
+            self._crashed.set_result(error)
 
-    hot = HotWindows()
-    results = ResultWriter(
-        lambda updates: store.write_results(pool, updates),
-        flush_interval=settings.result_flush_interval,
-        wait_clear=hot.wait_clear,
-    )
-    engine = Engine(
-        EngineConfig.from_settings(settings),
-        pool=pool,
-        client=client,
-        results=results,
-        on_crash=on_crash,
-        hot=hot,
-    )
-    listener = Listener(dsn, on_notification=engine.on_notification, on_connected=engine.resync)
-    background = Background(on_crash)
-    tasks_stop = asyncio.Event()
-    background.start(listener.run(tasks_stop), "listener")
-    background.start(results.run(tasks_stop), "result-writer")
-    background.start(engine.fetch_loop(tasks_stop), "row-fetcher")
-    background.start(_reconcile(engine, listener, settings, signals, tasks_stop), "reconcile")
-    background.start(_watchdog(notifier, tasks_stop), "watchdog")
+    async def serve(self) -> int:
+        recovered = self.results.recover(self.spool)
+        if recovered:
+            log.info("spool_recovered", results=recovered, path=str(self.spool.path))
+        stop = self._tasks_stop
+        self._background.start(self.listener.run(stop), "listener")
+        self._background.start(self.results.run(stop), "result-writer")
+        self._background.start(self.engine.fetch_loop(stop), "row-fetcher")
+        self._background.start(self._reconcile(), "reconcile")
+        self._background.start(self._watchdog(), "watchdog")
 
-    await _first_of(listener.ready.wait(), signals.stop.wait(), _wait_future(crashed))
-    if listener.ready.is_set() and not signals.stop.is_set() and not crashed.done():
-        notifier.notify("READY=1", f"STATUS={_status(engine)}")
-        log.info("daemon_ready", armed=engine.armed_count, instance=settings.instance_name)
-        await _first_of(signals.stop.wait(), _wait_future(crashed))
+        await _first_of(self.listener.ready.wait(), self._signals.stop.wait(), _wait(self._crashed))
+        if self.listener.ready.is_set() and not self._stopping():
+            self._notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            log.info(
+                "daemon_ready", armed=self.engine.armed_count, instance=self.settings.instance_name
+            )
+            while not self._stopping():
+                await _first_of(
+                    self._signals.stop.wait(), self._signals.reload.wait(), _wait(self._crashed)
+                )
+                if self._signals.reload.is_set() and not self._stopping():
+                    self._signals.reload.clear()
+                    await self.reload()
+        return await self.shutdown()
 
-    exit_code = EXIT_CRASHED if crashed.done() else EXIT_OK
-    notifier.notify("STOPPING=1")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.shutdown_timeout
-    log.info("daemon_stopping", in_flight=len(engine.firings), deadline_s=settings.shutdown_timeout)
-    unsent = await engine.shutdown(deadline)
-    if unsent:
+    def _stopping(self) -> bool:
+        return self._signals.stop.is_set() or self._crashed.done()
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read settings (env file included), apply the live ones, resync."""
+        self._notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            released = await store.release_claims(pool, unsent, settings.instance_name)
-            log.info("claims_released", rows=released)
-        except Exception as exc:  # the lease expires by itself
-            log.warning("release_failed", rows=len(unsent), error=str(exc))
-    tasks_stop.set()
-    written = await results.drain(max(deadline, loop.time() + 2.0))
-    await background.stop()
-    log.info("daemon_stopped", results_written=results.written, all_written=written)
-    return exit_code
-
-
-async def _reconcile(
-    engine: Engine,
-    listener: Listener,
-    settings: Settings,
-    signals: Signals,
-    stop: asyncio.Event,
-) -> None:
-    """Full resync every reconcile_interval, and on SIGHUP: the NOTIFY safety net."""
-    while not stop.is_set():
-        await _first_of(signals.resync.wait(), stop.wait(), timeout=settings.reconcile_interval)
-        signals.resync.clear()
-        if stop.is_set() or not listener.connected:
-            continue  # the listener resyncs itself when it reconnects
+            new = read_settings()
+        except ConfigError as exc:
+            log.error("settings_reload_failed", error=str(exc), action="kept the old settings")
+            new = self.settings
+        changed = changed_settings(self.settings, new)
+        live = sorted(changed & LIVE_SETTINGS)
+        need_restart = sorted(changed - LIVE_SETTINGS)
+        if live:
+            applied = {name: getattr(new, name) for name in live}
+            self.settings = self.settings.model_copy(update=applied)
+            configure_logging(self.settings.log_level, self.settings.log_format)
+            self.engine.reconfigure(EngineConfig.from_settings(self.settings))
+            self.results.flush_interval = self.settings.result_flush_interval
+        log.info("settings_reloaded", applied=live, need_restart=need_restart)
+        if need_restart:
+            log.warning("settings_need_restart", settings=need_restart)
         try:
-            rows = await engine.resync()
-            log.debug("reconciled", rows=rows, armed=engine.armed_count)
+            rows = await self.engine.resync()
+            log.info("resynced", rows=rows, armed=self.engine.armed_count)
         except Exception as exc:
-            log.warning("reconcile_failed", error=str(exc))
+            log.warning("resync_failed", error=str(exc))
+        self._notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
+    async def shutdown(self) -> int:
+        exit_code = EXIT_CRASHED if self._crashed.done() else EXIT_OK
+        self._notifier.notify("STOPPING=1")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout
+        log.info(
+            "daemon_stopping",
+            in_flight=len(self.engine.firings),
+            deadline_s=self.settings.shutdown_timeout,
+        )
+        unsent = await self.engine.shutdown(deadline)
+        if unsent:
+            try:
+                released = await store.release_claims(
+                    self._pool, unsent, self.settings.instance_name
+                )
+                log.info("claims_released", rows=released)
+            except Exception as exc:  # the lease expires by itself
+                log.warning("release_failed", rows=len(unsent), error=str(exc))
+        self._tasks_stop.set()
+        written = await self.results.drain(max(deadline, loop.time() + 2.0))
+        await self._background.stop()
+        log.info(
+            "daemon_stopped",
+            results_written=self.results.written,
+            all_written=written,
+            spooled=self.results.spooled,
+        )
+        return exit_code
 
-async def _watchdog(notifier: Notifier, stop: asyncio.Event) -> None:
-    """WATCHDOG=1 from the event loop itself: a blocked loop stops the pings."""
-    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-    if not notifier.enabled or usec <= 0:
-        await stop.wait()
-        return
-    interval = usec / 2_000_000
-    while not stop.is_set():
-        notifier.notify("WATCHDOG=1")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+    def snapshot(self) -> dict[str, Any]:
+        """Everything `prebookd status` and /metrics show."""
+        return {
+            "instance": self.settings.instance_name,
+            "started_at": dt.datetime.fromtimestamp(self._started_at, dt.UTC).isoformat(),
+            "listener_connected": self.listener.connected,
+            "listener_reconnects": self.listener.reconnects,
+            **self.engine.snapshot(),
+            "sessions_kept": 0,
+            "db_pool": {
+                "size": self._pool.get_size(),
+                "idle": self._pool.get_idle_size(),
+                "max": self._pool.get_max_size(),
+            },
+            "http_pool": {
+                "in_use": self._client.pool_in_use(),
+                "limit": self.settings.http_pool_limit,
+            },
+            "results_backlog": self.results.backlog,
+            "spooled": self.results.spooled,
+        }
 
+    def status_line(self) -> str:
+        """systemd's one-line STATUS=."""
+        nxt = self.engine.next_instant()
+        last = self.engine.last_firings[-1] if self.engine.last_firings else None
+        text = f"armed {self.engine.armed_count}"
+        text += ", next instant " + ("none" if nxt is None else iso_instant(nxt))
+        if last is not None and last["lateness_max_ms"] is not None:
+            text += f", last fired {last['count']} late by <= {last['lateness_max_ms']:.2f} ms"
+        return text
 
-def _status(engine: Engine) -> str:
-    nxt = engine.next_instant()
-    when = "none" if nxt is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(nxt))
-    return f"armed {engine.armed_count}, next instant {when}"
+    async def _reconcile(self) -> None:
+        """Full resync every reconcile_interval: the NOTIFY safety net."""
+        while not self._tasks_stop.is_set():
+            await _first_of(self._tasks_stop.wait(), timeout=self.settings.reconcile_interval)
+            if self._tasks_stop.is_set() or not self.listener.connected:
+                continue  # the listener resyncs itself when it reconnects
+            try:
+                rows = await self.engine.resync()
+                log.debug("reconciled", rows=rows, armed=self.engine.armed_count)
+            except Exception as exc:
+                log.warning("reconcile_failed", error=str(exc))
+            self._notifier.notify(f"STATUS={self.status_line()}")
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: a blocked loop stops the pings."""
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if not self._notifier.enabled or usec <= 0:
+            await self._tasks_stop.wait()
+            return
+        interval = usec / 2_000_000
+        while not self._tasks_stop.is_set():
+            self._notifier.notify("WATCHDOG=1")
+            await _first_of(self._tasks_stop.wait(), timeout=interval)
 
 
 class Background:
@@ -234,5 +326,5 @@ async def _first_of(*aws: Coroutine[Any, Any, Any], timeout: float | None = None
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _wait_future(future: asyncio.Future[Any]) -> None:
+async def _wait(future: asyncio.Future[Any]) -> None:
     await asyncio.shield(future)

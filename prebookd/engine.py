@@ -11,7 +11,9 @@ firing (up to its gate).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,7 @@ from prebookd import store
 from prebookd.aimharder import AimHarderClient
 from prebookd.clock import HotWindows, WallClock
 from prebookd.errors import BadRow
-from prebookd.firing import Firing, Timing
+from prebookd.firing import Firing, Timing, iso_instant
 from prebookd.models import RowState, build_booking, parse_notice
 from prebookd.results import ResultUpdate, ResultWriter
 from prebookd.scheduler import Entry, Schedule
@@ -100,6 +102,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.hot = hot
+        self.last_firings: deque[dict[str, Any]] = deque(maxlen=20)
 
     # ---- what the daemon asks ------------------------------------------------
 
@@ -113,6 +116,28 @@ class Engine:
         if head is not None:
             instants.append(head.available_at + self.config.fire_offset)
         return min(instants, default=None)
+
+    def reconfigure(self, config: EngineConfig) -> None:
+        """New settings (SIGHUP): firings already armed keep theirs, new ones use these."""
+        self.config = config
+        self._rearm()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `prebookd status` shows of the engine."""
+        rows_at: Counter[float] = Counter()
+        for firing in self.firings.values():
+            rows_at[firing.instant] += len(firing)
+        upcoming = heapq.nsmallest(200, self.schedule.entries())
+        for entry in upcoming:
+            rows_at[entry.available_at + self.config.fire_offset] += 1
+        return {
+            "armed": self.armed_count,
+            "next_instants": [
+                {"instant": iso_instant(instant), "rows": rows}
+                for instant, rows in sorted(rows_at.items())[:10]
+            ],
+            "last_firings": list(reversed(self.last_firings)),
+        }
 
     async def resync(self) -> int:
         """Bring memory in line with the table (after connecting, and periodically)."""
@@ -372,7 +397,9 @@ class Engine:
 
     async def _run_firing(self, firing: Firing) -> None:
         try:
-            await firing.run()
+            summary = await firing.run()
+            if summary is not None:
+                self.last_firings.append(summary)
         finally:
             if self.firings.get(firing.instant) is firing:
                 del self.firings[firing.instant]

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -119,14 +120,15 @@ class Firing:
     def unsent_ids(self) -> list[UUID]:
         return [i for i, s in self._slots.items() if not s.gate.done()]
 
-    async def run(self) -> None:
+    async def run(self) -> dict[str, Any] | None:
+        """Stage, release, retry; return the instant's summary (None: nothing sent)."""
         self._hot.add(self.instant)
         try:
-            await self._run()
+            return await self._run()
         finally:
             self._hot.discard(self.instant)
 
-    async def _run(self) -> None:
+    async def _run(self) -> dict[str, Any] | None:
         t = self._timing
         await sleep_until(self.instant - t.stage_lead, clock=self._clock)
         self._staged = True
@@ -141,7 +143,7 @@ class Firing:
         while late := [s.task for s in self._slots.values() if s.task not in tasks and s.task]:
             tasks += late
             summaries += await asyncio.gather(*late)
-        self._log_summary(list(summaries))
+        return self._log_summary(list(summaries))
 
     def cancel_unsent(self) -> list[UUID]:
         """Shutdown: withdraw what has not been written; return those ids."""
@@ -250,22 +252,29 @@ class Firing:
             fired_by=self._instance,
         )
 
-    def _log_summary(self, summaries: list[ExchangeSummary]) -> None:
+    def _log_summary(self, summaries: list[ExchangeSummary]) -> dict[str, Any] | None:
         if not summaries:
-            return
+            return None
         lateness = [s.lateness_ms for s in summaries if s.lateness_ms is not None]
         # FIFO held if, in prebooking order, each first request was written no earlier
         # than the one before it.
         written = [s.written_at for s in sorted(summaries, key=lambda s: s.booking.order)]
         sent = [w for w in written if w is not None]
         fifo = all(a <= b for a, b in itertools.pairwise(sent))
-        log.info(
-            "instant_fired",
-            instant=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.instant))
-            + f".{int(self.instant * 1000) % 1000:03d}Z",
-            count=len(summaries),
-            fifo=fifo,
-            lateness_p50_ms=round(statistics.median(lateness), 3) if lateness else None,
-            lateness_max_ms=round(max(lateness), 3) if lateness else None,
-            outcomes=dict(Counter(s.outcome for s in summaries)),
-        )
+        summary = {
+            "instant": iso_instant(self.instant),
+            "count": len(summaries),
+            "fifo": fifo,
+            "lateness_p50_ms": round(statistics.median(lateness), 3) if lateness else None,
+            "lateness_max_ms": round(max(lateness), 3) if lateness else None,
+            "spread_ms": round((max(sent) - min(sent)) * 1000, 3) if sent else None,
+            "outcomes": dict(Counter(s.outcome for s in summaries)),
+        }
+        log.info("instant_fired", **summary)
+        return summary
+
+
+def iso_instant(epoch: float) -> str:
+    """2026-12-01T06:00:00.000Z: millisecond precision, for logs and status."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+    return f"{whole}.{int(epoch * 1000) % 1000:03d}Z"

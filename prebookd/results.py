@@ -2,8 +2,9 @@
 
 Firings `report()` updates (no I/O: a dict write); a background task flushes them
 every `flush_interval` in one statement. Updates for the same row are merged, so an
-`executing` and a `completed` that meet in one batch become one write. If Postgres
-is unreachable the batch stays in memory and is retried with backoff.
+`executing` and a `completed` that meet in one batch become one write. Each batch
+goes to the spool file first (see spool.py); if Postgres is unreachable the batch
+stays there and in memory and is retried with backoff.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import structlog
+
+if TYPE_CHECKING:
+    from prebookd.spool import Spool
 
 log = structlog.get_logger(__name__)
 
@@ -59,11 +63,18 @@ async def _never_wait() -> None:
 
 class ResultWriter:
     def __init__(
-        self, write: Writer, *, flush_interval: float, wait_clear: WaitClear = _never_wait
+        self,
+        write: Writer,
+        *,
+        flush_interval: float,
+        wait_clear: WaitClear = _never_wait,
+        spool: Spool | None = None,
     ) -> None:
         self._write = write
+        self._spool = spool
+        self.spooled = 0  # updates in the spool file, not yet confirmed by Postgres
+        self.flush_interval = flush_interval
         self._wait_clear = wait_clear  # keeps batch writes out of an instant's way
-        self._flush_interval = flush_interval
         self._pending: dict[UUID, ResultUpdate] = {}
         self._wakeup = asyncio.Event()
         self.written = 0
@@ -80,18 +91,18 @@ class ResultWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush until `stop` is set; the caller flushes what remains (`drain`)."""
-        backoff = self._flush_interval
+        backoff = self.flush_interval
         while not stop.is_set():
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
             except TimeoutError:
                 pass
             # Let a burst finish reporting before writing: one batch, not one per row.
-            await asyncio.sleep(self._flush_interval)
+            await asyncio.sleep(self.flush_interval)
             await self._wait_clear()
             self._wakeup.clear()
             if await self.flush():
-                backoff = self._flush_interval
+                backoff = self.flush_interval
             else:
                 backoff = min(backoff * 2, 5.0)
 
@@ -100,8 +111,16 @@ class ResultWriter:
         if not self._pending:
             return True
         batch, self._pending = self._pending, {}
+        updates = list(batch.values())
+        if self._spool is not None:
+            try:
+                # In a thread: an fsync may take milliseconds, the loop has better to do.
+                await asyncio.to_thread(self._spool.append, updates)
+                self.spooled += len(updates)
+            except OSError as exc:
+                log.error("spool_write_failed", path=str(self._spool.path), error=str(exc))
         try:
-            await self._write(list(batch.values()))
+            await self._write(updates)
         except Exception as exc:
             # Put the batch back under anything reported meanwhile (which is newer).
             for row_id, update in batch.items():
@@ -111,7 +130,22 @@ class ResultWriter:
             return False
         self.written += len(batch)
         log.debug("results_written", rows=len(batch))
+        if self._spool is not None and self.spooled:
+            # Whatever the spool held was in this batch, or merged into it.
+            try:
+                await asyncio.to_thread(self._spool.clear)
+                self.spooled = 0
+            except OSError as exc:
+                log.error("spool_clear_failed", path=str(self._spool.path), error=str(exc))
         return True
+
+    def recover(self, spool: Spool) -> int:
+        """Queue what an earlier run spooled but never wrote; returns how many."""
+        updates = spool.load()
+        for update in updates:
+            self.report(update)
+        self.spooled = len(updates)
+        return len(updates)
 
     async def drain(self, deadline: float) -> bool:
         """Flush until nothing is pending or the loop-time deadline passes."""

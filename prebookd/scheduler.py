@@ -37,6 +37,9 @@ class Schedule:
     def ids(self) -> set[UUID]:
         return set(self._live)
 
+    def entries(self) -> list[Entry]:
+        return list(self._live.values())
+
     def upsert(self, entry: Entry) -> bool:
         """Add a row or move it to a new instant; False when nothing changed."""
         if self._live.get(entry.id) == entry:

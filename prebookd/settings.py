@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -235,6 +236,54 @@ def mask_dsn(dsn: str) -> str:
         masked = parts._replace(netloc=netloc).geturl()
     # libpq also takes the password as a query parameter: ...?password=...
     return _QUERY_PASSWORD.sub(r"\1****", masked)
+
+
+# Settings a SIGHUP applies to the running daemon. The others (connections, pools,
+# where things live, the instance's name) are read once at start: a reload that
+# changes one of them says so in the log and a restart applies it.
+LIVE_SETTINGS = frozenset(
+    {
+        "arm_lead",
+        "stage_lead",
+        "spin_window",
+        "fire_offset",
+        "retry_window",
+        "retry_interval",
+        "late_grace",
+        "horizon",
+        "max_lead_days",
+        "reconcile_interval",
+        "lease_seconds",
+        "result_flush_interval",
+        "shutdown_timeout",
+        "token_refresh_age",
+        "session_keep_horizon",
+        "log_format",
+        "log_level",
+    }
+)
+ENV_FILE_VARIABLE = "PREBOOKD_ENV_FILE"
+
+
+def read_settings() -> Settings:
+    """Settings from the environment, overridden by the file `PREBOOKD_ENV_FILE` names.
+
+    systemd reads `EnvironmentFile=` only when it starts the service, so a reload
+    (SIGHUP) must read the file itself, and what it says wins over the environment
+    the process was started with."""
+    overrides: dict[str, Any] = {}
+    path = os.environ.get(ENV_FILE_VARIABLE)
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"{ENV_FILE_VARIABLE}: no such file: {path}")
+        for key, value in dotenv_values(path).items():
+            if key.startswith("PREBOOKD_") and key != ENV_FILE_VARIABLE and value is not None:
+                overrides[key.removeprefix("PREBOOKD_").lower()] = value
+    return load_settings(**overrides)
+
+
+def changed_settings(old: Settings, new: Settings) -> set[str]:
+    return {name for name in type(old).model_fields if getattr(old, name) != getattr(new, name)}
 
 
 def load_settings(**overrides: Any) -> Settings:
