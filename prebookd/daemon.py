@@ -25,7 +25,7 @@ from prebookd.aimharder import AimHarderClient
 from prebookd.clock import HotWindows
 from prebookd.db import connect, create_pool, database_dsn
 from prebookd.engine import Engine, EngineConfig
-from prebookd.errors import ConfigError
+from prebookd.errors import ConfigError, DatabaseError
 from prebookd.firing import iso_instant
 from prebookd.listener import Listener
 from prebookd.log import configure_logging
@@ -78,7 +78,9 @@ async def run_daemon(settings: Settings) -> int:
     signals = Signals()
     signals.install()
     async with database_dsn(settings) as dsn:
-        conn = await connect(dsn, role="migrate")
+        conn = await _connect_when_up(dsn, signals.stop)
+        if conn is None:
+            return EXIT_OK  # asked to stop before Postgres ever answered
         try:
             applied = await migrate(conn)
         finally:
@@ -100,6 +102,21 @@ async def run_daemon(settings: Settings) -> int:
             await client.close()
             await pool.close()
             notifier.close()
+
+
+async def _connect_when_up(dsn: str, stop: asyncio.Event) -> asyncpg.Connection | None:
+    """Wait for Postgres at start rather than exit: a restart during an outage must
+    come up as soon as Postgres does, and replay the result spool then."""
+    backoff = 0.5
+    while True:
+        try:
+            return await connect(dsn, role="migrate")
+        except DatabaseError as exc:
+            log.warning("database_unreachable", error=str(exc), retry_in_s=backoff)
+        await _first_of(stop.wait(), timeout=backoff)
+        if stop.is_set():
+            return None
+        backoff = min(backoff * 2, 10.0)
 
 
 class Daemon:
@@ -146,9 +163,8 @@ class Daemon:
             self._crashed.set_result(error)
 
     async def serve(self) -> int:
-        recovered = self.results.recover(self.spool)
-        if recovered:
-            log.info("spool_recovered", results=recovered, path=str(self.spool.path))
+        if not await self._recover_spool():
+            return await self.shutdown()
         stop = self._tasks_stop
         self._background.start(self.listener.run(stop), "listener")
         self._background.start(self.results.run(stop), "result-writer")
@@ -170,6 +186,22 @@ class Daemon:
                     self._signals.reload.clear()
                     await self.reload()
         return await self.shutdown()
+
+    async def _recover_spool(self) -> bool:
+        """Write what an earlier run spooled before arming anything: a row whose result
+        is still only in the spool looks unsent in the table and would be sent again."""
+        recovered = self.results.recover(self.spool)
+        if not recovered:
+            return True
+        log.info("spool_recovered", results=recovered, path=str(self.spool.path))
+        backoff = 0.5
+        while not await self.results.flush():
+            await _first_of(self._signals.stop.wait(), timeout=backoff)
+            if self._stopping():
+                return False
+            backoff = min(backoff * 2, 10.0)
+        log.info("spool_written", results=recovered)
+        return True
 
     def _stopping(self) -> bool:
         return self._signals.stop.is_set() or self._crashed.done()

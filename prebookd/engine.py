@@ -38,6 +38,10 @@ log = structlog.get_logger(__name__)
 # afresh each time, so a wall-clock step is noticed within this long.
 MAX_TIMER_DELAY = 30.0
 ARM_RETRY_DELAY = 1.0
+# Rows sent (or failed) by this instance are not armed again for this long, whatever
+# the table says: their results may not be in it yet (Postgres down, a batch in
+# flight), and sending twice would book twice.
+DONE_MEMORY = 900.0
 ACTIVE = ("pending", "loaded")
 
 
@@ -103,6 +107,7 @@ class Engine:
         self._stopping = False
         self.hot = hot
         self.last_firings: deque[dict[str, Any]] = deque(maxlen=20)
+        self._done: dict[UUID, float] = {}  # id -> clock() when sent or failed
 
     # ---- what the daemon asks ------------------------------------------------
 
@@ -149,6 +154,7 @@ class Engine:
             horizon_end=now + self.config.horizon,
             absurd_after=now + self.config.max_lead,
         )
+        self._done = {i: t for i, t in self._done.items() if t > started - DONE_MEMORY}
         seen = set()
         for record in records:
             row = RowState.from_record(record)
@@ -240,6 +246,8 @@ class Engine:
 
     def _accept(self, row: RowState) -> None:
         cfg = self.config
+        if row.id in self._done:
+            return  # sent or failed already; the table may not know it yet
         if row.status not in ACTIVE or self._held_elsewhere(row):
             self._forget(row.id, row.status)
             return
@@ -294,8 +302,15 @@ class Engine:
         self._to_fetch.add(row_id)
         self._fetch_wakeup.set()
 
+    def _record(self, update: ResultUpdate) -> None:
+        """Results of firings pass here on their way to the writer."""
+        if update.written_at is not None or update.status in ("completed", "failed"):
+            self._done[update.id] = self._clock()
+        self._results.report(update)
+
     def _fail(self, row_id: UUID, code: str, reason: str) -> None:
         self.schedule.remove(row_id)
+        self._done[row_id] = self._clock()
         log.error("prebooking_rejected", prebooking_id=str(row_id), reason=reason)
         self._results.report(
             ResultUpdate(
@@ -384,7 +399,7 @@ class Engine:
                 instant,
                 client=self._client,
                 timing=cfg.timing,
-                report=self._results.report,
+                report=self._record,
                 instance=cfg.instance,
                 hot=self.hot,
                 clock=self._clock,

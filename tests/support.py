@@ -103,6 +103,14 @@ class DaemonProcess:
             await asyncio.sleep(0.02)
         raise AssertionError(f"no {name} in daemon output:\n" + "\n".join(self.lines[-40:]))
 
+    async def kill(self) -> None:
+        """Make sure the process is gone (test clean-up)."""
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        if self._reader is not None:
+            await self._reader
+
     async def stop(self, timeout: float = 20.0) -> int:
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
@@ -124,17 +132,22 @@ def daemon_env(db_dsn: str, state_dir: Path, **settings: object) -> dict[str, st
     return env
 
 
-@contextlib.asynccontextmanager
-async def running_daemon(
-    db_dsn: str, state_dir: Path, **settings: object
-) -> AsyncIterator[DaemonProcess]:
-    """`prebookd run` in a subprocess, ready (listener up, rows armed) on entry."""
+async def start_daemon(
+    db_dsn: str,
+    state_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    **settings: object,
+) -> DaemonProcess:
+    """`prebookd run` in a subprocess (stdout and stderr in `lines`); not yet ready."""
+    env = daemon_env(db_dsn, state_dir, **settings)
+    env.update(extra_env or {})
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "prebookd",
         "run",
-        env=daemon_env(db_dsn, state_dir, **settings),
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -146,14 +159,20 @@ async def running_daemon(
             daemon.lines.append(raw.decode(errors="replace").rstrip())
 
     daemon._reader = asyncio.create_task(read())
+    return daemon
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    db_dsn: str, state_dir: Path, **settings: object
+) -> AsyncIterator[DaemonProcess]:
+    """`prebookd run` in a subprocess, ready (listener up, rows armed) on entry."""
+    daemon = await start_daemon(db_dsn, state_dir, **settings)
     try:
         await daemon.wait_for("daemon_ready")
         yield daemon
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await daemon._reader
+        await daemon.kill()
 
 
 async def wait_rows_final(
