@@ -31,6 +31,7 @@ from prebookd.listener import Listener
 from prebookd.log import configure_logging
 from prebookd.migrate import migrate
 from prebookd.results import ResultWriter
+from prebookd.sessions import SessionKeeper
 from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, read_settings
 from prebookd.spool import Spool
 from prebookd.systemd import Notifier
@@ -146,6 +147,13 @@ class Daemon:
             wait_clear=self.hot.wait_clear,
             spool=self.spool,
         )
+        self.sessions = SessionKeeper(
+            pool,
+            account_url=settings.aimharder_url,
+            refresh_age=settings.token_refresh_age,
+            keep_horizon=settings.session_keep_horizon,
+            wait_clear=self.hot.wait_clear,
+        )
         self.engine = Engine(
             EngineConfig.from_settings(settings),
             pool=pool,
@@ -153,6 +161,7 @@ class Daemon:
             results=self.results,
             on_crash=self._on_crash,
             hot=self.hot,
+            sessions=self.sessions,
         )
         self.listener = Listener(
             dsn, on_notification=self.engine.on_notification, on_connected=self.engine.resync
@@ -163,6 +172,13 @@ class Daemon:
             self._crashed.set_result(error)
 
     async def serve(self) -> int:
+        await self.sessions.start()
+        try:
+            return await self._serve()
+        finally:
+            await self.sessions.close()
+
+    async def _serve(self) -> int:
         if not await self._recover_spool():
             return await self.shutdown()
         stop = self._tasks_stop
@@ -171,6 +187,7 @@ class Daemon:
         self._background.start(self.engine.fetch_loop(stop), "row-fetcher")
         self._background.start(self._reconcile(), "reconcile")
         self._background.start(self._watchdog(), "watchdog")
+        self._background.start(self.sessions.keep_alive(stop), "session-keeper")
 
         await _first_of(self.listener.ready.wait(), self._signals.stop.wait(), _wait(self._crashed))
         if self.listener.ready.is_set() and not self._stopping():
@@ -223,6 +240,8 @@ class Daemon:
             configure_logging(self.settings.log_level, self.settings.log_format)
             self.engine.reconfigure(EngineConfig.from_settings(self.settings))
             self.results.flush_interval = self.settings.result_flush_interval
+            self.sessions.refresh_age = self.settings.token_refresh_age
+            self.sessions.keep_horizon = self.settings.session_keep_horizon
         log.info("settings_reloaded", applied=live, need_restart=need_restart)
         if need_restart:
             log.warning("settings_need_restart", settings=need_restart)
@@ -271,7 +290,7 @@ class Daemon:
             "listener_connected": self.listener.connected,
             "listener_reconnects": self.listener.reconnects,
             **self.engine.snapshot(),
-            "sessions_kept": 0,
+            "sessions_kept": self.sessions.refreshed,
             "db_pool": {
                 "size": self._pool.get_size(),
                 "idle": self._pool.get_idle_size(),

@@ -11,6 +11,7 @@ firing (up to its gate).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import heapq
 import time
 from collections import Counter, deque
@@ -23,13 +24,15 @@ import asyncpg
 import structlog
 
 from prebookd import store
+from prebookd.account import SessionDead
 from prebookd.aimharder import AimHarderClient
 from prebookd.clock import HotWindows, WallClock
 from prebookd.errors import BadRow
 from prebookd.firing import Firing, Timing, iso_instant
-from prebookd.models import RowState, build_booking, parse_notice
+from prebookd.models import Booking, MemberSession, RowState, build_booking, parse_notice
 from prebookd.results import ResultUpdate, ResultWriter
 from prebookd.scheduler import Entry, Schedule
+from prebookd.sessions import SessionKeeper
 from prebookd.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -85,9 +88,11 @@ class Engine:
         results: ResultWriter,
         on_crash: Callable[[BaseException], None],
         hot: HotWindows,
+        sessions: SessionKeeper | None = None,
         clock: WallClock = time.time,
     ) -> None:
         self.config = config
+        self._sessions = sessions
         self._pool = pool
         self._client = client
         self._results = results
@@ -367,16 +372,59 @@ class Engine:
             self._arming.difference_update(ids)
         forgotten, self._forgotten_while_arming = self._forgotten_while_arming, set()
         stale = []
+        fresh = []
         for record in records:
             row_id = record["id"]
             if row_id in forgotten or row_id in self.schedule:
                 stale.append(row_id)  # cancelled or moved while we were claiming
-                continue
-            self._arm_one(record)
+            else:
+                fresh.append(dict(record))
         if stale:
             await self._release(stale)
+        for row in await self._with_live_sessions(fresh):
+            self._arm_one(row)
 
-    def _arm_one(self, record: asyncpg.Record) -> None:
+    async def _with_live_sessions(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Refresh the sessions that are old by now (once per member); fail the rows
+        whose session AimHarder has ended. Returns the rows still to arm."""
+        keeper = self._sessions
+        if keeper is None:
+            return records
+        sessions = {}
+        for record in records:
+            session = MemberSession.from_record(record)
+            if session is not None and keeper.is_stale(session):
+                sessions[session.id] = session
+        outcomes = dict(
+            zip(
+                sessions,
+                await asyncio.gather(*(keeper.refresh(s) for s in sessions.values())),
+                strict=True,
+            )
+        )
+        alive = []
+        for record in records:
+            outcome = outcomes.get(record["session_id"])
+            if isinstance(outcome, SessionDead):
+                self._fail(record["id"], "session_expired", "session expired: log in again")
+                continue
+            if isinstance(outcome, MemberSession):
+                record["aimharder_cookies"] = outcome.cookies
+                record["aimharder_token"] = outcome.token
+                record["last_token_update_date"] = dt.datetime.fromtimestamp(
+                    outcome.refreshed_at or self._clock(), dt.UTC
+                )
+            alive.append(record)
+        return alive
+
+    async def _renew(self, booking: Booking) -> Booking | None:
+        """At the instant AimHarder said the session is dead: refresh it, once."""
+        if self._sessions is None or booking.session is None or booking.session.token is None:
+            return None
+        outcome = await self._sessions.refresh(booking.session)
+        return booking.with_session(outcome) if isinstance(outcome, MemberSession) else None
+
+    def _arm_one(self, record: dict[str, Any]) -> None:
         cfg = self.config
         try:
             booking = build_booking(record)
@@ -402,6 +450,7 @@ class Engine:
                 report=self._record,
                 instance=cfg.instance,
                 hot=self.hot,
+                renew=self._renew,
                 clock=self._clock,
             )
             self.firings[instant] = firing

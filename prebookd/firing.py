@@ -20,7 +20,7 @@ import itertools
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -41,6 +41,11 @@ log = structlog.get_logger(__name__)
 STAGE_CHUNK = 10
 # Garbage collection stays off from this long before the instant to this long after.
 GC_PAUSE = 0.05
+
+
+# Given a booking whose session AimHarder says is dead, the same booking with a
+# refreshed session, or None when the session cannot be renewed.
+Renew = Callable[[Booking], Awaitable[Booking | None]]
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,12 @@ class Firing:
         report: Callable[[ResultUpdate], None],
         instance: str,
         hot: HotWindows,
+        renew: Renew | None = None,
         clock: WallClock = time.time,
     ) -> None:
         self.instant = instant
         self._hot = hot
+        self._renew = renew
         self._client = client
         self._timing = timing
         self._report = report
@@ -195,8 +202,19 @@ class Firing:
             )
         exchange = first
         retry_until = self.instant + t.retry_window
-        while exchange.outcome.verdict is Verdict.RETRY and self._clock() < retry_until:
-            await asyncio.sleep(t.retry_interval)
+        renewed_session = False
+        while self._clock() < retry_until:
+            if exchange.outcome.code == "session_expired" and not renewed_session:
+                # The session died since it was armed: refresh it once and try again.
+                renewed_session = True
+                renewed = await self._renew(booking) if self._renew else None
+                if renewed is None:
+                    break
+                booking = renewed
+            elif exchange.outcome.verdict is Verdict.RETRY:
+                await asyncio.sleep(t.retry_interval)
+            else:
+                break
             exchange = await self._client.book(booking, Attempt(None))
             await self._hot.wait_clear()
             if exchange.written_at is not None:

@@ -82,11 +82,14 @@ async def claim(
                        p.created_at
             )
             SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
-                   s.found IS NOT NULL AS session_found, s.aimharder_cookies
+                   s.found IS NOT NULL AS session_found, s.aimharder_cookies,
+                   s.session_id, s.aimharder_token, s.fingerprint, s.last_token_update_date
               FROM claimed c
               LEFT JOIN boxes b ON b.id = c.box_id
               LEFT JOIN LATERAL (
-                   SELECT true AS found, a.aimharder_cookies FROM auth_sessions a
+                   SELECT true AS found, a.aimharder_cookies, a.id AS session_id,
+                          a.aimharder_token, a.fingerprint, a.last_token_update_date
+                     FROM auth_sessions a
                     WHERE a.user_email = c.user_email AND a.session_type = 'background'
                     ORDER BY a.updated_at DESC NULLS LAST
                     LIMIT 1) s ON true
@@ -155,6 +158,65 @@ async def write_results(
         [u.attempts for u in updates],
         [_ts(u.executed_at) for u in updates],
         [u.fired_by for u in updates],
+    )
+
+
+async def sessions_to_keep(
+    conn: asyncpg.Connection | asyncpg.Pool, horizon_end: float, stale_before: float
+) -> list[asyncpg.Record]:
+    """Background sessions of members with a prebooking opening before `horizon_end`
+    whose token was last refreshed before `stale_before` (or never)."""
+    return list(
+        await conn.fetch(
+            """
+            SELECT a.id AS session_id, a.user_email, a.aimharder_token, a.fingerprint,
+                   a.aimharder_cookies, a.last_token_update_date
+              FROM auth_sessions a
+             WHERE a.session_type = 'background'
+               AND a.aimharder_token IS NOT NULL
+               AND (a.last_token_update_date IS NULL OR a.last_token_update_date < $2)
+               AND EXISTS (SELECT 1 FROM prebookings p
+                            WHERE p.user_email = a.user_email
+                              AND p.status IN ('pending', 'loaded')
+                              AND p.available_at < $1)
+            """,
+            _ts(horizon_end),
+            _ts(stale_before),
+        )
+    )
+
+
+async def save_session_refresh(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    session_id: UUID,
+    token: str,
+    cookies: list[dict[str, str]],
+) -> None:
+    await conn.execute(
+        """
+        UPDATE auth_sessions
+           SET aimharder_token = $2, aimharder_cookies = $3,
+               last_token_update_date = now(),
+               token_update_count = coalesce(token_update_count, 0) + 1,
+               last_token_update_error = NULL, updated_at = now()
+         WHERE id = $1
+        """,
+        session_id,
+        token,
+        cookies,  # the pool's jsonb codec encodes it
+    )
+
+
+async def record_session_error(
+    conn: asyncpg.Connection | asyncpg.Pool, session_id: UUID, error: str
+) -> None:
+    await conn.execute(
+        """
+        UPDATE auth_sessions SET last_token_update_error = $2, updated_at = now()
+         WHERE id = $1
+        """,
+        session_id,
+        error[:500],
     )
 
 

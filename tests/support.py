@@ -127,6 +127,8 @@ def daemon_env(db_dsn: str, state_dir: Path, **settings: object) -> dict[str, st
     env["PREBOOKD_INSTANCE_NAME"] = "test-instance"
     env["PREBOOKD_LOG_FORMAT"] = "console"
     env["PREBOOKD_STATUS_PORT"] = "0"  # tests run side by side: no fixed port
+    # Never the real AimHarder: a refused port unless a test names its simulator.
+    env["PREBOOKD_AIMHARDER_URL"] = "http://127.0.0.1:9"
     for name, value in settings.items():
         env[f"PREBOOKD_{name.upper()}"] = str(value)
     return env

@@ -1,0 +1,248 @@
+"""The daemon as systemd runs it: sd_notify messages, signals, reload, and a Postgres
+outage around an instant. Real subprocesses, real signals, real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from prebookd.db import connect
+from prebookd.embedded import EmbeddedPostgres, start_embedded
+from prebookd.migrate import migrate
+from prebookd.simulator import Faults, Simulator
+from tests.support import (
+    add_box,
+    add_member,
+    add_prebooking,
+    open_class,
+    running_daemon,
+    start_daemon,
+    wait_rows_final,
+)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(default_capacity=1000)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket playing systemd's side of sd_notify."""
+    folder = tempfile.mkdtemp(prefix="prebookd-notify-")
+    path = f"{folder}/notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.setblocking(False)
+    try:
+        yield receiver, path
+    finally:
+        receiver.close()
+
+
+async def next_messages(receiver: socket.socket, wanted: str, timeout: float = 20.0) -> list[str]:
+    """Datagrams received until one holding `wanted` (each datagram: its lines)."""
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(receiver, 4096), 0.5)
+        except TimeoutError:
+            continue
+        lines = data.decode().splitlines()
+        seen.extend(lines)
+        if wanted in lines:
+            return seen
+    raise AssertionError(f"no {wanted} from the daemon; got {seen}")
+
+
+async def test_plays_systemd_ready_watchdog_reload_stopping(
+    db_dsn: str, tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    receiver, path = notify_socket
+    env_file = tmp_path / "prebookd.env"
+    env_file.write_text("PREBOOKD_RETRY_INTERVAL=0.05\n")
+    daemon = await start_daemon(
+        db_dsn,
+        tmp_path,
+        extra_env={
+            "NOTIFY_SOCKET": path,
+            "WATCHDOG_USEC": "400000",
+            "PREBOOKD_ENV_FILE": str(env_file),
+        },
+    )
+    try:
+        first = await next_messages(receiver, "READY=1")
+        assert not any(m.startswith("STOPPING") for m in first)
+        assert any(m.startswith("STATUS=armed 0") for m in first)
+        assert "WATCHDOG=1" in await next_messages(receiver, "WATCHDOG=1", timeout=2)
+
+        # The operator edits the env file and reloads.
+        env_file.write_text("PREBOOKD_RETRY_INTERVAL=0.1\nPREBOOKD_DB_POOL_MAX=5\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        reload = await next_messages(receiver, "RELOADING=1")
+        assert "READY=1" not in reload[reload.index("RELOADING=1") :]
+        usec = [m for m in reload if m.startswith("MONOTONIC_USEC=")]
+        assert usec, "RELOADING=1 comes with MONOTONIC_USEC="
+        assert abs(int(usec[-1].split("=")[1]) / 1e6 - time.monotonic()) < 5
+        await next_messages(receiver, "READY=1")
+        line = await daemon.wait_for("settings_reloaded")
+        assert "retry_interval" in line and "db_pool_max" in line
+        assert "settings_need_restart" in " ".join(daemon.lines)
+
+        daemon.process.send_signal(signal.SIGTERM)
+        await next_messages(receiver, "STOPPING=1")
+        assert await daemon.stop() == 0
+    finally:
+        await daemon.kill()
+
+
+async def test_sighup_during_a_stream_fires_every_row_once_on_time(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    box = await add_box(conn, sim, "box-h")
+    emails = [f"stream{i}@x.es" for i in range(30)]
+    cookies = [await add_member(conn, sim, email) for email in emails]
+    start = time.time() + 4.0
+    instants = [start + 0.1 * i for i in range(30)]
+    for i, instant in enumerate(instants):
+        open_class(sim, "box-h", f"{700 + i}", instant, 5)
+    async with running_daemon(db_dsn, tmp_path) as daemon:
+        ids = [
+            await add_prebooking(conn, box, email, f"{700 + i}", instants[i])
+            for i, email in enumerate(emails)
+        ]
+        for _ in range(4):
+            await asyncio.sleep(max(0.0, start - time.time()) / 4 + 0.3)
+            daemon.process.send_signal(signal.SIGHUP)
+        rows = await wait_rows_final(conn, ids)
+        assert await daemon.stop() == 0
+    assert len(daemon.events("settings_reloaded")) == 4
+    arrivals = [r for r in sim.requests if r.path == "/api/book"]
+    assert sorted(r.email for r in arrivals) == sorted(emails), "each exactly once"
+    for request in arrivals:
+        opens = instants[int(request.session_id or "0") - 700]
+        assert opens <= request.arrived_at < opens + 0.05
+    assert {r["status"] for r in rows} == {"completed"}
+    # Nothing secret in a whole run's log: cookies and tokens of every member.
+    log_text = "\n".join(daemon.lines)
+    assert not [c for c in cookies if c in log_text]
+
+
+async def test_sigterm_lets_requests_in_flight_finish_and_records_them(
+    conn: asyncpg.Connection, db_dsn: str, tmp_path: Path
+) -> None:
+    slow = Simulator(default_capacity=100)
+    await slow.start()
+    try:
+        box = await add_box(conn, slow, "box-slow")
+        slow.set_faults("box-slow", Faults(latency=1.5))  # answers take 1.5 s
+        await add_member(conn, slow, "slow@x.es")
+        t = time.time() + 3.0
+        open_class(slow, "box-slow", "1", t, 5)
+        row = await add_prebooking(conn, box, "slow@x.es", "1", t)
+        daemon = await start_daemon(db_dsn, tmp_path)
+        try:
+            await daemon.wait_for("daemon_ready")
+            await asyncio.sleep(t + 0.3 - time.time())  # the request is on the wire
+            daemon.process.send_signal(signal.SIGTERM)
+            assert await daemon.stop() == 0
+        finally:
+            await daemon.kill()
+        final = await conn.fetchrow("SELECT * FROM prebookings WHERE id = $1", row)
+        assert final["status"] == "completed", "the answer came after SIGTERM, before exit"
+        assert final["outcome"] == "booked"
+    finally:
+        await slow.stop()
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    """A Postgres of this test's own, to stop and start at will."""
+    folder = Path(tempfile.mkdtemp(prefix="prebookd-outage-"))
+    server = await asyncio.to_thread(start_embedded, folder)
+    conn = await connect(server.dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    try:
+        yield server, server.dsn
+    finally:
+        await asyncio.to_thread(server._server.ensure_postgres_running)
+        server.stop()
+
+
+async def stop_postgres(server: EmbeddedPostgres) -> None:
+    await asyncio.to_thread(server._server._stop)
+
+
+async def start_postgres(server: EmbeddedPostgres) -> None:
+    await asyncio.to_thread(server._server.ensure_postgres_running)
+
+
+@pytest.mark.parametrize("restart_prebookd", [False, True], ids=["stays-up", "restarted"])
+async def test_postgres_down_across_the_instant_loses_nothing(
+    own_postgres: tuple[EmbeddedPostgres, str],
+    sim: Simulator,
+    tmp_path: Path,
+    restart_prebookd: bool,
+) -> None:
+    server, dsn = own_postgres
+    conn = await connect(dsn)
+    box = await add_box(conn, sim, "box-o")
+    emails = [f"outage{i}@x.es" for i in range(5)]
+    for email in emails:
+        await add_member(conn, sim, email)
+    t = time.time() + 6.0
+    open_class(sim, "box-o", "1", t, 3)
+    ids = [await add_prebooking(conn, box, email, "1", t) for email in emails]
+    await conn.close()
+
+    daemon = await start_daemon(dsn, tmp_path)
+    try:
+        await daemon.wait_for("daemon_ready")
+        await asyncio.sleep(t - 2.0 - time.time())
+        await stop_postgres(server)
+        down_at = time.time()
+        await daemon.wait_for("instant_fired", timeout=10)
+        if restart_prebookd:
+            await asyncio.sleep(1.0)
+            daemon.process.kill()  # SIGKILL: only the spool remembers the results
+            await daemon.stop()
+            daemon = await start_daemon(dsn, tmp_path)
+            await daemon.wait_for("database_unreachable")
+        await asyncio.sleep(down_at + 10.0 - time.time())
+        await start_postgres(server)
+        await daemon.wait_for("daemon_ready" if restart_prebookd else "listener_connected")
+        conn = await connect(dsn)
+        try:
+            rows = await wait_rows_final(conn, ids, timeout=20)
+        finally:
+            await conn.close()
+        assert await daemon.stop() == 0
+    finally:
+        await daemon.kill()
+
+    arrivals = [r for r in sim.requests if r.path == "/api/book"]
+    assert sorted(r.email for r in arrivals) == sorted(emails)
+    assert all(t <= r.arrived_at < t + 0.05 for r in arrivals), "fired on time, from memory"
+    outcomes = sorted(r["outcome"] for r in rows)
+    assert outcomes == ["booked"] * 3 + ["full"] * 2
+    assert all(r["lateness_ms"] is not None and r["lateness_ms"] < 50 for r in rows)
+    if restart_prebookd:
+        assert daemon.events("spool_recovered")
