@@ -38,18 +38,30 @@ async def add_box(conn: asyncpg.Connection, sim: Simulator, subdomain: str) -> u
     return row_id
 
 
-async def add_member(conn: asyncpg.Connection, sim: Simulator, email: str) -> str:
-    """A member with a background session the simulator knows."""
+async def add_member(
+    conn: asyncpg.Connection,
+    sim: Simulator,
+    email: str,
+    *,
+    issued_ago: float = 0.0,
+    refreshed_ago: float = 0.0,
+    token: str | None = None,
+) -> str:
+    """A member with a background session the simulator knows: its cookie and token
+    were issued `issued_ago` seconds ago (the simulator ages them), and the table says
+    the token was refreshed `refreshed_ago` seconds ago. `token` overrides the one
+    stored in the table (one the simulator does not know is a dead session)."""
     cookie = uuid.uuid4().hex
-    sim.add_member(email, cookie)
+    sim.add_member(email, cookie, issued_at=time.time() - issued_ago)
     await conn.execute(
         """INSERT INTO auth_sessions (user_email, aimharder_token, aimharder_cookies,
                                       fingerprint, session_type, last_token_update_date)
-           VALUES ($1, $2, $3, $4, 'background', now())""",
+           VALUES ($1, $2, $3, $4, 'background', $5)""",
         email,
-        "refresh-" + cookie,
+        token or "refresh-" + cookie,
         [{"name": "amhrdrauth", "value": cookie}, {"name": "PHPSESSID", "value": "php1"}],
         uuid.uuid4().hex[:50],
+        utc(time.time() - refreshed_ago),
     )
     return cookie
 
