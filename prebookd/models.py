@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -182,17 +182,28 @@ def _cookie_header(raw: Any, session_found: bool) -> str:
         raw = [{"name": k, "value": v} for k, v in raw.items()]
     if not isinstance(raw, list):
         raise BadRow("background session has no cookies: log in again")
+    try:
+        header = cookie_header(raw)
+    except ValueError:
+        raise BadRow("background session cookies are malformed") from None
+    pairs = header.split("; ")
+    if not any(p.startswith(AUTH_COOKIE + "=") and len(p) > len(AUTH_COOKIE) + 1 for p in pairs):
+        raise BadRow(f"background session has no {AUTH_COOKIE} cookie: log in again")
+    return header
+
+
+def cookie_header(cookies: Iterable[Any]) -> str:
+    """The `Cookie:` value for cookies as `auth_sessions.aimharder_cookies` holds them
+    ([{"name", "value"}]); ValueError if one cannot go in a header as it is."""
     pairs = []
-    for cookie in raw:
-        if not isinstance(cookie, dict):
-            raise BadRow("background session cookies are malformed")
+    for cookie in cookies:
+        if not isinstance(cookie, Mapping):
+            raise ValueError("a cookie must be an object with name and value")
         name, value = str(cookie.get("name", "")), str(cookie.get("value", ""))
         # A value with ';' or a newline would smuggle headers: refuse it outright.
         if not _COOKIE_TOKEN.match(name) or not _COOKIE_VALUE.match(value):
-            raise BadRow("background session cookies are malformed")
+            raise ValueError(f"cookie {name[:40]!r} has a name or value unfit for a header")
         pairs.append(f"{name}={value}")
-    if not any(p.startswith(AUTH_COOKIE + "=") and len(p) > len(AUTH_COOKIE) + 1 for p in pairs):
-        raise BadRow(f"background session has no {AUTH_COOKIE} cookie: log in again")
     return "; ".join(pairs)
 
 
