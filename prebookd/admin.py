@@ -68,7 +68,17 @@ def _add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     add.add_argument(
         "--timezone", default=DEFAULT_TIMEZONE, help=f"IANA zone (default: {DEFAULT_TIMEZONE})"
     )
+    add.add_argument("--window", help=f"when booking opens: {timeparse.WINDOW_FORMS}")
     add.set_defaults(handler=_box_add)
+    window = actions.add_parser(
+        "set-window",
+        help="set when a box opens booking",
+        description="Set when a box opens booking for a class, so `prebookd add` can work "
+        f"out the opening instant: {timeparse.WINDOW_FORMS}; `none` clears it.",
+    )
+    window.add_argument("subdomain", metavar="SUBDOMAIN")
+    window.add_argument("window", metavar="WINDOW", help="4d, 72h, same-day or none")
+    window.set_defaults(handler=_box_set_window)
     listing = actions.add_parser("list", help="list boxes", description="List the boxes.")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_box_list)
@@ -84,9 +94,23 @@ def _add_add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     add.add_argument("--email", required=True, help="the member's AimHarder e-mail")
     add.add_argument("--box", required=True, metavar="SUBDOMAIN", help="the box's subdomain")
-    add.add_argument("--class-id", required=True, help="AimHarder session id (bookings[].id)")
+    which = add.add_mutually_exclusive_group(required=True)
+    which.add_argument("--class-id", help="AimHarder session id (bookings[].id)")
+    which.add_argument(
+        "--class",
+        dest="class_name",
+        metavar="'HH:MM NAME'",
+        help="the class as `prebookd classes` lists it, e.g. '07:00 WOD' (looked up with "
+        "the member's background session)",
+    )
     add.add_argument("--day", required=True, help="day of the class, YYYYMMDD")
-    add.add_argument("--at", required=True, metavar="INSTANT", help="when booking opens")
+    add.add_argument(
+        "--at",
+        metavar="INSTANT",
+        help="when booking opens; default: worked out from the box's booking window and "
+        "the class's start time",
+    )
+    add.add_argument("--class-time", metavar="HH:MM", help="the class's start (box time)")
     add.add_argument("--family-id", default="", help="family member id (default: none)")
     add.set_defaults(handler=_add)
 
@@ -152,6 +176,7 @@ async def _box_add(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("the box name must not be empty")
     base_url = _base_url(args.base_url or f"https://{subdomain}.aimharder.com")
     zone = timeparse.parse_zone(args.timezone)
+    window = timeparse.parse_window(args.window) if args.window else None
     async with _database(settings) as conn:
         taken = await admin_store.find_boxes_like(conn, subdomain, box_id)
         if taken:
@@ -164,13 +189,35 @@ async def _box_add(args: argparse.Namespace, settings: Settings) -> int:
                 name=name,
                 base_url=base_url,
                 timezone=zone.key,
+                window_kind=window.kind if window else None,
+                window_length=window.length if window else None,
             )
         except asyncpg.UniqueViolationError:
             # Someone added the same box between the check and the insert.
             raise UsageError(
                 f"a box with subdomain {subdomain!r} or box id {box_id!r} exists already"
             ) from None
-    print(f"added box {box.subdomain} ({box.id}): {box.name}, {box.base_url}, {box.timezone}")
+    opens = f", booking opens {window.describe()}" if window else ""
+    print(
+        f"added box {box.subdomain} ({box.id}): {box.name}, {box.base_url}, {box.timezone}{opens}"
+    )
+    return 0
+
+
+async def _box_set_window(args: argparse.Namespace, settings: Settings) -> int:
+    subdomain = _subdomain(args.subdomain)
+    cleared = args.window.strip().lower() == "none"
+    window = None if cleared else timeparse.parse_window(args.window)
+    async with _database(settings) as conn:
+        box = await admin_store.set_box_window(
+            conn, subdomain, window.kind if window else None, window.length if window else None
+        )
+    if box is None:
+        raise UsageError(f"unknown box {subdomain!r}: see `prebookd box list`")
+    if window is None:
+        print(f"box {subdomain}: booking window cleared (`prebookd add` needs --at)")
+    else:
+        print(f"box {subdomain}: booking opens {window.describe()}")
     return 0
 
 
@@ -188,8 +235,11 @@ async def _box_list(args: argparse.Namespace, settings: Settings) -> int:
         print("no boxes: add one with `prebookd box add`")
     else:
         _print_table(
-            ("SUBDOMAIN", "BOX ID", "NAME", "TIME ZONE", "BASE URL", "ID"),
-            [(b.subdomain, b.box_id, b.name, b.timezone, b.base_url, b.id) for b in boxes],
+            ("SUBDOMAIN", "BOX ID", "NAME", "TIME ZONE", "BASE URL", "ID", "WINDOW"),
+            [
+                (b.subdomain, b.box_id, b.name, b.timezone, b.base_url, b.id, _window_code(b))
+                for b in boxes
+            ],
         )
     return 0
 
@@ -202,8 +252,14 @@ def _box_json(box: admin_store.Box) -> dict[str, Any]:
         "name": box.name,
         "base_url": box.base_url,
         "timezone": box.timezone,
+        "booking_window": _window_code(box) or None,
         "created_at": _iso(box.created_at),
     }
+
+
+def _window_code(box: admin_store.Box) -> str:
+    window = timeparse.window_from_columns(box.booking_window_kind, box.booking_window_length)
+    return window.code if window else ""
 
 
 # --- add -----------------------------------------------------------------------------
@@ -213,19 +269,38 @@ async def _add(args: argparse.Namespace, settings: Settings) -> int:
     email = _email(args.email)
     subdomain = _subdomain(args.box)
     day = timeparse.parse_day(args.day)
-    session_id = args.class_id.strip()
-    if not _SESSION_ID.match(session_id):
+    session_id = args.class_id.strip() if args.class_id is not None else None
+    if session_id is not None and not _SESSION_ID.match(session_id):
         raise UsageError(
             f"malformed class id {args.class_id!r}: expected AimHarder's numeric "
             "session id (bookings[].id), e.g. 106015104"
         )
+    start = timeparse.parse_clock(args.class_time) if args.class_time else None
     family_id = args.family_id.strip()
     if family_id:
         family_id = _token("family id", family_id)
+    # Imported here: account_cli builds on this module's helpers.
+    from prebookd import account_cli
+
     async with _database(settings) as conn:
         box = await _known_box(conn, subdomain)
         zone = _box_zone(box)
-        instant = timeparse.parse_instant(args.at, zone)
+        window = timeparse.window_from_columns(box.booking_window_kind, box.booking_window_length)
+        if args.at is None and window is None:
+            raise await account_cli.missing_window_error(conn, box)
+        if session_id is None or (args.at is None and start is None):
+            # The class's id or start time comes from AimHarder's listing of the day.
+            found = await account_cli.resolve_class(
+                settings, conn, box, email, day, args.class_name, session_id, family_id
+            )
+            session_id, start = found.session_id, start or timeparse.parse_clock(found.start)
+        derived = ""
+        if args.at is not None:
+            instant = timeparse.parse_instant(args.at, zone)
+        else:
+            assert window is not None and start is not None
+            instant = timeparse.opening_instant(day, start, zone, window)
+            derived = f" ({window.describe()}, class at {start:%H:%M})"
         timeparse.check_opening(
             instant,
             day=day,
@@ -249,7 +324,7 @@ async def _add(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"prebooked class {session_id} on {booking_data['day']} at {subdomain} for {email}; "
         f"booking opens {timeparse.format_local(instant, zone)} ({zone.key}) = "
-        f"{timeparse.format_utc(instant)}",
+        f"{timeparse.format_utc(instant)}{derived}",
         file=sys.stderr,
     )
     if not has_session:

@@ -1,4 +1,5 @@
-"""Every SQL statement of the producer-side commands (`box`, `add`, `list`, `cancel`).
+"""Every SQL statement of the producer-side commands (`box`, `add`, `list`, `cancel`,
+`login`, `classes`).
 
 The rows are written as the web app writes them: plain INSERT/UPDATE on its tables,
 so the trigger wakes the daemon exactly as it would for the web app. Nothing here
@@ -27,6 +28,20 @@ class Box:
     base_url: str | None
     timezone: str | None
     created_at: datetime | None
+    booking_window_kind: str | None
+    booking_window_length: int | None
+
+
+@dataclass(frozen=True)
+class BackgroundSession:
+    """The session the daemon books with; `cookies` as stored ([{"name", "value"}])."""
+
+    id: uuid.UUID
+    user_email: str | None
+    aimharder_token: str | None
+    aimharder_cookies: Any
+    fingerprint: str | None
+    last_token_update_date: datetime | None
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,10 @@ class PrebookingView:
     outcome: str | None
 
 
-_BOX_COLUMNS = "id, box_id, subdomain, name, base_url, timezone, created_at"
+_BOX_COLUMNS = (
+    "id, box_id, subdomain, name, base_url, timezone, created_at, "
+    "booking_window_kind, booking_window_length"
+)
 
 
 def _box(row: asyncpg.Record) -> Box:
@@ -78,11 +96,14 @@ async def insert_box(
     name: str,
     base_url: str,
     timezone: str,
+    window_kind: str | None = None,
+    window_length: int | None = None,
 ) -> Box:
     row = await conn.fetchrow(
         f"""
-        INSERT INTO boxes (box_id, subdomain, name, base_url, timezone)
-        VALUES ($1, $2, $3, $4, $5)
+        INSERT INTO boxes (box_id, subdomain, name, base_url, timezone,
+                           booking_window_kind, booking_window_length)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
         RETURNING {_BOX_COLUMNS}
         """,
         box_id,
@@ -90,9 +111,46 @@ async def insert_box(
         name,
         base_url,
         timezone,
+        window_kind,
+        window_length,
     )
     assert row is not None
     return _box(row)
+
+
+async def set_box_window(
+    conn: asyncpg.Connection, subdomain: str, kind: str | None, length: int | None
+) -> Box | None:
+    """Set (or, with None, clear) a box's booking window; None if the box is unknown."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE boxes SET booking_window_kind = $2, booking_window_length = $3,
+                         updated_at = now()
+        WHERE subdomain = $1
+        RETURNING {_BOX_COLUMNS}
+        """,
+        subdomain,
+        kind,
+        length,
+    )
+    return _box(row) if row else None
+
+
+async def last_window_message(conn: asyncpg.Connection, box: uuid.UUID) -> str | None:
+    """AimHarder's latest "not open yet" message to a booking at this box, which names the
+    box's window ("... con más de 4 días de antelación"); None if there was none."""
+    message: str | None = await conn.fetchval(
+        """
+        SELECT result->>'errorMssg' FROM prebookings
+        WHERE box_id = $1
+          AND result->>'errorMssgLang' LIKE 'ERROR\\_ANTELACION\\_CLIENTE%'
+          AND result->>'errorMssg' IS NOT NULL
+        ORDER BY executed_at DESC NULLS LAST, created_at DESC
+        LIMIT 1
+        """,
+        box,
+    )
+    return message
 
 
 async def list_boxes(conn: asyncpg.Connection) -> list[Box]:
@@ -112,6 +170,80 @@ async def has_background_session(conn: asyncpg.Connection, user_email: str) -> b
         user_email,
     )
     return bool(found)
+
+
+async def find_background_session(
+    conn: asyncpg.Connection, user_email: str
+) -> BackgroundSession | None:
+    """The member's background session; of several, the one updated last (as the daemon
+    picks it)."""
+    row = await conn.fetchrow(
+        """
+        SELECT id, user_email, aimharder_token, aimharder_cookies, fingerprint,
+               last_token_update_date
+        FROM auth_sessions
+        WHERE lower(user_email) = lower($1) AND session_type = 'background'
+        ORDER BY updated_at DESC NULLS LAST, id
+        LIMIT 1
+        """,
+        user_email,
+    )
+    return BackgroundSession(**dict(row)) if row else None
+
+
+async def store_background_session(
+    conn: asyncpg.Connection,
+    *,
+    user_email: str,
+    fingerprint: str,
+    token: str,
+    cookies: list[dict[str, str]],
+) -> bool:
+    """Store a fresh login as the member's background session: update the row with this
+    fingerprint, or insert one. True if a row was inserted.
+
+    A row the web app wrote keeps its own spelling of the e-mail (the daemon matches
+    prebookings to sessions on it); a new row gets `user_email` as given. A new login
+    starts a new token chain, so the refresh count starts again at 0."""
+    async with conn.transaction():
+        updated = await conn.fetchval(
+            """
+            UPDATE auth_sessions
+            SET aimharder_token = $3, aimharder_cookies = $4, session_type = 'background',
+                last_token_update_date = now(), token_update_count = 0,
+                last_token_update_error = NULL, updated_at = now()
+            WHERE id = (SELECT id FROM auth_sessions
+                        WHERE lower(user_email) = lower($1) AND fingerprint = $2
+                        ORDER BY updated_at DESC NULLS LAST, id LIMIT 1)
+            RETURNING id
+            """,
+            user_email,
+            fingerprint,
+            token,
+            cookies,
+        )
+        if updated is not None:
+            return False
+        # ON CONFLICT: another login for the same member between the two statements.
+        inserted: bool = await conn.fetchval(
+            """
+            INSERT INTO auth_sessions (user_email, fingerprint, aimharder_token,
+                                       aimharder_cookies, session_type,
+                                       last_token_update_date, token_update_count)
+            VALUES ($1, $2, $3, $4, 'background', now(), 0)
+            ON CONFLICT (user_email, fingerprint) DO UPDATE
+            SET aimharder_token = EXCLUDED.aimharder_token,
+                aimharder_cookies = EXCLUDED.aimharder_cookies,
+                session_type = 'background', last_token_update_date = now(),
+                token_update_count = 0, last_token_update_error = NULL, updated_at = now()
+            RETURNING xmax = 0
+            """,
+            user_email,
+            fingerprint,
+            token,
+            cookies,
+        )
+        return inserted
 
 
 async def insert_prebooking(

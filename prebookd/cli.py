@@ -66,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(handler=_config)
 
     # --- producer-side commands (box, add, list, cancel) ---
+    from prebookd.account_cli import add_account_parsers
     from prebookd.admin import add_admin_parsers
 
     add_admin_parsers(commands)
+    add_account_parsers(commands)
 
     # --- the AimHarder simulator ---
     from prebookd.simulator_cli import add_simulate_parser

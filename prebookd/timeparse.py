@@ -13,7 +13,8 @@ both are refused and the user is asked for an explicit offset.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prebookd.errors import UsageError
@@ -150,3 +151,128 @@ def format_utc(instant: datetime) -> str:
 def iso_utc(instant: datetime) -> str:
     """`2030-03-31T05:00:00Z` (microseconds kept when present): for JSON."""
     return instant.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+# --- booking windows -----------------------------------------------------------------
+#
+# A box opens booking a fixed time before each class (shared/AIMHARDER.md, "When booking
+# opens"). Days and hours are kept apart on purpose, because they differ across a
+# daylight-saving change: "4 days before" is the same wall time four calendar days
+# earlier (07:00 stays 07:00 across the March change), while "72 hours before" is 72
+# elapsed hours (07:00 becomes 06:00 or 08:00 across it). AimHarder says which it counts
+# ("4 días" / "72 horas", ERROR_ANTELACION_CLIENTE / _HORAS); how it treats an hours
+# window across the change is not documented, and elapsed hours is what the words mean.
+
+WINDOW_KINDS = ("days", "hours", "same_day")
+WINDOW_FORMS = "Nd (days before, same wall time), Nh (hours before) or same-day (00:00 that day)"
+MAX_WINDOW_DAYS = 31
+MAX_WINDOW_HOURS = 31 * 24
+
+_WINDOW = re.compile(r"^(\d{1,4})\s*(d|days?|h|hours?)$", re.IGNORECASE)
+_SAME_DAY = frozenset({"same-day", "same_day", "sameday", "0d"})
+_CLOCK = re.compile(r"^(\d{1,2}):?(\d{2})$")
+
+
+@dataclass(frozen=True)
+class BookingWindow:
+    """When a box opens booking for a class: `length` days or hours before its start,
+    or (`same_day`) at 00:00 of the class day. Stored as `boxes.booking_window_kind`
+    and `boxes.booking_window_length`."""
+
+    kind: str  # one of WINDOW_KINDS
+    length: int | None  # None for same_day
+
+    @property
+    def code(self) -> str:
+        """What `--window` takes and `box list` shows: `4d`, `72h`, `same-day`."""
+        if self.kind == "same_day":
+            return "same-day"
+        return f"{self.length}{self.kind[0]}"
+
+    def describe(self) -> str:
+        if self.kind == "same_day":
+            return "at 00:00 on the class day"
+        return f"{self.length} {self.kind} before the class"
+
+
+def parse_window(text: str) -> BookingWindow:
+    """`4d`, `4 days`, `72h`, `72 hours` or `same-day`."""
+    cleaned = text.strip().lower()
+    if cleaned in _SAME_DAY:
+        return BookingWindow("same_day", None)
+    match = _WINDOW.match(cleaned)
+    if match:
+        length, kind = int(match[1]), ("days" if match[2].startswith("d") else "hours")
+        limit = MAX_WINDOW_DAYS if kind == "days" else MAX_WINDOW_HOURS
+        if 1 <= length <= limit:
+            return BookingWindow(kind, length)
+        raise UsageError(f"booking window {text!r} out of range: 1 to {limit} {kind}")
+    raise UsageError(f"malformed booking window {text!r}: expected {WINDOW_FORMS}")
+
+
+def window_from_columns(kind: str | None, length: int | None) -> BookingWindow | None:
+    """The window stored on a boxes row; None when the box has none (or an unknown one)."""
+    if kind == "same_day":
+        return BookingWindow("same_day", None)
+    if kind in ("days", "hours") and length is not None and length > 0:
+        return BookingWindow(kind, length)
+    return None
+
+
+def parse_clock(text: str) -> time:
+    """A class's start time: `07:00`, `7:00` or `0700`."""
+    match = _CLOCK.match(text.strip())
+    if match:
+        try:
+            return time(int(match[1]), int(match[2]))
+        except ValueError:
+            pass
+    raise UsageError(f"malformed class time {text!r}: expected HH:MM, e.g. 07:00")
+
+
+def opening_instant(day: date, start: time, zone: ZoneInfo, window: BookingWindow) -> datetime:
+    """The UTC instant booking opens for a class on `day` starting at `start` (wall time
+    in `zone`). A wall time that does not exist or happens twice is refused (localize)."""
+    if window.kind == "same_day":
+        return localize(datetime.combine(day, time(0, 0)), zone)
+    assert window.length is not None
+    if window.kind == "days":
+        return localize(datetime.combine(day - timedelta(days=window.length), start), zone)
+    class_start = localize(datetime.combine(day, start), zone)
+    return class_start - timedelta(hours=window.length)
+
+
+# "No puedes reservar clases con más de 4 días de antelación", "... 72 horas ...";
+# Catalan "No pots reservar classes amb més de 4 dies d'antelació"; English "You cannot
+# book classes more than 4 days in advance". The number and its unit are what count.
+# "más de" / "més de" / "more than" is required: "con menos de 2 horas" (too late to
+# book) names a different limit.
+_WINDOW_MESSAGE = re.compile(
+    r"\b(?:m[aá]s de|m[eé]s de|more than)\s+(\d{1,4})\s*"
+    r"(d[ií]as?|dies|days?|horas?|hores|hours?|h)\b",
+    re.IGNORECASE,
+)
+
+
+def parse_window_message(text: str) -> timedelta | None:
+    """The window in AimHarder's localised "not open yet" message, or None.
+
+    Only a hint for a person (`errorMssgLang` is what code branches on): the text is
+    localised and may change."""
+    window = window_from_message(text)
+    if window is None or window.length is None:
+        return None
+    if window.kind == "days":
+        return timedelta(days=window.length)
+    return timedelta(hours=window.length)
+
+
+def window_from_message(text: str) -> BookingWindow | None:
+    """Like `parse_window_message`, keeping whether the box counts days or hours."""
+    match = _WINDOW_MESSAGE.search(text or "")
+    if not match:
+        return None
+    length = int(match[1])
+    kind = "hours" if match[2].lower().startswith("h") else "days"
+    limit = MAX_WINDOW_DAYS if kind == "days" else MAX_WINDOW_HOURS
+    return BookingWindow(kind, length) if 1 <= length <= limit else None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from prebookd.errors import UsageError
 from prebookd.timeparse import (
+    BookingWindow,
     check_opening,
     format_day,
     format_local,
@@ -16,9 +17,15 @@ from prebookd.timeparse import (
     format_utc,
     iso_utc,
     localize,
+    opening_instant,
+    parse_clock,
     parse_day,
     parse_instant,
+    parse_window,
+    parse_window_message,
     parse_zone,
+    window_from_columns,
+    window_from_message,
 )
 
 MADRID = ZoneInfo("Europe/Madrid")
@@ -165,3 +172,155 @@ def test_formatting() -> None:
     assert datetime.fromisoformat(iso_utc(instant)) == instant
     assert format_offset(timedelta(hours=-5)) == "-05:00"
     assert format_offset(timedelta(hours=5, minutes=30)) == "+05:30"
+
+
+# --- booking windows -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "length", "code"),
+    [
+        ("4d", "days", 4, "4d"),
+        ("4 days", "days", 4, "4d"),
+        ("1 day", "days", 1, "1d"),
+        (" 7D ", "days", 7, "7d"),
+        ("72h", "hours", 72, "72h"),
+        ("46 hours", "hours", 46, "46h"),
+        ("96h", "hours", 96, "96h"),  # hours stay hours: they differ from 4d across DST
+        ("same-day", "same_day", None, "same-day"),
+        ("Same_Day", "same_day", None, "same-day"),
+    ],
+)
+def test_parse_window(text: str, kind: str, length: int | None, code: str) -> None:
+    window = parse_window(text)
+    assert window == BookingWindow(kind, length)
+    assert window.code == code
+    assert parse_window(window.code) == window
+    assert window_from_columns(window.kind, window.length) == window
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "malformed booking window"),
+        ("4", "malformed booking window"),
+        ("four days", "malformed booking window"),
+        ("4w", "malformed booking window"),
+        ("-4d", "malformed booking window"),
+        ("0h", "out of range: 1 to 744 hours"),
+        ("32d", "out of range: 1 to 31 days"),
+    ],
+)
+def test_parse_window_refuses(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_window(text)
+
+
+@pytest.mark.parametrize(
+    ("kind", "length"), [(None, None), ("days", None), ("hours", 0), ("weeks", 2)]
+)
+def test_window_from_columns_without_a_usable_window(kind: str | None, length: int | None) -> None:
+    assert window_from_columns(kind, length) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("07:00", time(7, 0)), ("7:05", time(7, 5)), ("0700", time(7, 0)), ("23:59", time(23, 59))],
+)
+def test_parse_clock(text: str, expected: time) -> None:
+    assert parse_clock(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "7", "24:00", "07:60", "7h", "07:00:00"])
+def test_parse_clock_refuses(text: str) -> None:
+    with pytest.raises(UsageError, match="malformed class time"):
+        parse_clock(text)
+
+
+SEVEN = time(7, 0)
+
+
+@pytest.mark.parametrize(
+    ("day", "start", "window", "opens"),
+    [
+        # A 07:00 Madrid class with a 4-day window opens 07:00 Madrid four days earlier,
+        # whichever side of a change each day is on. 2026: summer time from 29 March,
+        # winter time from 25 October.
+        (date(2026, 3, 10), SEVEN, "4d", utc(2026, 3, 6, 6, 0)),  # both +01:00
+        (date(2026, 3, 31), SEVEN, "4d", utc(2026, 3, 27, 6, 0)),  # class +02:00, opens +01:00
+        (date(2026, 3, 29), SEVEN, "4d", utc(2026, 3, 25, 6, 0)),  # class on the change day
+        (date(2026, 10, 27), SEVEN, "4d", utc(2026, 10, 23, 5, 0)),  # class +01:00, opens +02:00
+        (date(2026, 7, 1), SEVEN, "7d", utc(2026, 6, 24, 5, 0)),
+        # Hours are elapsed hours: across the March change 72 h before 07:00 is 06:00.
+        (date(2026, 3, 31), SEVEN, "72h", utc(2026, 3, 28, 5, 0)),
+        (date(2026, 3, 10), SEVEN, "72h", utc(2026, 3, 7, 6, 0)),
+        (date(2026, 10, 27), SEVEN, "72h", utc(2026, 10, 24, 6, 0)),
+        (date(2026, 12, 3), time(9, 30), "46h", utc(2026, 12, 1, 10, 30)),  # 11:30
+        (date(2026, 5, 10), SEVEN, "120h", utc(2026, 5, 5, 5, 0)),
+        # Same day: 00:00 of the class day, box time.
+        (date(2026, 3, 29), SEVEN, "same-day", utc(2026, 3, 28, 23, 0)),
+        (date(2026, 3, 30), time(20, 0), "same-day", utc(2026, 3, 29, 22, 0)),
+    ],
+)
+def test_opening_instant_madrid(day: date, start: time, window: str, opens: datetime) -> None:
+    assert opening_instant(day, start, MADRID, parse_window(window)) == opens
+
+
+def test_opening_instant_local_time_is_kept_in_other_zones() -> None:
+    new_york = ZoneInfo("America/New_York")  # summer time from 8 March 2026
+    opens = opening_instant(date(2026, 3, 10), SEVEN, new_york, parse_window("4d"))
+    assert opens == utc(2026, 3, 6, 12, 0)
+    assert format_local(opens, new_york) == "2026-03-06 07:00:00-05:00"
+
+
+@pytest.mark.parametrize(
+    ("day", "start", "message"),
+    [
+        # Four days before a 02:30 class on 2 April is 02:30 on the spring-forward night.
+        (date(2026, 4, 2), time(2, 30), "does not exist in Europe/Madrid"),
+        (date(2026, 10, 29), time(2, 30), "happens twice in Europe/Madrid"),
+    ],
+)
+def test_opening_instant_refuses_a_wall_time_the_change_skips_or_repeats(
+    day: date, start: time, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        opening_instant(day, start, MADRID, parse_window("4d"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("No puedes reservar clases con más de 4 días de antelación", timedelta(days=4)),
+        ("No puedes reservar clases con mas de 7 dias de antelacion", timedelta(days=7)),
+        ("No puedes reservar clases con más de 1 día de antelación", timedelta(days=1)),
+        ("No puedes reservar clases con más de 72 horas de antelación", timedelta(hours=72)),
+        ("No pots reservar classes amb més de 4 dies d'antelació", timedelta(days=4)),
+        ("No pots reservar classes amb més de 46 hores d'antelació", timedelta(hours=46)),
+        ("You cannot book classes more than 5 days in advance", timedelta(days=5)),
+        ("You can't book classes more than 120 hours in advance", timedelta(hours=120)),
+        ("You cannot book more than 48h in advance", timedelta(hours=48)),
+    ],
+)
+def test_parse_window_message(text: str, expected: timedelta) -> None:
+    assert parse_window_message(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "No puedes reservar dos clases a la misma hora",
+        # A limit too, but on how late one may book: not the window.
+        "No puedes reservar clases con menos de 2 horas de antelación",
+        "No quedan plazas libres en esta clase",
+        "No puedes reservar clases con más de 0 días de antelación",
+    ],
+)
+def test_parse_window_message_without_a_window(text: str) -> None:
+    assert parse_window_message(text) is None
+
+
+def test_window_from_message_keeps_the_unit() -> None:
+    assert window_from_message("con más de 96 horas de antelación") == BookingWindow("hours", 96)
+    assert window_from_message("con más de 4 días de antelación") == BookingWindow("days", 4)
