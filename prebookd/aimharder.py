@@ -83,6 +83,7 @@ class AimHarderClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=request_timeout, sock_read=request_timeout
         )
+        self._request_timeout = request_timeout
         self._session: aiohttp.ClientSession | None = None
         self._connector: aiohttp.TCPConnector | None = None
 
@@ -125,7 +126,9 @@ class AimHarderClient:
                 headers=booking.headers,
                 allow_redirects=False,
             ) as response:
-                body = await response.content.read(MAX_ANSWER_BYTES)
+                # sock_read bounds each read, not a body that trickles in forever.
+                async with asyncio.timeout(self._request_timeout):
+                    body = await _read_answer(response)
                 status = response.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Exchange(transport_failure(exc), None, attempt.written_at, time.time(), None)
@@ -133,3 +136,13 @@ class AimHarderClient:
             _current_attempt.reset(token)
         outcome, answer = classify_http(status, body)
         return Exchange(outcome, answer, attempt.written_at, time.time(), status)
+
+
+async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, but never more than MAX_ANSWER_BYTES (an endless body is cut)."""
+    chunks = []
+    size = 0
+    while size < MAX_ANSWER_BYTES and (chunk := await response.content.read(65_536)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:MAX_ANSWER_BYTES]

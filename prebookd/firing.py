@@ -252,6 +252,9 @@ class Firing:
                 f"{outcome.reason}; still so {self._timing.retry_window:g} s after the "
                 f"instant ({attempts} attempts)"
             )
+            if attempts and outcome.code in ("bad_answer", "transport_error"):
+                # The request reached AimHarder but its answer did not reach us.
+                message += "; the booking may have gone through: check AimHarder"
         else:
             status, message = "failed", outcome.reason
         result = exchange.answer

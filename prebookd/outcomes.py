@@ -103,7 +103,9 @@ def classify_http(status: int, body: bytes) -> tuple[Outcome, Any]:
     try:
         answer = json.loads(body)
     except (UnicodeDecodeError, ValueError):
-        return _failed("bad_answer", f"answer is not JSON: {_excerpt(body)}"), None
+        # A maintenance page, or an answer cut short after the booking was made: worth
+        # another try (a repeat of a booking made answers "already booked").
+        return _retry("bad_answer", f"unreadable answer: {_excerpt(body)}"), None
     return classify_answer(answer), answer
 
 

@@ -66,9 +66,9 @@ def test_daily_limit_says_the_maximum() -> None:
         (403, b"<html>Forbidden</html>", Verdict.FAILED, "blocked"),
         (502, b"bad gateway", Verdict.RETRY, "server_error"),
         (404, b"", Verdict.FAILED, "http_error"),
-        (200, b"<html>maintenance</html>", Verdict.FAILED, "bad_answer"),
-        (200, b'{"bookState": 1', Verdict.FAILED, "bad_answer"),
-        (200, b"\xff\xfe", Verdict.FAILED, "bad_answer"),
+        (200, b"<html>maintenance</html>", Verdict.RETRY, "bad_answer"),
+        (200, b'{"bookState": 1', Verdict.RETRY, "bad_answer"),
+        (200, b"\xff\xfe", Verdict.RETRY, "bad_answer"),
     ],
 )
 def test_http_answers(status: int, body: bytes, verdict: Verdict, code: str) -> None:
