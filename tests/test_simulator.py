@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from prebookd.simulator import SimClass, Simulator
+from prebookd.simulator import Faults, SimClass, Simulator
 from prebookd.simulator_cli import parse_opens_at
 
 DAY = "20261201"
@@ -62,8 +62,14 @@ async def book(
         return answer
 
 
-def a_class(capacity: int = 20, opens_at: float = 0.0, session_id: str = "106015104") -> SimClass:
-    return SimClass(session_id=session_id, day=DAY, capacity=capacity, opens_at=opens_at)
+def a_class(
+    capacity: int = 20,
+    opens_at: float = 0.0,
+    session_id: str = "106015104",
+    day: str = DAY,
+    **extra: Any,
+) -> SimClass:
+    return SimClass(session_id, day, capacity=capacity, opens_at=opens_at, **extra)
 
 
 async def test_before_opening_the_answer_is_not_open_yet(
@@ -332,3 +338,310 @@ async def test_prebookd_simulate_refuses_a_bad_config_in_one_line(tmp_path: Path
     assert message.startswith("prebookd: error: config file")
     assert "day" in message
     assert "\n" not in message
+
+
+# --- classes of a day, waiting lists, limits, cancelling ------------------------------
+
+
+def cookie_of(email: str | None) -> dict[str, str]:
+    return {"Cookie": f"amhrdrauth={MEMBERS[email]}"} if email else {}
+
+
+async def classes_of_day(
+    http: aiohttp.ClientSession, box_url: str, email: str | None, day: str = DAY
+) -> dict[str, Any]:
+    params = {"day": day, "familyId": "", "box": "1001", "_": str(int(time.time() * 1000))}
+    async with http.get(f"{box_url}/api/bookings", params=params, headers=cookie_of(email)) as r:
+        assert r.status == 200
+        answer: dict[str, Any] = await r.json()
+        return answer
+
+
+async def cancel(
+    http: aiohttp.ClientSession, box_url: str, email: str | None, idres: str, late: int = 0
+) -> dict[str, Any]:
+    form = {"id": idres, "late": str(late), "familyId": ""}
+    async with http.post(f"{box_url}/api/cancelBook", data=form, headers=cookie_of(email)) as r:
+        assert r.status == 200
+        answer: dict[str, Any] = await r.json()
+        return answer
+
+
+async def test_classes_of_a_day_in_aimharders_shape(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    # Added out of time order, plus a class of another day: listed by time, that day only.
+    sim.add_class("alpha", a_class(1, session_id="106015105", name="Open Box",
+                                   time="18:30 - 19:30", waitlist_capacity=2))  # fmt: skip
+    sim.add_class("alpha", a_class(16, class_id=41, coach="Marta"))
+    sim.add_class("alpha", a_class(5, session_id="7", day="20261202"))
+    url = sim.box_url("alpha")
+    booked = await book(http, url, "m0@example.com", "106015104")
+    assert (await book(http, url, "m1@example.com", "106015105"))["bookState"] == 1
+    waiting = await book(http, url, "m0@example.com", "106015105")
+    assert waiting["bookState"] == 0
+
+    listing = await classes_of_day(http, url, "m0@example.com")
+    same = {"enabled": 1, "boxName": "Alpha Box", "resadmin": 0, "included": 1}
+    assert listing == {
+        "clasesDisp": "",
+        "day": DAY,
+        "timetable": [
+            {"id": "0700_60", "time": "07:00 - 08:00"},
+            {"id": "1830_60", "time": "18:30 - 19:30"},
+        ],
+        "seminars": [],
+        "bookings": [
+            {"id": 106015104, "time": "07:00 - 08:00", "timeid": "0700_60", "classId": 41,
+             "className": "WOD", "classLength": 60, "bookState": 1,
+             "idres": int(booked["id"]), "ocupation": 1, "limit": "16", "limitc": 16,
+             "waitlist": 0, "coachName": "Marta", **same},
+            {"id": 106015105, "time": "18:30 - 19:30", "timeid": "1830_60", "classId": 1,
+             "className": "Open Box", "classLength": 60, "bookState": 0,
+             "idres": int(waiting["id"]), "ocupation": 1, "limit": "1", "limitc": 1,
+             "waitlist": 1, "coachName": "", **same},
+        ],
+    }  # fmt: skip
+    # Another member sees the same classes with nothing of theirs in them.
+    other = await classes_of_day(http, url, "m5@example.com")
+    assert [(b["bookState"], b["idres"]) for b in other["bookings"]] == [(None, None)] * 2
+    assert (await classes_of_day(http, url, "m5@example.com", "20261203"))["bookings"] == []
+    assert await classes_of_day(http, url, None) == {"logout": 1}
+    bad_day = f"{url}/api/bookings?day=2026-12-01"
+    async with http.get(bad_day, headers=cookie_of("m0@example.com")) as r:
+        assert r.status == 400
+
+
+async def test_a_full_class_fills_its_waiting_list_then_refuses(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.add_class("alpha", a_class(capacity=2, waitlist_capacity=2))
+    emails = list(MEMBERS)[:5]
+    answers = [await book(http, sim.box_url("alpha"), email) for email in emails]
+
+    assert [a["bookState"] for a in answers] == [1, 1, 0, 0, -1]
+    assert answers[2] == {"clasesContratadas": "WOD", "bookState": 0, "id": answers[2]["id"]}
+    assert sim.bookings("alpha", "106015104") == emails[:2]
+    assert sim.waitlist("alpha", "106015104") == emails[2:4]
+    again = await book(http, sim.box_url("alpha"), emails[2])
+    assert again["errorMssgLang"] == "NOPUEDESRESERVAMISMAHORA", "waiting counts as held"
+
+
+async def test_a_daily_limit_answers_minus_8_with_max(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.add_box("alpha", box_id="1001", name="Alpha Box", daily_limit=2)
+    for sid in ("1", "2", "3"):
+        sim.add_class("alpha", a_class(session_id=sid))
+    sim.add_class("alpha", a_class(session_id="4", day="20261202"))
+    url = sim.box_url("alpha")
+    answers = [await book(http, url, "m0@example.com", sid) for sid in ("1", "2", "3")]
+    assert [a["bookState"] for a in answers] == [1, 1, -8]
+    assert answers[2] == {"clasesContratadas": "WOD", "bookState": -8, "max": 2}
+    assert (await book(http, url, "m0@example.com", "4", day="20261202"))["bookState"] == 1
+    assert (await book(http, url, "m1@example.com", "3"))["bookState"] == 1, "per member"
+    # Cancelling frees a place in the day's count.
+    assert (await cancel(http, url, "m0@example.com", answers[0]["id"]))["cancelState"] == 1
+    assert (await book(http, url, "m0@example.com", "3"))["bookState"] == 1
+
+
+async def test_a_member_without_credits_gets_minus_2(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.add_member("poor@example.com", "poor-cookie", no_credits=True)
+    answer = await book(http, sim.box_url("alpha"), None, cookie="poor-cookie")
+    assert answer["bookState"] == -2
+    assert sim.bookings("alpha", "106015104") == []
+
+
+async def test_cancelling_frees_the_place_for_the_first_waiting(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.add_class("alpha", a_class(capacity=1, waitlist_capacity=3))
+    url = sim.box_url("alpha")
+    ana_id, bo_id, cy_id = [(await book(http, url, f"m{i}@example.com"))["id"] for i in range(3)]
+
+    assert await cancel(http, url, "m0@example.com", ana_id) == {"cancelState": 1}
+    assert sim.bookings("alpha", "106015104") == ["m1@example.com"]
+    assert sim.waitlist("alpha", "106015104") == ["m2@example.com"]
+    (promoted,) = (await classes_of_day(http, url, "m1@example.com"))["bookings"]
+    assert (promoted["bookState"], promoted["idres"]) == (1, int(bo_id)), "same idres"
+    # Leaving the waiting list promotes nobody; a cancelled idres is then unknown.
+    assert await cancel(http, url, "m2@example.com", cy_id) == {"cancelState": 1}
+    assert sim.waitlist("alpha", "106015104") == []
+    assert await cancel(http, url, "m2@example.com", cy_id) == {"cancelState": 3}
+    assert await cancel(http, url, "m0@example.com", bo_id) == {"cancelState": 3}, "not hers"
+    assert await cancel(http, url, "m0@example.com", "123") == {"cancelState": 3}
+    assert await cancel(http, url, None, bo_id) == {"logout": 1}
+    assert sim.bookings("alpha", "106015104") == ["m1@example.com"]
+
+
+async def test_a_late_cancel_warns_until_confirmed(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.add_box("alpha", box_id="1001", name="Alpha Box", late_cancel_window=3600)
+    sim.add_class("alpha", a_class(starts_at=time.time() + 600))
+    sim.add_class("alpha", a_class(session_id="2", starts_at=time.time() + 7200))
+    url = sim.box_url("alpha")
+    soon = (await book(http, url, "m0@example.com"))["id"]
+    later = (await book(http, url, "m0@example.com", "2"))["id"]
+
+    assert await cancel(http, url, "m0@example.com", soon) == {"cancelState": 2}
+    assert sim.bookings("alpha", "106015104") == ["m0@example.com"], "not cancelled yet"
+    assert await cancel(http, url, "m0@example.com", soon, late=1) == {"cancelState": 1}
+    assert sim.bookings("alpha", "106015104") == []
+    assert await cancel(http, url, "m0@example.com", later) == {"cancelState": 1}
+
+
+# --- fault injection ------------------------------------------------------------------
+
+
+async def raw_book(
+    http: aiohttp.ClientSession, box_url: str, email: str, timeout: float = 5.0
+) -> tuple[int, str, bytes]:
+    """Status, Content-Type and raw body of a booking, however malformed."""
+    form = {"id": "106015104", "day": DAY, "insist": "0", "familyId": ""}
+    async with http.post(
+        f"{box_url}/api/book",
+        data=form,
+        headers=cookie_of(email),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    ) as response:
+        return response.status, response.content_type, await response.read()
+
+
+async def test_forbidden_errors_and_html_are_answered_in_front_of_the_box(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    url = sim.box_url("alpha")
+    sim.set_faults("alpha", Faults(forbidden=True))
+    status, kind, body = await raw_book(http, url, "m0@example.com")
+    assert (status, kind) == (403, "text/html")
+    assert b"403 Forbidden" in body
+
+    sim.set_faults("alpha", Faults(error_rate=1.0))
+    error_status, kind, _ = await raw_book(http, url, "m0@example.com")
+    assert error_status in (500, 502, 503)
+    assert kind == "text/html"
+
+    sim.set_faults("alpha", Faults(html_rate=1.0))
+    status, kind, body = await raw_book(http, url, "m0@example.com")
+    assert (status, kind) == (200, "text/html")
+    assert body.startswith(b"<!DOCTYPE html>")
+
+    assert sim.bookings("alpha", "106015104") == [], "none of them reached the box"
+    assert [(r.fault, r.status, r.answer) for r in sim.requests] == [
+        ("forbidden", 403, {}),
+        ("error", error_status, {}),
+        ("html", 200, {}),
+    ]
+
+
+async def test_a_reset_closes_the_connection_without_an_answer(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.set_faults("alpha", Faults(reset_rate=1.0))
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await raw_book(http, sim.box_url("alpha"), "m0@example.com")
+    assert sim.bookings("alpha", "106015104") == []
+    assert [(r.fault, r.status) for r in sim.requests] == [("reset", 0)]
+
+
+async def test_a_truncated_answer_is_invalid_json_but_the_booking_happened(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.set_faults("alpha", Faults(truncated_rate=1.0))
+    status, kind, body = await raw_book(http, sim.box_url("alpha"), "m0@example.com")
+    assert (status, kind) == (200, "application/json")
+    with pytest.raises(ValueError):
+        json.loads(body)
+    assert sim.bookings("alpha", "106015104") == ["m0@example.com"]
+    (recorded,) = sim.requests
+    assert (recorded.fault, recorded.answer["bookState"]) == ("truncated", 1)
+
+
+async def test_a_slow_body_outlasts_a_client_timeout_yet_books(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    url = sim.box_url("alpha")
+    sim.set_faults("alpha", Faults(slow_body=1.0, slow_body_seconds=30))
+    with pytest.raises(asyncio.TimeoutError):
+        await raw_book(http, url, "m0@example.com", timeout=0.3)
+    assert sim.bookings("alpha", "106015104") == ["m0@example.com"]
+
+    # A patient client gets the whole answer, just late.
+    sim.set_faults("alpha", Faults(slow_body=1.0, slow_body_seconds=0.3))
+    started = time.monotonic()
+    status, _, body = await raw_book(http, url, "m1@example.com")
+    assert time.monotonic() - started >= 0.3
+    assert (status, json.loads(body)["bookState"]) == (200, 1)
+    assert [r.fault for r in sim.requests] == ["slow_body", "slow_body"]
+
+
+async def test_latency_and_jitter_delay_the_answer_not_the_decision(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.set_faults("alpha", Faults(latency=0.2, jitter=0.1))
+    started = time.monotonic()
+    assert (await book(http, sim.box_url("alpha"), "m0@example.com"))["bookState"] == 1
+    assert 0.2 <= time.monotonic() - started < 0.3 + 0.2
+    (recorded,) = sim.requests
+    assert recorded.fault is None
+    assert recorded.handled_at - recorded.arrived_at < 0.1
+
+
+async def test_faults_stay_on_their_box(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    sim.add_box("beta")
+    sim.set_faults("alpha", Faults(forbidden=True))
+    assert (await book(http, sim.box_url("beta"), "m0@example.com"))["bookState"] == 1
+    headers = cookie_of("m0@example.com")
+    async with http.get(f"{sim.base_url}/api/whoami", headers=headers) as response:
+        assert await response.json() == {"data": {"email": "m0@example.com"}}
+    assert [r.fault for r in sim.requests] == [None, None]
+    sim.set_faults("alpha", Faults())
+    assert (await book(http, sim.box_url("alpha"), "m0@example.com"))["bookState"] == 1
+
+
+async def _fault_sequence(sim: Simulator, http: aiohttp.ClientSession, n: int) -> list[str | None]:
+    for _ in range(n):
+        await raw_book(http, sim.box_url("alpha"), "m0@example.com")
+    return [r.fault for r in sim.requests[-n:]]
+
+
+async def test_faults_are_drawn_from_the_seed(http: aiohttp.ClientSession) -> None:
+    mixed = Faults(error_rate=0.3, html_rate=0.2, truncated_rate=0.2)
+    sequences = []
+    for seed in (7, 7, 8):
+        sim = Simulator(seed=seed)
+        sim.add_box("alpha")
+        sim.add_member("m0@example.com", MEMBERS["m0@example.com"])
+        sim.set_faults("alpha", mixed)
+        await sim.start()
+        try:
+            first = await _fault_sequence(sim, http, 20)
+            sim.reset()  # restarts the sequence
+            assert await _fault_sequence(sim, http, 20) == first
+        finally:
+            await sim.stop()
+        sequences.append(first)
+
+    assert sequences[0] == sequences[1], "same seed, same faults"
+    assert sequences[0] != sequences[2], "another seed, other faults"
+    assert {"error", "html", "truncated", None} == set(sequences[0])
+
+
+async def test_faults_set_through_the_control_endpoint(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        f"{sim.base_url}/_sim/faults", json={"box": "alpha", "forbidden": True}
+    ) as r:
+        assert r.status == 200
+    assert (await raw_book(http, sim.box_url("alpha"), "m0@example.com"))[0] == 403
+    for bad in ({"box": "alpha", "error_rate": 0.6, "html_rate": 0.6}, {"box": "nope"},
+                {"box": "alpha", "error_rate": 2}, {"box": "alpha", "typo": 1}):  # fmt: skip
+        async with http.post(f"{sim.base_url}/_sim/faults", json=bad) as r:
+            assert r.status == 400, bad
+    async with http.get(f"{sim.base_url}/_sim/requests") as r:
+        (recorded,) = await r.json()
+    assert (recorded["fault"], recorded["status"]) == ("forbidden", 403)
