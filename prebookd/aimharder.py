@@ -43,6 +43,8 @@ class Attempt:
 
     gate: asyncio.Future[None] | None
     written_at: float | None = None
+    parked: bool = False  # reached its gate before it opened: only the write was left
+    new_connection: bool | None = None  # None until a connection was had
 
 
 _current_attempt: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
@@ -58,9 +60,24 @@ async def _hold_then_stamp(
     if attempt is None:
         return
     if attempt.gate is not None and not attempt.gate.done():
+        attempt.parked = True
         await attempt.gate
     if attempt.written_at is None:
         attempt.written_at = time.time()
+
+
+async def _connection_created(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceConnectionCreateEndParams
+) -> None:
+    if (attempt := _current_attempt.get()) is not None:
+        attempt.new_connection = True
+
+
+async def _connection_reused(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceConnectionReuseconnParams
+) -> None:
+    if (attempt := _current_attempt.get()) is not None:
+        attempt.new_connection = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,8 @@ class AimHarderClient:
     async def start(self) -> None:
         trace = aiohttp.TraceConfig()
         trace.on_request_chunk_sent.append(_hold_then_stamp)
+        trace.on_connection_create_end.append(_connection_created)
+        trace.on_connection_reuseconn.append(_connection_reused)
         self._connector = aiohttp.TCPConnector(
             limit=self._limit,
             limit_per_host=self._limit_per_host,

@@ -59,8 +59,13 @@ class Timing:
 @dataclass
 class _Slot:
     booking: Booking
-    gate: asyncio.Future[None]
+    attempt: Attempt
     task: asyncio.Task[ExchangeSummary] | None = None
+
+    @property
+    def gate(self) -> asyncio.Future[None]:
+        assert self.attempt.gate is not None
+        return self.attempt.gate
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class Firing:
         if booking.id in self._slots:
             return
         loop = asyncio.get_running_loop()
-        slot = _Slot(booking, loop.create_future())
+        slot = _Slot(booking, Attempt(loop.create_future()))
         self._slots[booking.id] = slot
         if self.released:
             slot.gate.set_result(None)  # late arrival: the instant has come, send now
@@ -164,9 +169,22 @@ class Firing:
 
     def _release(self) -> None:
         self.released = True
-        for slot in self._ordered():  # FIFO: the order of wake-ups is the write order
+        slots = self._ordered()
+        for slot in slots:  # FIFO: the order of wake-ups is the write order
             if not slot.gate.done():
                 slot.gate.set_result(None)
+        # After the gates: logging is work, and the writes come first.
+        asyncio.get_running_loop().call_later(0.02, self._log_release, slots)
+
+    def _log_release(self, slots: list[_Slot]) -> None:
+        log.info(
+            "instant_released",
+            instant=iso_instant(self.instant),
+            rows=len(slots),
+            # Ready at the gate: request built, connection open, only the write left.
+            warm=sum(1 for s in slots if s.attempt.parked),
+            new_connections=sum(1 for s in slots if s.attempt.new_connection),
+        )
 
     async def _stage_all(self) -> None:
         slots = self._ordered()
@@ -179,12 +197,12 @@ class Firing:
 
     def _stage(self, slot: _Slot) -> None:
         slot.task = asyncio.create_task(
-            self._send(slot.booking, slot.gate), name=f"send-{slot.booking.id}"
+            self._send(slot.booking, slot.attempt), name=f"send-{slot.booking.id}"
         )
 
-    async def _send(self, booking: Booking, gate: asyncio.Future[None]) -> ExchangeSummary:
+    async def _send(self, booking: Booking, attempt: Attempt) -> ExchangeSummary:
         t = self._timing
-        first = await self._client.book(booking, Attempt(gate))
+        first = await self._client.book(booking, attempt)
         await self._hot.wait_clear()
         attempts = 1 if first.written_at is not None else 0
         written_at = first.written_at

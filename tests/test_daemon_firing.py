@@ -99,7 +99,12 @@ async def test_bursts_fire_on_time_in_fifo_order_with_capacity(
     assert outcomes == {("completed", "booked"): 8 * capacity, ("failed", "full"): 8 * 10}
     full = [r for r in by_id.values() if r["outcome"] == "full"]
     assert all(r["error_message"] == "class full" for r in full)
-    assert daemon.events("instant_fired"), "one summary line per instant"
+    assert len(daemon.events("instant_fired")) == 8, "one summary line per instant"
+    released = daemon.events("instant_released")
+    assert len(released) == 8
+    for line in released:
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        assert fields["rows"] == fields["warm"] == "25", "every request staged before T"
 
 
 async def test_late_insert_cancel_delete_and_reschedule(
