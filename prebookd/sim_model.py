@@ -56,6 +56,8 @@ class RecordedRequest:
     answer: dict[str, Any]  # the JSON body answered; {} when a fault answered instead
     fault: str | None = None  # the fault injected (see Faults), None for a normal answer
     status: int = 200  # HTTP status answered; 0 when the connection was reset
+    connection_opened_at: float | None = None  # when the request's connection was accepted
+    connection_served: int = 0  # requests that connection carried before this one
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,20 @@ ACCOUNT_SITE = ""  # RecordedRequest.box of the account site's requests
 
 
 class _StampingRequestHandler(web_protocol.RequestHandler):
-    __slots__ = ("first_byte_at",)
+    __slots__ = ("connected_at", "first_byte_at", "served")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.first_byte_at: float | None = None
+        # The connection log: when this connection was accepted, and how many requests
+        # it carried before the current one (a warm connection has carried some, or was
+        # opened well before its first request).
+        self.connected_at: float | None = None
+        self.served = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connected_at = time.time()
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         # Clients do not pipeline: once the handler has read a request's body and
@@ -227,6 +236,11 @@ class Simulator(SimState):
             return Answer({"error": one_line_error(exc)}, status=400)
 
     def _record(self, call: Call, box: str, path: str, answer: Answer, fault: str | None) -> None:
+        protocol = call.request.protocol
+        connected_at = getattr(protocol, "connected_at", None)
+        served = getattr(protocol, "served", 0)
+        if isinstance(protocol, _StampingRequestHandler):
+            protocol.served += 1
         self.requests.append(
             RecordedRequest(
                 seq=len(self.requests),
@@ -241,6 +255,8 @@ class Simulator(SimState):
                 answer=dict(answer.payload),  # a copy: not the shared constants
                 fault=fault,
                 status=answer.status,
+                connection_opened_at=connected_at,
+                connection_served=served,
             )
         )
 

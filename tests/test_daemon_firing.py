@@ -282,3 +282,27 @@ async def test_not_open_yet_is_retried_inside_the_window_and_logout_is_never_suc
     assert rows[too_soon]["result"]["errorMssgLang"] == "ERROR_ANTELACION_CLIENTE"
     last_try = max(r.arrived_at for r in arrivals_of(sim) if r.email == "toosoon@x.es")
     assert last_try < t + 1.2, "no retry after the window"
+
+
+async def test_burst_of_50_goes_out_on_connections_opened_before_the_instant(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    box = await add_box(conn, sim, "box-w")
+    emails = [f"warm{i:02d}@x.es" for i in range(50)]
+    for email in emails:
+        await add_member(conn, sim, email)
+    t = time.time() + 5.0
+    open_class(sim, "box-w", "50", t, 20)
+    async with running_daemon(db_dsn, tmp_path) as daemon:
+        ids = [await add_prebooking(conn, box, email, "50", t) for email in emails]
+        await wait_rows_final(conn, ids)
+        assert await daemon.stop() == 0
+    burst = arrivals_of(sim)
+    assert len(burst) == 50
+    # The simulator's connection log: every request, the first included, came on a
+    # connection accepted seconds before the instant (staging opened it), so no
+    # handshake happened at the instant.
+    opened = [r.connection_opened_at for r in burst]
+    assert all(o is not None and o < t - 1.0 for o in opened)
+    assert burst[0].connection_opened_at is not None
+    assert len({r.connection_opened_at for r in burst}) == 50, "one connection per request"

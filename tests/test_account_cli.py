@@ -1,0 +1,410 @@
+"""`prebookd login`, `prebookd classes`, `add --class` and box booking windows, run as a
+user runs them: `python -m prebookd ...` in a subprocess against a real Postgres and the
+simulator (in this process) as AimHarder.
+
+Classes are in 2030 so the tests do not expire; PREBOOKD_MAX_LEAD_DAYS is raised so
+that far a lead is allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from prebookd.account import fingerprint_for
+from prebookd.sim_model import SimClass
+from prebookd.simulator import Simulator
+
+EMAIL = "jane@example.com"
+PASSWORD = "correct-Horse-9-battery"
+DAY = "20301204"  # a Wednesday; Madrid is on winter time (+01:00) the whole week
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator()
+    simulator.add_box("alpha", box_id="1001", name="Alpha Box")
+    simulator.add_member(EMAIL, "seed-cookie", password=PASSWORD)
+    for session_id, start, name in (
+        ("106015104", "07:00", "WOD"),
+        ("106015105", "08:00", "Halterofilia"),
+        ("106015106", "19:00", "WOD"),
+    ):
+        end = f"{int(start[:2]) + 1:02d}:00"
+        simulator.add_class(
+            "alpha",
+            SimClass(
+                session_id, DAY, capacity=16, opens_at=0.0, name=name, time=f"{start} - {end}"
+            ),
+        )
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+@pytest.fixture
+async def box(conn: asyncpg.Connection, sim: Simulator) -> uuid.UUID:
+    box_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO boxes (box_id, subdomain, name, base_url, timezone) "
+        "VALUES ('1001', 'alpha', 'Alpha Box', $1, 'Europe/Madrid') RETURNING id",
+        sim.box_url("alpha"),
+    )
+    return box_id
+
+
+async def prebookd(dsn: str, sim: Simulator | None, *args: str, stdin: str = "") -> Run:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREBOOKD_")}
+    env.update(PREBOOKD_DATABASE_URL=dsn, PREBOOKD_MAX_LEAD_DAYS="3650")
+    # Debug logging: nothing secret may show even there.
+    env.update(PREBOOKD_LOG_LEVEL="debug")
+    if sim is not None:
+        env["PREBOOKD_AIMHARDER_URL"] = sim.base_url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "prebookd",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout=60)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+def assert_refused(run: Run, *fragments: str, code: int | None = None) -> None:
+    """One line on stderr naming the problem, nothing on stdout, a non-zero exit."""
+    assert run.code != 0 and (code is None or run.code == code), run
+    assert run.out == "", run
+    lines = [line for line in run.err.splitlines() if line.startswith("prebookd: error: ")]
+    assert len(lines) == 1, run
+    for fragment in fragments:
+        assert fragment in lines[0], run
+
+
+async def sessions(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch("SELECT * FROM auth_sessions ORDER BY created_at")]
+
+
+def logins(sim: Simulator) -> list[Any]:
+    return [r for r in sim.requests if r.box == "" and r.path == "/api/login"]
+
+
+# --- login ---------------------------------------------------------------------------
+
+
+async def test_login_stores_the_background_session(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator, box: uuid.UUID
+) -> None:
+    before = time.time()
+    run = await prebookd(
+        db_dsn, sim, "login", "--email", "Jane@Example.com", "--box", "alpha",
+        stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert run.code == 0, run
+    assert "logged in jane@example.com: background session stored" in run.out
+    assert "box alpha accepts the session" in run.out
+    assert len(logins(sim)) == 1 and logins(sim)[0].email == EMAIL
+    assert [r.path for r in sim.requests if r.box == ""] == ["/api/login", "/setrefresh"]
+
+    (row,) = await sessions(conn)
+    assert row["user_email"] == EMAIL
+    assert row["fingerprint"] == fingerprint_for(EMAIL)
+    assert row["session_type"] == "background"
+    assert row["token_update_count"] == 0 and row["last_token_update_error"] is None
+    assert row["last_token_update_date"].timestamp() >= before - 1
+    # What was stored is a live session: the simulator knows its token and cookie.
+    member = sim.member_for_token(row["aimharder_token"])
+    assert member is not None and member.email == EMAIL
+    cookies = {c["name"]: c["value"] for c in row["aimharder_cookies"]}
+    assert set(cookies) == {"amhrdrauth", "AWSALB", "PHPSESSID"}
+    assert sim.member_for_cookie(cookies["amhrdrauth"], time.time()) is member
+
+    # The password went to AimHarder once and nowhere else.
+    assert PASSWORD not in run.out + run.err
+    dump = json.dumps(await sessions(conn), default=str)
+    assert PASSWORD not in dump and row["aimharder_token"] not in run.out + run.err
+
+    # Logging in again updates the same row (upsert on e-mail and fingerprint).
+    again = await prebookd(db_dsn, sim, "login", "--email", EMAIL, "--password-stdin",
+                           stdin=PASSWORD)  # fmt: skip
+    assert again.code == 0 and "background session updated" in again.out, again
+    (updated,) = await sessions(conn)
+    assert updated["id"] == row["id"] and updated["aimharder_token"] != row["aimharder_token"]
+
+
+async def test_login_updates_the_web_apps_row_keeping_its_spelling(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator
+) -> None:
+    await conn.execute(
+        "INSERT INTO auth_sessions (user_email, fingerprint, session_type, aimharder_token, "
+        "token_update_count, last_token_update_error) "
+        "VALUES ('Jane@Example.com', $1, 'background', 'stale', 41, 'logout')",
+        fingerprint_for(EMAIL),
+    )
+    run = await prebookd(db_dsn, sim, "login", "--email", EMAIL, stdin=PASSWORD)
+    assert run.code == 0 and "background session updated" in run.out, run
+    (row,) = await sessions(conn)
+    assert row["user_email"] == "Jane@Example.com"
+    assert row["aimharder_token"] != "stale"
+    assert row["token_update_count"] == 0 and row["last_token_update_error"] is None
+
+
+async def test_wrong_password_is_one_request_and_stores_nothing(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator
+) -> None:
+    wrong = "wrong-Password-123"
+    run = await prebookd(db_dsn, sim, "login", "--email", EMAIL, stdin=wrong + "\n")
+    assert_refused(run, "wrong e-mail or password")
+    assert len(logins(sim)) == 1  # never retried: retries lock the account
+    assert await sessions(conn) == []
+    assert wrong not in run.out + run.err
+
+
+async def test_login_refusals_before_anything_is_sent(
+    db_dsn: str, sim: Simulator, box: uuid.UUID
+) -> None:
+    empty, bad_email, bad_box = await asyncio.gather(
+        prebookd(db_dsn, sim, "login", "--email", EMAIL, stdin="\n"),
+        prebookd(db_dsn, sim, "login", "--email", "nope", stdin=PASSWORD),
+        prebookd(db_dsn, sim, "login", "--email", EMAIL, "--box", "nope", stdin=PASSWORD),
+    )
+    assert_refused(empty, "empty password")
+    assert_refused(bad_email, "malformed e-mail")
+    assert_refused(bad_box, "unknown box 'nope'")
+    assert logins(sim) == []
+
+
+# --- classes -------------------------------------------------------------------------
+
+
+async def store_session(conn: asyncpg.Connection, cookie: str = "seed-cookie") -> None:
+    await conn.execute(
+        "INSERT INTO auth_sessions (user_email, fingerprint, session_type, aimharder_token, "
+        "aimharder_cookies) VALUES ($1, $2, 'background', 'refresh-seed', $3)",
+        EMAIL,
+        fingerprint_for(EMAIL),
+        [{"name": "amhrdrauth", "value": cookie}, {"name": "PHPSESSID", "value": "p1"}],
+    )
+
+
+async def test_classes_lists_the_day_as_the_member_sees_it(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator, box: uuid.UUID
+) -> None:
+    await store_session(conn)
+    await conn.execute(
+        "UPDATE boxes SET booking_window_kind = 'days', booking_window_length = 4 WHERE id = $1",
+        box,
+    )
+    import aiohttp  # the member books the 08:00 class as the web app would
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{sim.box_url('alpha')}/api/book",
+            data={"id": "106015105", "day": DAY, "insist": "0", "familyId": ""},
+            headers={"Cookie": "amhrdrauth=seed-cookie"},
+        ) as response,
+    ):
+        assert (await response.json())["bookState"] == 1
+
+    table, as_json = await asyncio.gather(
+        prebookd(db_dsn, sim, "classes", "--box", "alpha", "--day", DAY, "--email", EMAIL),
+        prebookd(db_dsn, sim, "classes", "--box", "alpha", "--day", DAY, "--email", EMAIL,
+                 "--json"),
+    )  # fmt: skip
+    assert table.code == 0, table
+    header, *lines = table.out.splitlines()
+    assert header.split() == [
+        "TIME", "CLASS", "SESSION", "ID", "BOOKED", "WAITING", "YOU", "OPENS", "(Europe/Madrid)",
+    ]  # fmt: skip
+    assert lines[0].split() == [
+        "07:00", "-", "08:00", "WOD", "106015104", "0/16", "0", "2030-11-30", "07:00:00+01:00",
+    ]  # fmt: skip
+    assert lines[1].split()[3:8] == ["Halterofilia", "106015105", "1/16", "0", "booked"]
+    listed = json.loads(as_json.out)
+    assert [(c["session_id"], c["start"], c["name"], c["booked"]) for c in listed] == [
+        ("106015104", "07:00", "WOD", False),
+        ("106015105", "08:00", "Halterofilia", True),
+        ("106015106", "19:00", "WOD", False),
+    ]
+    assert listed[1]["reservation_id"] and listed[0]["reservation_id"] is None
+    assert listed[0]["opens_at"] == "2030-11-30T06:00:00Z"
+    assert all(r.email == EMAIL for r in sim.requests if r.path == "/api/bookings")
+
+
+async def test_classes_without_a_usable_session(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator, box: uuid.UUID
+) -> None:
+    command = ["classes", "--box", "alpha", "--day", DAY, "--email", EMAIL]
+    missing = await prebookd(db_dsn, sim, *command)
+    assert_refused(missing, "jane@example.com has no background session", "prebookd login")
+    await store_session(conn, cookie="unknown-to-aimharder")
+    dead = await prebookd(db_dsn, sim, *command)
+    assert_refused(dead, "session is dead", "prebookd login --email jane@example.com")
+
+
+# --- box windows and add --class ---------------------------------------------------------
+
+
+async def test_box_windows_are_stored_and_shown(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator
+) -> None:
+    def box_add(subdomain: str, *extra: str) -> list[str]:
+        return ["box", "add", "--subdomain", subdomain, "--box-id", subdomain, "--name", "B",
+                *extra]  # fmt: skip
+
+    runs = await asyncio.gather(
+        prebookd(db_dsn, None, *box_add("days", "--window", "4d")),
+        prebookd(db_dsn, None, *box_add("hours", "--window", "72h")),
+        prebookd(db_dsn, None, *box_add("sameday", "--window", "same-day")),
+        prebookd(db_dsn, None, *box_add("nowindow")),
+        prebookd(db_dsn, None, *box_add("bad", "--window", "4 weeks")),
+    )
+    for run in runs[:4]:
+        assert run.code == 0, run
+    assert "booking opens 4 days before the class" in runs[0].out
+    assert_refused(runs[4], "malformed booking window '4 weeks'")
+
+    changed, cleared, unknown = await asyncio.gather(
+        prebookd(db_dsn, None, "box", "set-window", "nowindow", "46h"),
+        prebookd(db_dsn, None, "box", "set-window", "sameday", "none"),
+        prebookd(db_dsn, None, "box", "set-window", "nope", "4d"),
+    )
+    assert changed.code == 0 and "46 hours before the class" in changed.out, changed
+    assert cleared.code == 0 and "cleared" in cleared.out, cleared
+    assert_refused(unknown, "unknown box 'nope'")
+
+    stored = {
+        r["subdomain"]: (r["booking_window_kind"], r["booking_window_length"])
+        for r in await conn.fetch("SELECT * FROM boxes")
+    }
+    assert stored == {
+        "days": ("days", 4),
+        "hours": ("hours", 72),
+        "sameday": (None, None),
+        "nowindow": ("hours", 46),
+    }
+    table, as_json = await asyncio.gather(
+        prebookd(db_dsn, None, "box", "list"), prebookd(db_dsn, None, "box", "list", "--json")
+    )
+    assert table.out.splitlines()[0].split()[-1] == "WINDOW"
+    assert [line.split()[-1] for line in table.out.splitlines()[1:]][:2] == ["4d", "72h"]
+    assert {b["subdomain"]: b["booking_window"] for b in json.loads(as_json.out)} == {
+        "days": "4d",
+        "hours": "72h",
+        "nowindow": "46h",
+        "sameday": None,
+    }
+
+
+async def added(conn: asyncpg.Connection, run: Run) -> asyncpg.Record:
+    assert run.code == 0, run
+    row = await conn.fetchrow(
+        "SELECT booking_data, available_at FROM prebookings WHERE id = $1",
+        uuid.UUID(run.out.strip()),
+    )
+    assert row is not None
+    return row
+
+
+async def test_add_by_class_name_derives_the_opening_from_the_window(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator, box: uuid.UUID
+) -> None:
+    await store_session(conn)
+    set_window = await prebookd(db_dsn, None, "box", "set-window", "alpha", "4d")
+    assert set_window.code == 0, set_window
+    add = ["add", "--email", EMAIL, "--box", "alpha", "--day", DAY]
+
+    by_name, by_id, by_time = await asyncio.gather(
+        prebookd(db_dsn, sim, *add, "--class", "07:00 wod"),
+        prebookd(db_dsn, sim, *add, "--class-id", "106015105"),  # start from the listing
+        prebookd(db_dsn, sim, *add, "--class-id", "106015106", "--class-time", "19:00"),
+    )
+    first = await added(conn, by_name)
+    assert first["booking_data"] == {"day": DAY, "familyId": "", "id": "106015104", "insist": 0}
+    # 07:00 Madrid four days before, on winter time: 06:00 UTC.
+    assert first["available_at"] == datetime(2030, 11, 30, 6, 0, tzinfo=UTC)
+    assert "4 days before the class, class at 07:00" in by_name.err
+    second = await added(conn, by_id)
+    assert second["available_at"] == datetime(2030, 11, 30, 7, 0, tzinfo=UTC)
+    third = await added(conn, by_time)
+    assert third["booking_data"]["id"] == "106015106"
+    assert third["available_at"] == datetime(2030, 11, 30, 18, 0, tzinfo=UTC)
+    # --class-id with --class-time needs no listing: two lookups for three prebookings.
+    assert len([r for r in sim.requests if r.path == "/api/bookings"]) == 2
+
+    ambiguous, unknown, missing_id = await asyncio.gather(
+        prebookd(db_dsn, sim, *add, "--class", "WOD"),
+        prebookd(db_dsn, sim, *add, "--class", "09:00 Yoga"),
+        prebookd(db_dsn, sim, *add, "--class-id", "999"),
+    )
+    assert_refused(
+        ambiguous, "'WOD' matches 2 classes", "07:00 WOD (id 106015104)",
+        "19:00 WOD (id 106015106)", "--class-id",
+    )  # fmt: skip
+    assert_refused(unknown, "no class '09:00 Yoga'", "08:00 Halterofilia (id 106015105)")
+    assert_refused(missing_id, "no class 999 at alpha on 20301204")
+
+
+async def test_add_without_at_needs_a_window(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator, box: uuid.UUID
+) -> None:
+    add = ["add", "--email", EMAIL, "--box", "alpha", "--day", DAY, "--class-id", "106015104",
+           "--class-time", "07:00"]  # fmt: skip
+    bare = await prebookd(db_dsn, sim, *add)
+    assert_refused(bare, "box 'alpha' has no booking window", "--at", "box set-window alpha")
+    assert "AimHarder told" not in bare.err
+
+    # An earlier refusal at this box names the window: it is offered as a suggestion.
+    await conn.execute(
+        "INSERT INTO prebookings (user_email, box_id, booking_data, available_at, status, "
+        "result, executed_at) VALUES ($1, $2, '{}', now(), 'failed', $3, now())",
+        EMAIL,
+        box,
+        {
+            "bookState": -12,
+            "errorMssg": "No puedes reservar clases con más de 4 días de antelación",
+            "errorMssgLang": "ERROR_ANTELACION_CLIENTE",
+        },
+    )
+    hinted = await prebookd(db_dsn, sim, *add)
+    assert_refused(hinted, "has no booking window", "suggests `prebookd box set-window alpha 4d`")
+    # Nothing was asked of AimHarder to find that out, least of all a booking.
+    assert sim.requests == []
+
+
+async def test_new_commands_have_help() -> None:
+    dsn = "postgresql://prebookd@127.0.0.1:9/never"
+    login, classes, set_window, add = await asyncio.gather(
+        prebookd(dsn, None, "login", "--help"),
+        prebookd(dsn, None, "classes", "--help"),
+        prebookd(dsn, None, "box", "set-window", "--help"),
+        prebookd(dsn, None, "add", "--help"),
+    )
+    assert login.code == 0 and "--password-stdin" in login.out and "never stored" in login.out
+    assert classes.code == 0 and "--day" in classes.out and "--json" in classes.out
+    assert set_window.code == 0 and "same-day" in set_window.out
+    assert add.code == 0 and "--class 'HH:MM NAME'" in add.out and "--class-time" in add.out
