@@ -185,6 +185,7 @@ class Daemon:
         self._background.start(self.listener.run(stop), "listener")
         self._background.start(self.results.run(stop), "result-writer")
         self._background.start(self.engine.fetch_loop(stop), "row-fetcher")
+        self._background.start(self.engine.lease_loop(stop), "leases")
         self._background.start(self._reconcile(), "reconcile")
         self._background.start(self._watchdog(), "watchdog")
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")

@@ -45,7 +45,8 @@ ARM_RETRY_DELAY = 1.0
 # the table says: their results may not be in it yet (Postgres down, a batch in
 # flight), and sending twice would book twice.
 DONE_MEMORY = 900.0
-ACTIVE = ("pending", "loaded")
+ACTIVE = ("pending", "loaded", "executing")  # not final: someone may still have to send it
+WATCH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Engine:
         self.hot = hot
         self.last_firings: deque[dict[str, Any]] = deque(maxlen=20)
         self._done: dict[UUID, float] = {}  # id -> clock() when sent or failed
+        self._watched: dict[UUID, RowState] = {}  # rows another instance holds
 
     # ---- what the daemon asks ------------------------------------------------
 
@@ -155,7 +157,6 @@ class Engine:
         now = started
         records = await store.rows_to_schedule(
             self._pool,
-            self.config.instance,
             horizon_end=now + self.config.horizon,
             absurd_after=now + self.config.max_lead,
         )
@@ -196,9 +197,8 @@ class Engine:
             ):
                 return  # our own claim, instant unchanged
             self._fetch(notice.id)
-        elif notice.status in ACTIVE:
-            self._fetch(notice.id)
         else:
+            # executing (being sent: by us, or by the holder of its lease), or final.
             self._forget(notice.id, notice.status or "no status")
 
     async def fetch_loop(self, stop: asyncio.Event) -> None:
@@ -222,6 +222,64 @@ class Engine:
                 self._accept(RowState.from_record(record))
             for row_id in set(ids) - found:
                 self._forget(row_id, "deleted")
+
+    async def lease_loop(self, stop: asyncio.Event) -> None:
+        """Renew the leases of rows held (every third of a lease); every second, look
+        at rows other instances hold, to take over those whose lease ran out."""
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=WATCH_INTERVAL)
+            except TimeoutError:
+                pass
+            if stop.is_set():
+                break
+            try:
+                if loop.time() >= renew_at:
+                    renew_at = loop.time() + self.config.lease_seconds / 3
+                    await self._renew_leases()
+                await self._check_watched()
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("lease_upkeep_failed", error=str(exc))
+
+    async def _renew_leases(self) -> None:
+        held = list(self._armed)
+        if not held:
+            return
+        await self.hot.wait_clear()
+        kept = await store.renew_leases(
+            self._pool, held, self.config.instance, self.config.lease_seconds
+        )
+        for row_id in set(held) - kept:
+            firing = self._armed.get(row_id)
+            # Lost while we could not renew (Postgres away longer than a lease): the
+            # row may be another instance's now; never send what it will send.
+            if firing is not None and firing.withdraw(row_id):
+                del self._armed[row_id]
+                log.warning("lease_lost", prebooking_id=str(row_id))
+
+    async def _check_watched(self) -> None:
+        now = self._clock()
+        expired = [
+            row_id
+            for row_id, row in self._watched.items()
+            if row.lease_expires_at is None or row.lease_expires_at <= now
+        ]
+        if not expired:
+            return
+        await self.hot.wait_clear()
+        records = await store.rows_by_id(self._pool, expired)
+        found = {r["id"] for r in records}
+        for record in records:
+            row = RowState.from_record(record)
+            if not self._held_elsewhere(row) and row.status in ACTIVE:
+                log.info(
+                    "lease_taken_over", prebooking_id=str(row.id), previous_owner=row.lease_owner
+                )
+            self._accept(row)
+        for row_id in set(expired) - found:
+            self._forget(row_id, "deleted")
 
     async def shutdown(self, deadline: float) -> list[UUID]:
         """Stop arming; let released requests finish until the loop-time deadline.
@@ -253,9 +311,16 @@ class Engine:
         cfg = self.config
         if row.id in self._done:
             return  # sent or failed already; the table may not know it yet
-        if row.status not in ACTIVE or self._held_elsewhere(row):
+        if row.status not in ACTIVE:
             self._forget(row.id, row.status)
             return
+        if self._held_elsewhere(row):
+            # Another instance fires it. Watch its lease: if that instance dies, the
+            # lease runs out and this one takes the row over.
+            self._forget(row.id, "held by another instance")
+            self._watched[row.id] = row
+            return
+        self._watched.pop(row.id, None)
         now = self._clock()
         if row.available_at is None:
             self._fail(row.id, "bad_row", "available_at is null: no instant to fire at")
@@ -284,13 +349,14 @@ class Engine:
 
     def _held_elsewhere(self, row: RowState) -> bool:
         return (
-            row.status == "loaded"
+            row.status in ("loaded", "executing")
             and row.lease_owner not in (None, self.config.instance)
             and row.lease_expires_at is not None
             and row.lease_expires_at > self._clock()
         )
 
     def _forget(self, row_id: UUID, why: str) -> None:
+        self._watched.pop(row_id, None)
         removed = self.schedule.remove(row_id) is not None
         firing = self._armed.get(row_id)
         if firing is not None and firing.withdraw(row_id):
@@ -433,12 +499,20 @@ class Engine:
             return
         late = self._clock() - booking.available_at
         if late > cfg.late_grace:
-            self._fail(
-                booking.id,
-                "missed",
-                f"opening instant passed {late:.0f} s ago, more than late_grace "
-                f"({cfg.late_grace:g} s): not sent",
-            )
+            if booking.prior_attempts:
+                self._fail(
+                    booking.id,
+                    "unknown",
+                    "sent, but the instance sending it stopped before recording the "
+                    "answer; not sent again this late: check AimHarder",
+                )
+            else:
+                self._fail(
+                    booking.id,
+                    "missed",
+                    f"opening instant passed {late:.0f} s ago, more than late_grace "
+                    f"({cfg.late_grace:g} s): not sent",
+                )
             return
         instant = booking.available_at + cfg.fire_offset
         firing = self.firings.get(instant)

@@ -204,7 +204,7 @@ class Firing:
         t = self._timing
         first = await self._client.book(booking, attempt)
         await self._hot.wait_clear()
-        attempts = 1 if first.written_at is not None else 0
+        attempts = booking.prior_attempts + (1 if first.written_at is not None else 0)
         written_at = first.written_at
         lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
         if written_at is not None:
@@ -242,7 +242,7 @@ class Firing:
                     lateness_ms = (written_at - self.instant) * 1000
         self._report(self._final_update(booking, exchange, attempts, written_at, lateness_ms))
         log.info(
-            "booking_sent" if attempts else "booking_not_sent",
+            "booking_sent" if written_at is not None else "booking_not_sent",
             prebooking_id=str(booking.id),
             box=booking.box,
             member=mask_email(booking.member),

@@ -6,6 +6,7 @@ A row that cannot be sent as it is raises `BadRow` with a reason for the row's
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -56,6 +57,32 @@ class RowState:
 
 
 @dataclass(frozen=True)
+class MemberSession:
+    """A member's background session (`auth_sessions`) as the daemon uses it."""
+
+    id: UUID
+    email: str
+    token: str | None
+    fingerprint: str | None
+    cookies: list[dict[str, str]]
+    refreshed_at: float | None  # epoch seconds of the last token refresh
+
+    @classmethod
+    def from_record(cls, record: RecordLike) -> MemberSession | None:
+        if record["session_id"] is None:
+            return None
+        cookies = record["aimharder_cookies"]
+        return cls(
+            id=record["session_id"],
+            email=record["user_email"] or "",
+            token=record["aimharder_token"],
+            fingerprint=record["fingerprint"],
+            cookies=list(cookies) if isinstance(cookies, list) else [],
+            refreshed_at=_epoch(record["last_token_update_date"]),
+        )
+
+
+@dataclass(frozen=True)
 class Booking:
     """A claimed row with everything needed to send it: no DB access left to do."""
 
@@ -67,6 +94,13 @@ class Booking:
     url: URL
     body: bytes
     headers: Mapping[str, str]
+    session: MemberSession | None = None
+    prior_attempts: int = 0  # requests written for this row by an earlier run
+
+    def with_session(self, session: MemberSession) -> Booking:
+        """The same request, sent with a renewed session's cookies."""
+        headers = {**self.headers, "Cookie": cookie_header(session.cookies)}
+        return dataclasses.replace(self, headers=headers, session=session)
 
     @property
     def order(self) -> tuple[float, float, UUID]:
@@ -137,6 +171,8 @@ def build_booking(record: RecordLike) -> Booking:
         url=URL(base_url + "/api/book"),
         body=urlencode(form).encode(),
         headers=headers,
+        session=MemberSession.from_record(record) if "session_id" in record else None,
+        prior_attempts=int(record["attempts"] or 0) if "attempts" in record else 0,
     )
 
 

@@ -128,10 +128,11 @@ class Settings(BaseSettings):
         description="Seconds between full resyncs with the table (safety net for NOTIFY).",
     )
     lease_seconds: float = Field(
-        default=30.0,
-        ge=5.0,
+        default=10.0,
+        ge=3.0,
         le=3600.0,
-        description="How long past the instant a claimed row stays this instance's.",
+        description="A claimed row stays this instance's for this long, renewed while held; "
+        "another instance takes it over this long after this one dies.",
     )
     result_flush_interval: float = Field(
         default=0.2,

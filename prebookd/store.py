@@ -1,8 +1,9 @@
 """Every SQL statement the daemon runs, as named functions. The rest never sees SQL.
 
-Claims follow the design's multi-instance rule: a row is this instance's when it
-is `pending`, or `loaded` with this instance's lease, or `loaded` with an expired
-lease. `FOR UPDATE SKIP LOCKED` keeps two instances from waiting on each other.
+Claims follow the design's multi-instance rule: a row may be claimed when it is
+`pending`, or `loaded`/`executing` under this instance's lease or an expired one (its
+holder died). A holder renews its leases while it holds them. `FOR UPDATE SKIP
+LOCKED` keeps two instances from waiting on each other.
 """
 
 from __future__ import annotations
@@ -18,25 +19,26 @@ from prebookd.results import ResultUpdate
 
 _ROW_STATE_COLUMNS = "id, available_at, created_at, status, lease_owner, lease_expires_at"
 
-# Rows this instance may schedule: pending, or loaded under its own or a dead lease.
-_MINE = """(status = 'pending'
-            OR (status = 'loaded' AND (lease_owner = $1 OR lease_expires_at < now())))"""
+# Rows this instance may claim: pending, or held under its own or a dead lease.
+_CLAIMABLE = """(status = 'pending'
+            OR (status IN ('loaded', 'executing')
+                AND (lease_owner = $1 OR lease_expires_at < now())))"""
 
 
 async def rows_to_schedule(
-    conn: asyncpg.Connection | asyncpg.Pool, owner: str, horizon_end: float, absurd_after: float
+    conn: asyncpg.Connection | asyncpg.Pool, horizon_end: float, absurd_after: float
 ) -> list[asyncpg.Record]:
-    """Rows to hold in memory: those opening before the horizon, plus broken ones
-    (no instant, or an absurd one) so that they can be failed with a reason."""
+    """Rows to hold in memory: those opening before the horizon that are not final
+    (held by another instance too: watched, and taken over if it dies), plus broken
+    ones (no instant, or an absurd one) so that they can be failed with a reason."""
     return list(
         await conn.fetch(
             f"""
             SELECT {_ROW_STATE_COLUMNS} FROM prebookings
-            WHERE status IN ('pending', 'loaded') AND {_MINE}
-              AND (available_at IS NULL OR available_at < $2 OR available_at > $3)
+            WHERE status IN ('pending', 'loaded', 'executing')
+              AND (available_at IS NULL OR available_at < $1 OR available_at > $2)
             ORDER BY available_at NULLS FIRST, created_at, id
             """,
-            owner,
             _ts(horizon_end),
             _ts(absurd_after),
         )
@@ -62,24 +64,22 @@ async def claim(
     """Take the lease on these rows and return them with their box and session.
 
     Rows held by another live instance, or no longer pending, are simply absent
-    from the answer. The lease runs until `lease_seconds` after the instant."""
+    from the answer. The lease runs `lease_seconds`; the holder renews it."""
     return list(
         await conn.fetch(
             f"""
             WITH target AS (
                 SELECT id FROM prebookings
-                WHERE id = ANY($2::uuid[]) AND status IN ('pending', 'loaded')
-                  AND {_MINE}
+                WHERE id = ANY($2::uuid[]) AND {_CLAIMABLE}
                 FOR UPDATE SKIP LOCKED
             ), claimed AS (
                 UPDATE prebookings p
                    SET status = 'loaded', loaded_at = now(), lease_owner = $1,
-                       lease_expires_at = greatest(now(), p.available_at)
-                                          + make_interval(secs => $3)
+                       lease_expires_at = now() + make_interval(secs => $3)
                   FROM target
                  WHERE p.id = target.id
              RETURNING p.id, p.user_email, p.box_id, p.booking_data, p.available_at,
-                       p.created_at
+                       p.created_at, p.attempts
             )
             SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
                    s.found IS NOT NULL AS session_found, s.aimharder_cookies,
@@ -100,6 +100,28 @@ async def claim(
             lease_seconds,
         )
     )
+
+
+async def renew_leases(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    ids: Sequence[UUID],
+    owner: str,
+    lease_seconds: float,
+) -> set[UUID]:
+    """Extend the leases this instance still holds; returns the ids it still holds."""
+    records = await conn.fetch(
+        """
+        UPDATE prebookings
+           SET lease_expires_at = now() + make_interval(secs => $3)
+         WHERE id = ANY($1::uuid[]) AND lease_owner = $2
+           AND status IN ('loaded', 'executing')
+     RETURNING id
+        """,
+        list(ids),
+        owner,
+        lease_seconds,
+    )
+    return {record["id"] for record in records}
 
 
 async def release_claims(
