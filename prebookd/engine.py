@@ -449,6 +449,22 @@ class Engine:
             await self._release(stale)
         for row in await self._with_live_sessions(fresh):
             self._arm_one(row)
+        unclaimed = set(ids) - {r["id"] for r in records} - forgotten
+        if unclaimed:
+            await self._look_again(unclaimed)
+
+    async def _look_again(self, ids: set[UUID]) -> None:
+        """Rows the claim did not get: another instance holds them (watch them), or
+        they changed (cancelled, done) meanwhile."""
+        try:
+            records = await store.rows_by_id(self._pool, list(ids))
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("row_fetch_failed", rows=len(ids), error=str(exc))
+            return  # the next resync looks at them again
+        for record in records:
+            self._accept(RowState.from_record(record))
+        for row_id in ids - {r["id"] for r in records}:
+            self._forget(row_id, "deleted")
 
     async def _with_live_sessions(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Refresh the sessions that are old by now (once per member); fail the rows
