@@ -19,6 +19,7 @@ log = structlog.get_logger(__name__)
 
 # A dead Postgres is noticed by the listener's health check (a SELECT 1 with a
 # timeout); the pool's connections are checked as they are used.
+POOL_COMMAND_TIMEOUT = 15.0
 SERVER_SETTINGS = {"application_name": "prebookd-pool"}
 CONNECT_KWARGS: dict[str, Any] = {
     "timeout": 10,
@@ -76,6 +77,9 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
             dsn,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            # A query on a connection that went silent (half-open TCP) fails after
+            # this instead of hanging the daemon's bookkeeping forever.
+            command_timeout=POOL_COMMAND_TIMEOUT,
             init=_init_connection,
             **CONNECT_KWARGS,
         )

@@ -20,8 +20,8 @@ from prebookd.errors import DatabaseError
 log = structlog.get_logger(__name__)
 
 CHANNEL = "prebookings"
-HEALTH_INTERVAL = 10.0
-HEALTH_TIMEOUT = 5.0
+HEALTH_INTERVAL = 5.0  # a silent connection is noticed within interval + timeout
+HEALTH_TIMEOUT = 3.0
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 10.0
 
