@@ -29,11 +29,13 @@ from prebookd.errors import ConfigError, DatabaseError
 from prebookd.firing import iso_instant
 from prebookd.listener import Listener
 from prebookd.log import configure_logging
+from prebookd.metrics import Metrics
 from prebookd.migrate import migrate
 from prebookd.results import ResultWriter
 from prebookd.sessions import SessionKeeper
 from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, read_settings
 from prebookd.spool import Spool
+from prebookd.status import StatusServer
 from prebookd.systemd import Notifier
 
 log = structlog.get_logger(__name__)
@@ -154,6 +156,7 @@ class Daemon:
             keep_horizon=settings.session_keep_horizon,
             wait_clear=self.hot.wait_clear,
         )
+        self.metrics = Metrics()
         self.engine = Engine(
             EngineConfig.from_settings(settings),
             pool=pool,
@@ -162,7 +165,17 @@ class Daemon:
             on_crash=self._on_crash,
             hot=self.hot,
             sessions=self.sessions,
+            metrics=self.metrics,
         )
+        self.status_server: StatusServer | None = None
+        if settings.status_port:
+            self.status_server = StatusServer(
+                settings.status_host,
+                settings.status_port,
+                self.snapshot,
+                self.metrics,
+                wait_clear=self.hot.wait_clear,
+            )
         self.listener = Listener(
             dsn, on_notification=self.engine.on_notification, on_connected=self.engine.resync
         )
@@ -173,10 +186,28 @@ class Daemon:
 
     async def serve(self) -> int:
         await self.sessions.start()
+        await self._start_status_server()
         try:
             return await self._serve()
         finally:
+            if self.status_server is not None:
+                await self.status_server.stop()
             await self.sessions.close()
+
+    async def _start_status_server(self) -> None:
+        if self.status_server is None:
+            return
+        try:
+            await self.status_server.start()
+        except OSError as exc:
+            # Bookings matter more than the status page: say so loudly and go on.
+            log.error(
+                "status_server_failed",
+                host=self.settings.status_host,
+                port=self.settings.status_port,
+                error=str(exc),
+            )
+            self.status_server = None
 
     async def _serve(self) -> int:
         if not await self._recover_spool():

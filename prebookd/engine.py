@@ -29,6 +29,7 @@ from prebookd.aimharder import AimHarderClient
 from prebookd.clock import HotWindows, WallClock
 from prebookd.errors import BadRow
 from prebookd.firing import Firing, Timing, iso_instant
+from prebookd.metrics import Metrics
 from prebookd.models import Booking, MemberSession, RowState, build_booking, parse_notice
 from prebookd.results import ResultUpdate, ResultWriter
 from prebookd.scheduler import Entry, Schedule
@@ -90,10 +91,12 @@ class Engine:
         on_crash: Callable[[BaseException], None],
         hot: HotWindows,
         sessions: SessionKeeper | None = None,
+        metrics: Metrics | None = None,
         clock: WallClock = time.time,
     ) -> None:
         self.config = config
         self._sessions = sessions
+        self._metrics = metrics
         self._pool = pool
         self._client = client
         self._results = results
@@ -377,6 +380,13 @@ class Engine:
         """Results of firings pass here on their way to the writer."""
         if update.written_at is not None or update.status in ("completed", "failed"):
             self._done[update.id] = self._clock()
+        if self._metrics is not None and update.status in ("completed", "failed"):
+            firing = self._armed.get(update.id)
+            self._metrics.observe_request(
+                lateness_ms=update.lateness_ms,
+                outcome=update.outcome or update.status,
+                box=(firing.box_of(update.id) if firing else None) or "",
+            )
         self._results.report(update)
 
     def _fail(self, row_id: UUID, code: str, reason: str) -> None:
@@ -554,6 +564,10 @@ class Engine:
             summary = await firing.run()
             if summary is not None:
                 self.last_firings.append(summary)
+                if self._metrics is not None:
+                    self._metrics.observe_instant(
+                        count=summary["count"], spread_ms=summary["spread_ms"]
+                    )
         finally:
             if self.firings.get(firing.instant) is firing:
                 del self.firings[firing.instant]

@@ -108,6 +108,10 @@ class Firing:
     def booking_ids(self) -> set[UUID]:
         return set(self._slots)
 
+    def box_of(self, booking_id: UUID) -> str | None:
+        slot = self._slots.get(booking_id)
+        return None if slot is None else slot.booking.box
+
     def add(self, booking: Booking) -> None:
         if booking.id in self._slots:
             return
