@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_parsers(commands)
     add_account_parsers(commands)
 
+    # --- asking the running daemon ---
+    from prebookd.status_cli import add_status_parser
+
+    add_status_parser(commands)
+
     # --- the AimHarder simulator ---
     from prebookd.simulator_cli import add_simulate_parser
 
