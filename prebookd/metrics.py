@@ -164,5 +164,7 @@ def _number(value: float) -> str:
         return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer() and abs(value) < 2**53:
+        return str(int(value))  # 4, not 4.0: what people and client libraries write
     # repr is the shortest text that reads back as the same float.
     return repr(float(value))
