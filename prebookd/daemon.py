@@ -30,7 +30,7 @@ from prebookd.firing import iso_instant
 from prebookd.listener import Listener
 from prebookd.log import configure_logging
 from prebookd.metrics import Metrics
-from prebookd.migrate import migrate
+from prebookd.migrate import migrate, pending_migrations
 from prebookd.results import ResultWriter
 from prebookd.sessions import SessionKeeper
 from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, read_settings
@@ -85,7 +85,9 @@ async def run_daemon(settings: Settings) -> int:
         if conn is None:
             return EXIT_OK  # asked to stop before Postgres ever answered
         try:
-            applied = await migrate(conn)
+            # Check first: a least-privilege role may read the migrations table but
+            # not create anything, and needs no more when the schema is current.
+            applied = await migrate(conn) if await pending_migrations(conn) else []
         finally:
             await conn.close()
         if applied:

@@ -16,6 +16,7 @@ A booking withdrawn before its gate opens is never written. Results go to the
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import statistics
 import time
@@ -39,6 +40,8 @@ log = structlog.get_logger(__name__)
 # Requests staged per loop iteration: staging 100 at once would hold the loop for
 # ~20 ms, long enough to make another instant late.
 STAGE_CHUNK = 10
+# Gates opened per loop turn after the first (see _open_gates).
+RELEASE_CHUNK = 16
 # Garbage collection stays off from this long before the instant to this long after.
 GC_PAUSE = 0.05
 
@@ -101,6 +104,7 @@ class Firing:
         self._slots: dict[UUID, _Slot] = {}
         self._staged = False
         self.released = False
+        self._release_order: list[_Slot] = []
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -120,6 +124,8 @@ class Firing:
         self._slots[booking.id] = slot
         if self.released:
             slot.gate.set_result(None)  # late arrival: the instant has come, send now
+        elif self._release_order:
+            bisect.insort(self._release_order, slot, key=lambda s: s.booking.order)
         if self._staged:
             self._stage(slot)
 
@@ -149,6 +155,7 @@ class Firing:
         await sleep_until(self.instant - t.stage_lead, clock=self._clock)
         self._staged = True
         await self._stage_all()
+        self._release_order = self._ordered()
         await sleep_until(self.instant - GC_PAUSE, clock=self._clock)
         with gc_paused(asyncio.get_running_loop(), GC_PAUSE):
             await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)
@@ -173,12 +180,25 @@ class Firing:
 
     def _release(self) -> None:
         self.released = True
-        slots = self._ordered()
-        for slot in slots:  # FIFO: the order of wake-ups is the write order
-            if not slot.gate.done():
-                slot.gate.set_result(None)
+        slots = self._release_order
+        self._open_gates(slots, 0, 1)
         # After the gates: logging is work, and the writes come first.
         asyncio.get_running_loop().call_later(0.02, self._log_release, slots)
+
+    def _open_gates(self, slots: list[_Slot], start: int, count: int) -> None:
+        """Open gates [start, start + count), and the rest in the next loop turn.
+
+        Opening a gate only schedules its request; the write happens when the loop
+        runs it. Opening all 100 first would delay the first write by the cost of
+        scheduling the other 99, so the first goes alone, then chunks follow, each
+        scheduled behind the writes before it: FIFO holds, the first is not kept."""
+        for slot in slots[start : start + count]:
+            if not slot.gate.done():
+                slot.gate.set_result(None)
+        if start + count < len(slots):
+            asyncio.get_running_loop().call_soon(
+                self._open_gates, slots, start + count, RELEASE_CHUNK
+            )
 
     def _log_release(self, slots: list[_Slot]) -> None:
         log.info(
