@@ -73,6 +73,7 @@ class EngineConfig:
             lease_seconds=settings.lease_seconds,
             timing=Timing(
                 stage_lead=settings.stage_lead,
+                stage_requests=settings.stage_requests,
                 spin_window=settings.spin_window,
                 retry_window=settings.retry_window,
                 retry_interval=settings.retry_interval,

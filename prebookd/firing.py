@@ -57,6 +57,7 @@ class Timing:
     spin_window: float
     retry_window: float
     retry_interval: float
+    stage_requests: bool = True
 
 
 @dataclass
@@ -152,14 +153,18 @@ class Firing:
 
     async def _run(self) -> dict[str, Any] | None:
         t = self._timing
-        await sleep_until(self.instant - t.stage_lead, clock=self._clock)
-        self._staged = True
-        await self._stage_all()
-        self._release_order = self._ordered()
+        if t.stage_requests:
+            await sleep_until(self.instant - t.stage_lead, clock=self._clock)
+            self._staged = True
+            await self._stage_all()
+            self._release_order = self._ordered()
         await sleep_until(self.instant - GC_PAUSE, clock=self._clock)
         with gc_paused(asyncio.get_running_loop(), GC_PAUSE):
             await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)
-            self._release()
+            if t.stage_requests:
+                self._release()
+            else:
+                self._send_unstaged()
         tasks = [s.task for s in self._slots.values() if s.task is not None]
         summaries = await asyncio.gather(*tasks)
         # Bookings added while we were gathering (rows inserted at the instant).
@@ -184,6 +189,14 @@ class Firing:
         self._open_gates(slots, 0, 1)
         # After the gates: logging is work, and the writes come first.
         asyncio.get_running_loop().call_later(0.02, self._log_release, slots)
+
+    def _send_unstaged(self) -> None:
+        """Without staging (PREBOOKD_STAGE_REQUESTS=false, to measure what it buys):
+        build, connect and send everything now, in FIFO order."""
+        self.released = self._staged = True
+        for slot in self._ordered():
+            slot.gate.set_result(None)
+            self._stage(slot)
 
     def _open_gates(self, slots: list[_Slot], start: int, count: int) -> None:
         """Open gates [start, start + count), and the rest in the next loop turn.

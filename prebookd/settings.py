@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         le=30.0,
         description="Seconds before the instant requests are built and connections opened.",
     )
+    stage_requests: bool = Field(
+        default=True,
+        description="Build requests and open their connections stage_lead ahead; turn "
+        "off only to measure what that buys.",
+    )
     spin_window: float = Field(
         default=0.003,
         ge=0.0,
@@ -246,6 +251,7 @@ LIVE_SETTINGS = frozenset(
     {
         "arm_lead",
         "stage_lead",
+        "stage_requests",
         "spin_window",
         "fire_offset",
         "retry_window",
