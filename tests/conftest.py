@@ -12,8 +12,9 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -21,6 +22,7 @@ import pytest
 
 from prebookd.embedded import start_embedded
 from prebookd.migrate import migrate
+from prebookd.simulator import Simulator
 
 
 def dsn_with_database(dsn: str, database: str) -> str:
@@ -116,3 +118,27 @@ async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def make_sim() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
+    """Start simulators (keyword arguments as for Simulator); all stop after the test."""
+    started: list[Simulator] = []
+
+    async def make(**options: Any) -> Simulator:
+        simulator = Simulator(**options)
+        await simulator.start()
+        started.append(simulator)
+        return simulator
+
+    try:
+        yield make
+    finally:
+        for simulator in started:
+            await simulator.stop()
+
+
+@pytest.fixture
+async def sim(make_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
+    """The AimHarder simulator on loopback, with room for everyone by default."""
+    return await make_sim(default_capacity=1000)

@@ -202,3 +202,31 @@ async def wait_rows_final(
             states = json.dumps({str(r["id"]): r["status"] for r in rows})
             raise AssertionError(f"rows not final after {timeout} s: {states}")
         await asyncio.sleep(0.1)
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any PREBOOKD_* of the developer's, plus these."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("PREBOOKD_") and key != "STATE_DIRECTORY"
+    }
+    env.update(settings)
+    return env
+
+
+async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `python -m prebookd ARGS`; return its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "prebookd",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

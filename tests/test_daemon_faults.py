@@ -4,7 +4,7 @@ daemon keeps running through all of them."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -43,13 +43,8 @@ FAULTS = {
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(default_capacity=100, seed=7)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
+async def sim(make_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
+    return await make_sim(default_capacity=100, seed=7)
 
 
 async def test_each_fault_ends_with_the_outcome_a_member_expects(

@@ -10,11 +10,9 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from prebookd.simulator import Simulator
 from tests.support import (
@@ -26,16 +24,6 @@ from tests.support import (
     utc,
     wait_rows_final,
 )
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(default_capacity=1000)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
 
 
 def arrivals_of(sim: Simulator, path: str = "/api/book") -> list:

@@ -30,16 +30,6 @@ from tests.support import (
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(default_capacity=1000)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-@pytest.fixture
 def notify_socket() -> Iterator[tuple[socket.socket, str]]:
     """A datagram socket playing systemd's side of sd_notify."""
     folder = tempfile.mkdtemp(prefix="prebookd-notify-")

@@ -4,7 +4,7 @@ AimHarder logs a member out at the instant. Daemon subprocess, simulator, Postgr
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -24,14 +24,9 @@ HALF_HOUR = 1800.0
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
+async def sim(make_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
     # Cookies die after a minute; tokens live an hour: a refresh brings a cookie back.
-    simulator = Simulator(default_capacity=100, session_max_age=60, token_max_age=3600)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
+    return await make_sim(default_capacity=100, session_max_age=60, token_max_age=3600)
 
 
 async def test_old_token_refreshed_dead_session_failed_at_arming_logout_renewed(

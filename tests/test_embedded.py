@@ -2,38 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
-
-def cli_env(**settings: str) -> dict[str, str]:
-    """This process's environment without any PREBOOKD_* of the developer's, plus these."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("PREBOOKD_") and key != "STATE_DIRECTORY"
-    }
-    env.update(settings)
-    return env
-
-
-async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `python -m prebookd ARGS`; return its exit code, stdout and stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "prebookd",
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.support import clean_env, run_prebookd
 
 
 def postgres_running_in(data_dir: Path) -> bool:
@@ -52,7 +23,7 @@ def postgres_running_in(data_dir: Path) -> bool:
 
 
 async def test_migrate_runs_on_an_embedded_postgres_and_stops_it(tmp_path: Path) -> None:
-    env = cli_env(PREBOOKD_STATE_DIR=str(tmp_path))
+    env = clean_env(PREBOOKD_STATE_DIR=str(tmp_path))
     data_dir = tmp_path / "pgdata"
 
     code, out, err = await run_prebookd("migrate", env=env)

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from prebookd.simulator import Simulator
 from tests.support import (
@@ -23,16 +21,6 @@ from tests.support import (
 )
 
 LEASE = 4.0
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(default_capacity=1000)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
 
 
 async def test_two_instances_send_each_row_exactly_once(
@@ -89,11 +77,12 @@ async def test_holder_killed_before_the_instant_the_other_takes_over(
             await daemon.wait_for("daemon_ready")
         ids = [await add_prebooking(conn, box, email, "1", t) for email in emails]
         await asyncio.sleep(t - 1.0 - time.time())
-        owners = await conn.fetch(
-            "SELECT DISTINCT lease_owner FROM prebookings WHERE id = ANY($1)", ids
+        held = dict(
+            await conn.fetch("SELECT id, lease_owner FROM prebookings WHERE id = ANY($1)", ids)
         )
-        assert len(owners) == 1, "one instance holds the instant's rows"
-        holder = owners[0]["lease_owner"]
+        assert set(held.values()) <= {"alpha", "beta"}, "every row claimed before the instant"
+        # Kill whichever holds the most (rows arrive one by one: both may hold some).
+        holder = Counter(held.values()).most_common(1)[0][0]
         survivor = "beta" if holder == "alpha" else "alpha"
         daemons[holder].process.kill()  # SIGKILL, 1 s before the instant
         rows = await wait_rows_final(conn, ids, timeout=LEASE + 15)
@@ -102,9 +91,14 @@ async def test_holder_killed_before_the_instant_the_other_takes_over(
         for daemon in daemons.values():
             await daemon.kill()
 
-    arrivals = [r for r in sim.requests if r.path == "/api/book"]
-    assert sorted(r.email for r in arrivals) == sorted(emails), "each sent exactly once"
-    assert all(t <= r.arrived_at <= t + LEASE + 1.5 for r in arrivals), "late by <= a lease"
+    arrivals = {r.email: r for r in sim.requests if r.path == "/api/book"}
+    assert len(arrivals) == len(emails) == len(sim.requests), "each sent exactly once"
+    for row in rows:
+        arrived = arrivals[row["user_email"]].arrived_at
+        if held[row["id"]] == holder:  # orphaned: taken over within a lease
+            assert t <= arrived <= t + LEASE + 1.5, "late by no more than a lease"
+        else:  # the survivor's own: on time
+            assert t <= arrived <= t + 0.1
     assert {r["fired_by"] for r in rows} == {survivor}
     assert {r["outcome"] for r in rows} == {"booked"}
     assert daemons[survivor].events("lease_taken_over")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +21,7 @@ from prebookd import migrate as migrate_module
 from prebookd.db import connect
 from prebookd.errors import MigrationError
 from prebookd.migrate import Migration, available_migrations, migrate, pending_migrations
+from tests.support import clean_env, run_prebookd
 
 WEB_APP_TABLES = ("boxes", "auth_sessions", "prebookings")
 
@@ -171,36 +170,8 @@ VALUES
 """
 
 
-def cli_env(**settings: str) -> dict[str, str]:
-    """This process's environment without any PREBOOKD_* of the developer's, plus these."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("PREBOOKD_") and key != "STATE_DIRECTORY"
-    }
-    env.update(settings)
-    return env
-
-
-async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `python -m prebookd ARGS`; return its exit code, stdout and stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "prebookd",
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def run_migrate(dsn: str, tmp_path: Path) -> tuple[int, str, str]:
-    env = cli_env(PREBOOKD_DATABASE_URL=dsn, PREBOOKD_STATE_DIR=str(tmp_path))
+    env = clean_env(PREBOOKD_DATABASE_URL=dsn, PREBOOKD_STATE_DIR=str(tmp_path))
     return await run_prebookd("migrate", env=env)
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from prebookd.settings import Settings, mask_dsn
+from tests.support import clean_env, run_prebookd
 
 SECRET = "s3cret"
 DSN = f"postgresql://u:{SECRET}@host:5432/db"
@@ -18,31 +17,7 @@ DSN = f"postgresql://u:{SECRET}@host:5432/db"
 
 def cli_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     """This process's environment without any PREBOOKD_* of the developer's, plus these."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("PREBOOKD_") and key != "STATE_DIRECTORY"
-    }
-    env["PREBOOKD_STATE_DIR"] = str(tmp_path)
-    env.update(settings)
-    return env
-
-
-async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `python -m prebookd ARGS`; return its exit code, stdout and stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "prebookd",
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return clean_env(PREBOOKD_STATE_DIR=str(tmp_path), **settings)
 
 
 async def test_config_prints_every_setting_with_the_password_masked(tmp_path: Path) -> None:
