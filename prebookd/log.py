@@ -90,6 +90,12 @@ def mask_email(email: str | None) -> str:
     return f"{local[:2]}***@{domain}" if domain else f"{local[:2]}***"
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # sys.stderr looked up each time, not once: whoever replaced it since (a test's
+    # capture, a daemonising wrapper) gets the lines, and a closed one is never kept.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     renderer: Any
     if fmt == "json":
@@ -108,6 +114,6 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
