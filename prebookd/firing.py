@@ -165,13 +165,19 @@ class Firing:
                 self._release()
             else:
                 self._send_unstaged()
-        tasks = [s.task for s in self._slots.values() if s.task is not None]
-        summaries = await asyncio.gather(*tasks)
-        # Bookings added while we were gathering (rows inserted at the instant).
-        while late := [s.task for s in self._slots.values() if s.task not in tasks and s.task]:
-            tasks += late
-            summaries += await asyncio.gather(*late)
-        return self._log_summary(list(summaries))
+        summaries: list[ExchangeSummary] = []
+        waited: set[asyncio.Task[ExchangeSummary]] = set()
+        # Again while bookings keep arriving (rows inserted at the instant).
+        while batch := [s.task for s in self._slots.values() if s.task and s.task not in waited]:
+            waited.update(batch)
+            # A booking withdrawn meanwhile ends cancelled: not a summary, not an error.
+            done = await asyncio.gather(*batch, return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, ExchangeSummary):
+                    summaries.append(outcome)
+                elif not isinstance(outcome, asyncio.CancelledError):
+                    log.error("send_crashed", error=repr(outcome))  # a bug: say it loudly
+        return self._log_summary(summaries)
 
     def cancel_unsent(self) -> list[UUID]:
         """Shutdown: withdraw what has not been written; return those ids."""
