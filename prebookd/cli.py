@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_parsers(commands)
     add_account_parsers(commands)
 
+    # --- the demo: prebookd against a simulated AimHarder, nothing to configure ---
+    from prebookd.demo import add_demo_parser
+
+    add_demo_parser(commands)
+
     # --- asking the running daemon ---
     from prebookd.status_cli import add_status_parser
 
