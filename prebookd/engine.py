@@ -48,6 +48,7 @@ ARM_RETRY_DELAY = 1.0
 DONE_MEMORY = 900.0
 ACTIVE = ("pending", "loaded", "executing")  # not final: someone may still have to send it
 WATCH_INTERVAL = 1.0
+RESYNC_CHUNK = 1000  # rows accepted per loop turn during a resync
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class Engine:
 
     async def resync(self) -> int:
         """Bring memory in line with the table (after connecting, and periodically)."""
+        await self.hot.wait_clear()
         started = self._clock()
         now = started
         records = await store.rows_to_schedule(
@@ -166,13 +168,17 @@ class Engine:
         )
         self._done = {i: t for i, t in self._done.items() if t > started - DONE_MEMORY}
         seen = set()
-        for record in records:
+        for index, record in enumerate(records):
+            if index and index % RESYNC_CHUNK == 0:
+                await self.hot.wait_clear()  # a big table must not hold up an instant
+                await asyncio.sleep(0)
             row = RowState.from_record(record)
             seen.add(row.id)
             self._accept(row)
         # Known rows the table no longer offers us were cancelled, deleted, or taken,
         # unless a notification about them arrived after the query began.
-        known = self.schedule.ids() | {i for i, f in self._armed.items() if i in f.unsent_ids()}
+        unsent = set().union(*(f.unsent_ids() for f in self.firings.values()))
+        known = self.schedule.ids() | unsent | set(self._watched)
         for row_id in known - seen:
             if self._touched.get(row_id, 0.0) < started:
                 self._forget(row_id, "gone from the table")
@@ -348,7 +354,9 @@ class Engine:
                 return  # already on the wire: too late to move it
             del self._armed[row.id]
             log.info("prebooking_rescheduled", prebooking_id=str(row.id))
-        if self.schedule.upsert(Entry(row.available_at, row.created_at, row.id)):
+        entry = Entry(row.available_at, row.created_at, row.id)
+        if self.schedule.upsert(entry) and self.schedule.head() == entry:
+            # A new head: wake earlier. (A head moved later just wakes for nothing.)
             self._rearm()
 
     def _held_elsewhere(self, row: RowState) -> bool:
