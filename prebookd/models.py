@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 from uuid import UUID
 
 import asyncpg
@@ -120,26 +120,42 @@ class BookingData(BaseModel):
     @field_validator("day", mode="before")
     @classmethod
     def _day(cls, value: Any) -> str:
-        text = str(value)
-        if not re.fullmatch(r"\d{8}", text):
+        text = _short_text(value, "must be YYYYMMDD")
+        if not re.fullmatch(r"[0-9]{8}", text):
             raise ValueError("must be YYYYMMDD")
-        dt.datetime.strptime(text, "%Y%m%d")  # a real date
+        try:
+            dt.datetime.strptime(text, "%Y%m%d")
+        except ValueError:
+            raise ValueError("must be a real date (YYYYMMDD)") from None
         return text
 
     @field_validator("id", mode="before")
     @classmethod
     def _session_id(cls, value: Any) -> str:
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ValueError("must be the class session id")
-        text = str(value).strip()
-        if not text or len(text) > 64:
+        text = _short_text(value, "must be the class session id")
+        if not text:
             raise ValueError("must be the class session id")
         return text
 
     @field_validator("familyId", mode="before")
     @classmethod
     def _family(cls, value: Any) -> str:
-        return "" if value is None else str(value)
+        if value is None:
+            return ""
+        return _short_text(value, "must be empty or the family member's id")
+
+
+def _short_text(value: Any, problem: str, limit: int = 64) -> str:
+    """A form field given as a string or an integer, at most `limit` characters;
+    anything else (an object, a list, a float, a boolean) is `problem`."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(problem)
+    if isinstance(value, int) and not -(10**limit) < value < 10**limit:
+        raise ValueError(problem)  # and str() of a huge one raises on its own
+    text = str(value).strip()
+    if len(text) > limit:
+        raise ValueError(problem)
+    return text
 
 
 def build_booking(record: RecordLike) -> Booking:
@@ -177,11 +193,8 @@ def build_booking(record: RecordLike) -> Booking:
 
 
 def _parse_booking_data(raw: Any) -> BookingData:
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raise BadRow("booking_data is not valid JSON") from None
+    if isinstance(raw, str):  # a JSON string holding the JSON text: decoded twice
+        raw = _json_text(raw, "booking_data is not valid JSON")
     if not isinstance(raw, dict):
         raise BadRow("booking_data must be a JSON object with day, id, familyId, insist")
     try:
@@ -191,18 +204,52 @@ def _parse_booking_data(raw: Any) -> BookingData:
             f"{'.'.join(map(str, e['loc']))} {e['msg'].lower()}"
             for e in exc.errors(include_input=False, include_url=False)
         )
-        raise BadRow(f"booking_data is invalid: {problems}") from None
+        raise BadRow(_clip(f"booking_data is invalid: {problems}")) from None
 
 
-def _box_base_url(base_url: str | None, subdomain: str | None) -> str:
+def _json_text(raw: str, problem: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than it reads
+        raise BadRow(problem) from None
+
+
+def _clip(reason: str, limit: int = 250) -> str:
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+# A box's subdomain is one DNS label: anything else would send the member's cookies
+# to another host (`evil.example#` makes https://evil.example#.aimharder.com).
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _box_base_url(base_url: Any, subdomain: Any) -> str:
     if not base_url:
         if not subdomain:
             raise BadRow("box has neither base_url nor subdomain")
+        if not isinstance(subdomain, str) or not _DNS_LABEL.fullmatch(subdomain):
+            raise BadRow(f"box subdomain is not a host name: {_shown(subdomain)}")
         base_url = f"https://{subdomain}.aimharder.com"
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRow(f"box base_url is not an http(s) URL: {base_url[:100]}")
+    problem = f"box base_url is not an http(s) URL: {_shown(base_url)}"
+    # It goes in the Origin and Referer headers as it is: no whitespace (a CR or LF
+    # would end the header) and nothing unprintable.
+    if not isinstance(base_url, str) or not base_url.isprintable() or " " in base_url:
+        raise BadRow(problem)
+    try:
+        url = URL(base_url)
+        valid = url.scheme in ("http", "https") and bool(url.host) and url.port is not None
+    except (ValueError, TypeError):  # a port out of range, a broken IPv6 literal...
+        valid = False
+    if not valid:
+        raise BadRow(problem)
     return base_url.rstrip("/")
+
+
+def _shown(value: Any, limit: int = 100) -> str:
+    """A value from a row, as one printable line for an error_message."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 def _cookie_header(raw: Any, session_found: bool) -> str:
@@ -210,10 +257,7 @@ def _cookie_header(raw: Any, session_found: bool) -> str:
     if not session_found:
         raise BadRow("no background session for this member: log in again")
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raise BadRow("background session cookies are not valid JSON") from None
+        raw = _json_text(raw, "background session cookies are not valid JSON")
     if isinstance(raw, dict):  # {"name": "value"} is accepted too
         raw = [{"name": k, "value": v} for k, v in raw.items()]
     if not isinstance(raw, list):
@@ -244,7 +288,13 @@ def cookie_header(cookies: Iterable[Any]) -> str:
 
 
 def _epoch(value: dt.datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        # Only timestamptz 'infinity' and '-infinity' come naive (asyncpg: datetime.max
+        # and .min); read as UTC they are instants no row can fire at, not an error.
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
 
 
 class Notice(BaseModel):
@@ -290,4 +340,5 @@ def parse_notice(payload: str) -> Notice:
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(map(str, first["loc"])) or "payload"
-        raise ValueError(f"{where}: {first['msg']}") from None
+        # pydantic quotes the offending character: it may be a control character.
+        raise ValueError(_shown(f"{where}: {first['msg']}", 250)) from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,22 +76,24 @@ def classify_answer(answer: Any) -> Outcome:
     raw_state: Any = answer.get("bookState")
     try:
         state = int(raw_state)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         return _failed("bad_answer", f"answer without a bookState: {_excerpt(answer)}")
     if state == -8:
         return _failed(
-            "daily_limit", f"per-day limit for this class reached (max {answer.get('max')})"
+            "daily_limit",
+            f"per-day limit for this class reached (max {_excerpt(answer.get('max'), 20)})",
         )
     if state == -12:
         lang = str(answer.get("errorMssgLang") or "")
         known = ERROR_LANGS.get(lang)
         if known is not None:
             return known
-        return _failed("refused", f"refused by AimHarder ({lang or 'no errorMssgLang'})")
+        shown = _one_line(lang, 60) if lang else "no errorMssgLang"
+        return _failed("refused", f"refused by AimHarder ({shown})")
     known = BOOK_STATES.get(state)
     if known is not None:
         return known
-    return _failed("unknown_state", f"unknown bookState {state}")
+    return _failed("unknown_state", f"unknown bookState {_excerpt(state, 40)}")
 
 
 def classify_http(status: int, body: bytes) -> tuple[Outcome, Any]:
@@ -102,21 +106,82 @@ def classify_http(status: int, body: bytes) -> tuple[Outcome, Any]:
         return _failed("http_error", f"HTTP {status} from AimHarder"), None
     try:
         answer = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than it reads
         # A maintenance page, or an answer cut short after the booking was made: worth
         # another try (a repeat of a booking made answers "already booked").
         return _retry("bad_answer", f"unreadable answer: {_excerpt(body)}"), None
-    return classify_answer(answer), answer
+    return classify_answer(answer), storable(answer)
 
 
 def transport_failure(error: BaseException) -> Outcome:
     """Timeouts, resets, refused connections: transient, retried inside the window."""
     name = type(error).__name__
-    detail = str(error).strip()
+    detail = _one_line(str(error), 200)
     return _retry("transport_error", f"{name}: {detail}" if detail else name)
 
 
+# What Postgres cannot hold in text or jsonb: NUL, and surrogates (JSON's "\ud800"
+# alone decodes to one). One such character makes the whole batch of results fail.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+# Deeper than this, what an answer holds is kept as a note: AimHarder's answers are
+# two levels deep, and json.dumps or repr of one nested as deep as json.loads allows
+# can exhaust the stack.
+MAX_KEPT_DEPTH = 32
+_TOO_DEEP = "(nested too deeply)"
+
+
 def _excerpt(value: Any, limit: int = 120) -> str:
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value)
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "replace")
+    else:
+        try:
+            text = repr(value)
+        except RecursionError:
+            text = _TOO_DEEP
+    return _one_line(text, limit)
+
+
+def _one_line(text: str, limit: int) -> str:
+    """One printable line of at most `limit` (+3) characters, fit for error_message:
+    what an answer holds (NUL, escape sequences, newlines) never reaches the row raw."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+    text = text if len(text) <= limit else text[:limit] + "..."
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "\N{REPLACEMENT CHARACTER}" for c in text)
+    return text
+
+
+def _storable_text(text: str) -> str:
+    return _UNSTORABLE.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
+def storable(answer: Any) -> Any:
+    """`answer` as a jsonb column can hold it: NUL and lone surrogates become U+FFFD,
+    NaN and infinities (JSON extensions Python reads) their names, and what is nested
+    deeper than MAX_KEPT_DEPTH a note. Iterative, so that no answer exhausts the stack."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(root, 0, answer, 0)]
+    while stack:
+        parent, key, item, depth = stack.pop()
+        if depth > MAX_KEPT_DEPTH and isinstance(item, list | dict):
+            parent[key] = _TOO_DEEP
+        elif isinstance(item, str):
+            parent[key] = _storable_text(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            parent[key] = str(item)
+        elif isinstance(item, list):
+            items: list[Any] = [None] * len(item)
+            parent[key] = items
+            stack.extend((items, i, v, depth + 1) for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            fields: dict[str, Any] = {}
+            parent[key] = fields
+            for k, v in item.items():
+                name = _storable_text(str(k))
+                fields[name] = None
+                stack.append((fields, name, v, depth + 1))
+        else:
+            parent[key] = item
+    return root[0]
