@@ -66,9 +66,10 @@ class Faults:
     from the simulator's seeded random generator; at most one fault per request.
 
     forbidden, error, html and reset answer in front of the application (a load
-    balancer, a WAF): the request is not processed, nothing is booked. truncated and
-    slow_body mangle the answer on its way back: the request *was* processed, so a
-    client that gives up on them may have booked without knowing it.
+    balancer, a WAF): the request is not processed, nothing is booked. truncated,
+    slow_body, garbage, wrong_type and endless mangle the answer on its way back: the
+    request *was* processed, so a client that gives up on them may have booked
+    without knowing it.
     """
 
     latency: float = 0.0  # seconds added before every answer (the decision is not delayed)
@@ -80,8 +81,28 @@ class Faults:
     truncated_rate: float = 0.0  # HTTP 200, JSON cut short (Content-Length matches the cut)
     slow_body: float = 0.0  # the answer's body trickles out over slow_body_seconds
     slow_body_seconds: float = 30.0
+    garbage_rate: float = 0.0  # HTTP 200 "application/json", random bytes (never UTF-8)
+    # HTTP 200 "text/plain", valid JSON of the wrong shape: the answer in a list, its
+    # bookState alone, the answer encoded twice (a JSON string), null, true, or a list
+    # nested thousands deep
+    wrong_type_rate: float = 0.0
+    # HTTP 200, a chunked JSON body that never ends: a chunk every
+    # endless_chunk_interval (0: as fast as the client reads) until the client gives
+    # up, or endless_seconds have passed
+    endless_rate: float = 0.0
+    endless_chunk_interval: float = 0.01
+    endless_seconds: float = 60.0
 
-    RATES = ("error_rate", "html_rate", "reset_rate", "truncated_rate", "slow_body")
+    RATES = (
+        "error_rate",
+        "html_rate",
+        "reset_rate",
+        "truncated_rate",
+        "slow_body",
+        "garbage_rate",
+        "wrong_type_rate",
+        "endless_rate",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

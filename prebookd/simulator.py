@@ -42,14 +42,13 @@ from prebookd.sim_control import (
 )
 from prebookd.sim_faults import (
     IN_FRONT,
-    SLOW_BODY,
-    TRUNCATED,
+    MANGLED,
     draw_delay,
     draw_fault,
+    draw_variant,
     front_answer,
+    mangled_answer,
     set_cookies,
-    slow_answer,
-    truncated_answer,
 )
 from prebookd.sim_model import (
     AUTH_COOKIE,
@@ -203,6 +202,7 @@ class Simulator(SimState):
         # Faults are drawn before anything can yield, so draws follow handling order.
         fault = draw_fault(box.faults, box.rng) if box else None
         delay = draw_delay(box.faults, box.rng) if box else 0.0
+        variant = draw_variant(fault, box.rng) if box else 0
         if box is not None and fault in IN_FRONT:
             response, status = front_answer(request, fault, box.rng)
             self._record(call, subdomain, route_path, Answer({}, status=status), fault)
@@ -215,13 +215,8 @@ class Simulator(SimState):
         # after the decision for the same reason: it delays answers, not arrivals.
         self._record(call, subdomain, route_path, answer, fault)
         await _hold(delay)
-        if box is not None and fault == SLOW_BODY:
-            seconds = box.faults.slow_body_seconds
-            return await slow_answer(request, answer.payload, seconds, answer.cookies)
-        if fault == TRUNCATED:
-            response = truncated_answer(answer.payload)
-            set_cookies(response, answer.cookies)
-            return response
+        if box is not None and fault in MANGLED:
+            return await mangled_answer(request, fault, answer, box.faults, variant)
         return _respond(answer)
 
     async def _run(self, route: Route | None, call: Call, unknown: str) -> Answer:
