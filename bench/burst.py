@@ -13,11 +13,12 @@ and how many requests were warm at the instant (prebookd's `instant_released`).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.harness import Approach, run_workload
-from bench.procs import log_fields
+from bench.procs import log_fields, log_time
 from bench.report import (
     PREBOOKD_CONNECTION_LIMIT,
     Line,
@@ -74,8 +75,27 @@ async def run(server_dsn: str, size: Size, earlier: dict[str, Any]) -> dict[str,
     }
     result["instant_released"] = [log_fields(line) for line in _events(lines, "instant_released")]
     result["instant_fired"] = [log_fields(line) for line in _events(lines, "instant_fired")]
+    result["answers_before_last_write"] = _answers_before_last_write(
+        lines, result["from_instant_ms"]["sender"]
+    )
     result["log"] = lines
     return result
+
+
+def _answers_before_last_write(lines: list[str], sender: dict[str, Any]) -> int | None:
+    """How many answers prebookd had handled (its `booking_sent` lines, logged once an
+    answer is classified) before it wrote the burst's last request: work competing
+    with the writes still to do."""
+    fired = _events(lines, "instant_fired")
+    if not fired or not sender.get("n"):
+        return None
+    instant = log_fields(fired[0]).get("instant", "")
+    try:
+        instant_at = dt.datetime.fromisoformat(instant.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    last_write = instant_at + sender["last"] / 1000
+    return sum(1 for line in _events(lines, "booking_sent") if log_time(line) < last_write)
 
 
 def _events(lines: list[str], name: str) -> list[str]:
@@ -116,6 +136,9 @@ def table(result: dict[str, Any]) -> list[Line]:
                 f"{fields.get('new_connections')} new connections",
             )
         )
+    answered = result.get("answers_before_last_write")
+    if answered is not None:
+        lines.append(Line("answers handled before the last write (prebookd's log)", str(answered)))
     per_class = m["lateness_ms"]["arrival"]["first_of_burst"]
     lines += [
         # Classes interleave in created_at order, so a class's first request may be

@@ -72,7 +72,14 @@ async def run(server_dsn: str, size: Size, earlier: dict[str, Any]) -> dict[str,
         )
         result["ratios_to_prebookd"] = ratios(result, reference)
         approaches.append(result)
-    return {"size": asdict(size), "approaches": approaches}
+    return {
+        "size": asdict(size),
+        # What the ratios divide by: prebookd's arrival lateness from `precision`.
+        "prebookd_reference_ms": None
+        if reference is None
+        else {g: _lateness(reference, g) for g in ("all", "single", "first_of_burst")},
+        "approaches": approaches,
+    }
 
 
 def ratios(result: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
@@ -96,6 +103,12 @@ def _times(value: float | None, bound: bool) -> str:
 
 def table(result: dict[str, Any]) -> list[Line]:
     lines = []
+    reference = result.get("prebookd_reference_ms")
+    if reference:
+        lines += [
+            Line("prebookd (precision run): all lateness, arrival", fmt_summary(reference["all"])),
+            Line("prebookd (precision run): single, arrival", fmt_summary(reference["single"])),
+        ]
     for approach in result["approaches"]:
         name, m = approach["approach"], approach["metrics"]
         r = approach["ratios_to_prebookd"]

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.stats import fmt_ms
+
 FLOOR_MS = 1e-3  # a request written before its instant (never expected) plots here
 
 
@@ -48,7 +50,7 @@ def plot_lateness(results: dict[str, Any], path: Path) -> Path | None:
     for label, values, unsent in curves:
         values.sort()
         median = values[len(values) // 2]
-        text = f"{label}: n={len(values)}, p50 {median:.3g} ms"
+        text = f"{label}: n={len(values)}, p50 {fmt_ms(median)}"
         if unsent:
             text += f", {unsent} never sent"
         ax.hist(values, bins=edges, histtype="step", linewidth=1.6, label=text)
@@ -59,7 +61,7 @@ def plot_lateness(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_yscale("log")
     ax.set_xlabel("lateness at the simulator (first byte of the request - opening instant), ms")
     ax.set_ylabel("requests")
-    ax.set_title("Lateness per approach (precision workload; burst scenario for reference)")
+    ax.set_title("Lateness of each prebooking's request, per approach")
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, which="major", alpha=0.3)
