@@ -67,7 +67,7 @@ answers = st.dictionaries(keys, json_values, max_size=6) | json_values
 
 
 bodies = st.one_of(
-    # Escaped the way PHP's json_encode does: NaN/Infinity, \\u0000, lone \\ud800.
+    # As Python's json writes it: NaN/Infinity, \\u0000 and lone \\ud800 escapes.
     answers.map(lambda value: json.dumps(value).encode()),
     st.binary(max_size=300),
     st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass")),

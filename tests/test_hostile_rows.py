@@ -898,3 +898,32 @@ async def test_a_row_with_null_created_at_fires_on_time(
         assert await daemon.stop() == 0
     assert (row["status"], row["outcome"]) == ("completed", "booked")
     assert 0 <= row["lateness_ms"] < 100
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Engine.on_notification takes a payload's available_at at its word: a "
+    "well-formed notification saying a pending row has no instant (or an absurd one) "
+    "fails that row at once, without reading it; pg_notify needs no privilege on "
+    "prebookings, so any role connected to the database can fail any pending row",
+)
+async def test_a_notification_cannot_fail_a_good_row(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    box = await add_box(conn, sim, BOX)
+    await add_member(conn, sim, GOOD_MEMBER)
+    async with running_daemon(db_dsn, tmp_path) as daemon:
+        t = time.time() + 2.0
+        open_class(sim, BOX, "1", t, 10)
+        row_id = await add_prebooking(conn, box, GOOD_MEMBER, "1", t)
+        forged = {
+            "op": "update",
+            "id": str(row_id),
+            "status": "pending",
+            "created_at": "2030-01-01T00:00:00+00:00",
+            "available_at": None,
+        }
+        await conn.execute("SELECT pg_notify('prebookings', $1)", json.dumps(forged))
+        (row,) = await wait_final_or_exit(conn, daemon, [row_id], 10)
+        assert await daemon.stop() == 0
+    assert (row["status"], row["outcome"]) == ("completed", "booked"), row["error_message"]
