@@ -14,6 +14,7 @@ from bench.infra import (
     BASELINE_APP,
     PREBOOKD_APPS,
     cpu_seconds,
+    cpus_apart,
     fresh_database,
     preemptions,
     sample_connections,
@@ -32,6 +33,7 @@ class Approach:
     kind: str  # "prebookd", or a bench.baselines kind ("poll", "sleeper")
     args: tuple[str, ...] = ()  # baseline command-line arguments
     settings: dict[str, object] = field(default_factory=dict)  # PREBOOKD_* for prebookd
+    pin: bool = False  # sender and simulator on CPUs of their own (bench.infra.cpus_apart)
 
 
 PREBOOKD = Approach("prebookd", "prebookd")
@@ -50,10 +52,14 @@ async def simulator() -> AsyncIterator[Simulator]:
 @contextlib.asynccontextmanager
 async def sender(approach: Approach, dsn: str, sim: Simulator) -> AsyncIterator[DaemonProcess]:
     if approach.kind == "prebookd":
-        async with running_prebookd(dsn, sim, **approach.settings) as daemon:
-            yield daemon
+        started = running_prebookd(dsn, sim, **approach.settings)
     else:
-        async with running_baseline(dsn, approach.kind, *approach.args) as process:
+        started = running_baseline(dsn, approach.kind, *approach.args)
+    async with started as process:
+        if not approach.pin:
+            yield process
+            return
+        with cpus_apart(process.process.pid):
             yield process
 
 

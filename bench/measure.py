@@ -82,7 +82,7 @@ def measure(
     spreads: dict[str, list[float]] = {"arrival": [], "sender": []}
     spread_censored: Counter[str] = Counter()
     fifo: Counter[str] = Counter()
-    raw: dict[str, list[float | None]] = {"arrival_ms": [], "sender_ms": [], "kind": []}
+    raw: dict[str, list[Any]] = {"arrival_ms": [], "sender_ms": [], "kind": []}
     for view, when in (("arrival", arrival), ("sender", lambda r: r.written_at)):
         groups: dict[str, list[float]] = {"all": [], SINGLE: [], "first_of_burst": []}
         cut: Counter[str] = Counter()

@@ -23,10 +23,10 @@ def series(results: dict[str, Any]) -> list[tuple[str, list[float], int]]:
         raw = run["metrics"]["raw"]["arrival_ms"]
         values = [max(v, FLOOR_MS) for v in raw if v is not None]
         found.append((run["approach"], values, sum(1 for v in raw if v is None)))
-    if "burst" in results:
-        raw = results["burst"]["metrics"]["raw"]["arrival_ms"]
+    for run in results.get("burst", {}).get("runs", []):
+        raw = run["metrics"]["raw"]["arrival_ms"]
         values = [max(v, FLOOR_MS) for v in raw if v is not None]
-        found.append((f"prebookd, burst of {len(raw)}", values, raw.count(None)))
+        found.append((f"prebookd, burst of {len(raw)}, {run['variant']}", values, raw.count(None)))
     return found
 
 

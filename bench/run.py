@@ -32,7 +32,7 @@ import asyncpg
 
 from bench import burst, compare, intake, precision, scale
 from bench.infra import pg_server, raise_fd_limit
-from bench.report import render
+from bench.report import Line, render
 
 # In running order: the baselines compare themselves with precision's result.
 SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (precision, compare, burst, intake, scale)}
@@ -58,12 +58,21 @@ async def run_scenarios(
         if echo:
             print(f"-- {name}: {module.describe(size)}", flush=True)
         started = time.monotonic()
-        result = await module.run(server_dsn, size, results)
+        try:
+            result = await module.run(server_dsn, size, results)
+            lines = module.table(result)
+        except Exception as exc:
+            # One scenario failing (a daemon that would not start, say) must not
+            # throw away the others of a 13-minute run: record why, go on.
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+            lines = [Line("FAILED", result["error"].splitlines()[0][:200], "", False)]
         result["seconds"] = round(time.monotonic() - started, 1)
-        result["table"] = [line.as_json() for line in module.table(result)]
+        result["table"] = [line.as_json() for line in lines]
         results[name] = result
         if echo:
-            print(render(f"{name} ({result['seconds']} s)", module.table(result)), flush=True)
+            print(render(f"{name} ({result['seconds']} s)", lines), flush=True)
+            if "error" in result:
+                print(result["error"], flush=True)
             print(flush=True)
     return results
 
@@ -88,11 +97,11 @@ def save_logs(name: str, result: dict[str, Any], folder: Path) -> None:
     """Move each sender's output out of the result into logs/NAME[-APPROACH].log:
     evidence for anything odd in the table, too long for the JSON."""
     folder.mkdir(parents=True, exist_ok=True)
-    for part in [result, *result.get("approaches", [])]:
+    for part in [result, *result.get("approaches", []), *result.get("runs", [])]:
         lines = part.pop("log", None)
         if lines is None:
             continue
-        approach = part.get("approach", "")
+        approach = part.get("variant") or part.get("approach", "")
         suffix = "" if approach in ("", "prebookd") else "-" + "-".join(approach.split())
         (folder / f"{name}{suffix}.log").write_text("\n".join(lines) + "\n")
 

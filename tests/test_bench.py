@@ -29,6 +29,7 @@ async def test_precision_scenario_writes_metrics_never_early_and_fifo(
     json_path, _ = write_outputs(results, {"test": True}, tmp_path, quick=True, plot=False)
 
     result = json.loads(json_path.read_text())["scenarios"][precision.NAME]
+    assert "error" not in result, result["error"]
     metrics = result["metrics"]
     assert metrics["rows"] == 30
     assert metrics["unsent"] == 0
