@@ -51,18 +51,30 @@ def _with_database(dsn: str, database: str) -> str:
     return urlsplit(dsn)._replace(path=f"/{database}").geturl()
 
 
-@contextlib.asynccontextmanager
-async def fresh_database(server_dsn: str, label: str) -> AsyncIterator[str]:
-    """A new, migrated database of its own for one scenario, dropped afterwards
-    (WITH (FORCE): a daemon killed mid-run must not keep it alive)."""
+async def create_database(server_dsn: str, label: str = "run") -> tuple[str, str]:
+    """A new empty database on the server: (its name, its DSN)."""
     name = f"prebookd_bench_{label}_{uuid.uuid4().hex[:8]}"
-    admin_dsn = _with_database(server_dsn, "postgres")
-    admin = await asyncpg.connect(admin_dsn)
+    admin = await asyncpg.connect(_with_database(server_dsn, "postgres"))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    dsn = _with_database(server_dsn, name)
+    return name, _with_database(server_dsn, name)
+
+
+async def drop_database(server_dsn: str, name: str) -> None:
+    """WITH (FORCE): a sender killed mid-run must not keep the database alive."""
+    admin = await asyncpg.connect(_with_database(server_dsn, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_dsn: str, label: str) -> AsyncIterator[str]:
+    """A new, migrated database of its own for one scenario, dropped afterwards."""
+    name, dsn = await create_database(server_dsn, label)
     try:
         conn = await connect(dsn, role="bench")
         try:
@@ -71,11 +83,7 @@ async def fresh_database(server_dsn: str, label: str) -> AsyncIterator[str]:
             await conn.close()
         yield dsn
     finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(server_dsn, name)
 
 
 @dataclass

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.harness import PREBOOKD, Approach, run_workload
+from bench.infra import create_database
+from bench.infra import drop_database as drop_database  # re-exported, see below
 from bench.report import (
     PREBOOKD_CONNECTION_LIMIT,
     Line,
@@ -28,6 +30,13 @@ from bench.stats import fmt_summary
 from bench.workload import precision_workload
 
 NAME = "precision"
+
+# The database helpers this module had before bench.run, which bench/warmup.py
+# imports from here: fresh_database(server_dsn) -> (name, dsn), drop_database.
+
+
+async def fresh_database(server_dsn: str) -> tuple[str, str]:
+    return await create_database(server_dsn, "warmup")
 
 
 @dataclass(frozen=True)
