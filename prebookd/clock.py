@@ -33,11 +33,15 @@ async def sleep_until(
 ) -> None:
     """Return at `instant` (epoch seconds by `clock`) or just after it, never before."""
     loop = asyncio.get_running_loop()
-    while (remaining := instant - clock()) > spin_window:
-        delay = min(remaining - spin_window, MAX_CHUNK)
-        await _sleep_loop_time(loop, loop.time() + delay)
-    while clock() < instant:
-        pass  # busy-wait: at most spin_window long
+    while (remaining := instant - clock()) > 0:
+        if remaining > spin_window:
+            delay = min(remaining - spin_window, MAX_CHUNK)
+            await _sleep_loop_time(loop, loop.time() + delay)
+            continue
+        # Busy-wait the last stretch, at most spin_window long: should the clock be
+        # stepped back meanwhile, go back to sleeping instead of spinning it out.
+        while 0 < (remaining := instant - clock()) <= spin_window:
+            pass
 
 
 async def _sleep_loop_time(loop: asyncio.AbstractEventLoop, when: float) -> None:

@@ -13,6 +13,7 @@ import structlog
 
 from prebookd.embedded import start_embedded
 from prebookd.errors import DatabaseError
+from prebookd.models import UnreadableJson
 from prebookd.settings import Settings, mask_dsn
 
 log = structlog.get_logger(__name__)
@@ -48,11 +49,21 @@ async def database_dsn(settings: Settings) -> AsyncIterator[str]:
         log.info("embedded_postgres_released", data_dir=str(embedded.data_dir))
 
 
+def _decode_json(text: str) -> Any:
+    # What the web app stored may be valid JSON Python cannot read back (nested
+    # thousands deep, a number of thousands of digits): one such row must fail with
+    # a reason, not take down the query that read it with every other row.
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return UnreadableJson(len(text))
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb columns come back as Python objects, and go in from them.
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            type_name, encoder=json.dumps, decoder=_decode_json, schema="pg_catalog"
         )
 
 

@@ -194,8 +194,11 @@ class Engine:
         self._touched[notice.id] = self._clock()
         if notice.op == "delete":
             self._forget(notice.id, "deleted")
-        elif notice.status == "pending" and notice.created_at is not None:
-            self._accept(notice.row_state())
+        elif notice.status == "pending":
+            if notice.created_at is None or notice.available_at is None:
+                self._fetch(notice.id)  # the table says more than the payload
+            else:
+                self._accept(notice.row_state(), from_table=False)
         elif notice.status == "loaded":
             if notice.id in self._arming:
                 return  # our own claim
@@ -317,7 +320,10 @@ class Engine:
 
     # ---- rows in and out -----------------------------------------------------
 
-    def _accept(self, row: RowState) -> None:
+    def _accept(self, row: RowState, *, from_table: bool = True) -> None:
+        """Schedule, move, watch or forget a row. A row known only from a notification
+        (`from_table=False`) is never failed on its word: anyone may pg_notify; it is
+        read from the table first."""
         cfg = self.config
         if row.id in self._done:
             return  # sent or failed already; the table may not know it yet
@@ -332,6 +338,10 @@ class Engine:
             return
         self._watched.pop(row.id, None)
         now = self._clock()
+        absurd = row.available_at is None or row.available_at > now + cfg.max_lead
+        if absurd and not from_table:
+            self._fetch(row.id)
+            return
         if row.available_at is None:
             self._fail(row.id, "bad_row", "available_at is null: no instant to fire at")
             return

@@ -263,9 +263,12 @@ class Firing:
                 )
             )
         exchange = first
-        retry_until = self.instant + t.retry_window
+        # The window is measured on the loop's monotonic clock: a wall-clock step after
+        # the release must not stretch (or cut) the retries.
+        loop = asyncio.get_running_loop()
+        retry_until = loop.time() + max(0.0, self.instant + t.retry_window - self._clock())
         renewed_session = False
-        while self._clock() < retry_until:
+        while loop.time() < retry_until:
             if exchange.outcome.code == "session_expired" and not renewed_session:
                 # The session died since it was armed: refresh it once and try again.
                 renewed_session = True

@@ -34,6 +34,13 @@ _COOKIE_VALUE = re.compile(r"^[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*$")
 
 
 @dataclass(frozen=True)
+class UnreadableJson:
+    """A jsonb value Postgres holds but Python cannot read back (see db._decode_json)."""
+
+    length: int
+
+
+@dataclass(frozen=True)
 class RowState:
     """The scheduling-relevant columns of a prebooking."""
 
@@ -193,6 +200,11 @@ def build_booking(record: RecordLike) -> Booking:
 
 
 def _parse_booking_data(raw: Any) -> BookingData:
+    if isinstance(raw, UnreadableJson):
+        raise BadRow(
+            f"booking_data cannot be read back ({raw.length} characters of JSON "
+            "nested too deep or with too large a number)"
+        )
     if isinstance(raw, str):  # a JSON string holding the JSON text: decoded twice
         raw = _json_text(raw, "booking_data is not valid JSON")
     if not isinstance(raw, dict):

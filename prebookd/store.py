@@ -17,7 +17,22 @@ import asyncpg
 
 from prebookd.results import ResultUpdate
 
-_ROW_STATE_COLUMNS = "id, available_at, created_at, status, lease_owner, lease_expires_at"
+
+def _clamped(column: str, alias: str | None = None) -> str:
+    """`column` kept within years 1900-9999 (NULL stays NULL). The web app may store
+    any timestamptz, but asyncpg cannot decode one past 9999 in UTC; an instant out
+    there is absurd anyway and fails as such."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE least(greatest({column}, "
+        f"'1900-01-01'::timestamptz), '9999-01-01'::timestamptz) END "
+        f"AS {alias or column.split('.')[-1]}"
+    )
+
+
+_ROW_STATE_COLUMNS = (
+    f"id, {_clamped('available_at')}, {_clamped('created_at')}, status, lease_owner, "
+    f"{_clamped('lease_expires_at')}"
+)
 
 # Rows this instance may claim: pending, or held under its own or a dead lease.
 _CLAIMABLE = """(status = 'pending'
@@ -78,12 +93,13 @@ async def claim(
                        lease_expires_at = now() + make_interval(secs => $3)
                   FROM target
                  WHERE p.id = target.id
-             RETURNING p.id, p.user_email, p.box_id, p.booking_data, p.available_at,
-                       p.created_at, p.attempts
+             RETURNING p.id, p.user_email, p.box_id, p.booking_data,
+                       {_clamped("p.available_at")}, {_clamped("p.created_at")}, p.attempts
             )
             SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
                    s.found IS NOT NULL AS session_found, s.aimharder_cookies,
-                   s.session_id, s.aimharder_token, s.fingerprint, s.last_token_update_date
+                   s.session_id, s.aimharder_token, s.fingerprint,
+                   {_clamped("s.last_token_update_date")}
               FROM claimed c
               LEFT JOIN boxes b ON b.id = c.box_id
               LEFT JOIN LATERAL (
@@ -190,9 +206,9 @@ async def sessions_to_keep(
     whose token was last refreshed before `stale_before` (or never)."""
     return list(
         await conn.fetch(
-            """
+            f"""
             SELECT a.id AS session_id, a.user_email, a.aimharder_token, a.fingerprint,
-                   a.aimharder_cookies, a.last_token_update_date
+                   a.aimharder_cookies, {_clamped("a.last_token_update_date")}
               FROM auth_sessions a
              WHERE a.session_type = 'background'
                AND a.aimharder_token IS NOT NULL

@@ -257,13 +257,6 @@ async def test_steps_both_ways_around_the_instant() -> None:
     assert_sent_once_in_order_never_early(client, rows, instant)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clock.sleep_until ends in `while clock() < instant: pass`: a step back "
-    "during the spin window keeps spinning for the whole step, blocking the event loop "
-    "(a step back of an hour: an hour, and systemd's watchdog kills the daemon). After "
-    "a step back the remaining time should be slept again, not spun",
-)
 async def test_a_step_back_during_the_spin_does_not_block_the_loop() -> None:
     start = 1_900_000_000.0
     instant = start + 0.5
@@ -290,13 +283,6 @@ async def test_a_step_back_during_the_spin_does_not_block_the_loop() -> None:
     assert max(gaps) < 0.3, f"the event loop was blocked for {max(gaps):.2f} s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Firing._send bounds its retries by the wall clock (`clock() < instant + "
-    "retry_window`): a step back of N s after the release retries N s longer, "
-    "N / retry_interval more requests to AimHarder; the window should be measured on "
-    "the loop's monotonic clock from the release",
-)
 async def test_a_step_back_after_the_release_does_not_stretch_the_retries() -> None:
     clock = SteppingClock()
     instant = clock() + 0.3

@@ -54,8 +54,8 @@ PURE = settings(max_examples=300, deadline=None, database=None)
 #
 # Storable in Postgres as they are (the daemon-level test inserts them): no NUL (text
 # and jsonb refuse it), no lone surrogates (hypothesis draws none by default), and
-# nesting and numbers within what json.loads reads back (deeper or longer ones stop
-# the daemon today: see the xfail tests at the end).
+# nesting and numbers within what json.loads reads back (deeper or longer ones have
+# tests of their own at the end).
 
 text = st.text(st.characters(blacklist_characters="\x00"), max_size=24)
 scalars = (
@@ -805,17 +805,9 @@ def assert_readable_row(message: str | None, where: str) -> None:
     assert len(message) < 2 * REASON_LIMIT, (where, message)
 
 
-# --- bugs found, outside the files this suite may fix (see each reason) -------------
+# --- bugs found outside models/outcomes, fixed in the daemon ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.claim reads booking_data through the pool's jsonb codec (json.loads, "
-    "prebookd/db.py): a value nested deeper than ~1000 levels raises RecursionError, "
-    "a number of more than 4300 digits ValueError; neither is caught by Engine._arm, "
-    "so engine_task_crashed stops the daemon, and the rows stay 'loaded' under its "
-    "lease: after the restart the same claim crashes it again",
-)
 async def test_booking_data_json_cannot_read_back_does_not_stop_the_daemon(
     conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
 ) -> None:
@@ -844,13 +836,6 @@ async def test_booking_data_json_cannot_read_back_does_not_stop_the_daemon(
     assert crash_lines(daemon) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a timestamptz past 9999-12-31 in UTC (9999-12-31 23:59-12:00 is one, so is "
-    "any year above 9999) makes asyncpg raise OverflowError while decoding; the "
-    "startup resync (store.rows_to_schedule) does not catch it, the listener task "
-    "dies, and the daemon never becomes ready (a crash loop under systemd)",
-)
 async def test_a_row_opening_after_9999_in_utc_does_not_stop_the_daemon(
     conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
 ) -> None:
@@ -870,13 +855,6 @@ async def test_a_row_opening_after_9999_in_utc_does_not_stop_the_daemon(
     assert "days ahead" in row["error_message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.on_notification arms a pending row only when the payload carries "
-    "created_at; a row inserted with created_at NULL is forgotten instead, and is armed "
-    "only by the next reconcile (every reconcile_interval, 60 s by default): late, or "
-    "failed as missed",
-)
 async def test_a_row_with_null_created_at_fires_on_time(
     conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
 ) -> None:
@@ -900,13 +878,6 @@ async def test_a_row_with_null_created_at_fires_on_time(
     assert 0 <= row["lateness_ms"] < 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.on_notification takes a payload's available_at at its word: a "
-    "well-formed notification saying a pending row has no instant (or an absurd one) "
-    "fails that row at once, without reading it; pg_notify needs no privilege on "
-    "prebookings, so any role connected to the database can fail any pending row",
-)
 async def test_a_notification_cannot_fail_a_good_row(
     conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
 ) -> None:
