@@ -63,7 +63,7 @@ async def run_scenarios(
             lines = module.table(result)
         except Exception as exc:
             # One scenario failing (a daemon that would not start, say) must not
-            # throw away the others of a 13-minute run: record why, go on.
+            # throw away the others of a 12-minute run: record why, go on.
             result = {"error": f"{type(exc).__name__}: {exc}"}
             lines = [Line("FAILED", result["error"].splitlines()[0][:200], "", False)]
         result["seconds"] = round(time.monotonic() - started, 1)
