@@ -69,15 +69,17 @@ SESSION_EXPIRED = _failed("session_expired", "session expired: log in again")
 
 def classify_answer(answer: Any) -> Outcome:
     """Classify the JSON body of a `POST /api/book` answered with HTTP 200."""
+    # An answer of the wrong shape may come after the booking was made: like an
+    # unreadable one it is tried again, and a repeat then hears "already booked".
     if not isinstance(answer, dict):
-        return _failed("bad_answer", f"unexpected answer: {_excerpt(answer)}")
+        return _retry("bad_answer", f"unexpected answer: {_excerpt(answer)}")
     if answer.get("logout") in (1, "1", True):
         return SESSION_EXPIRED
     raw_state: Any = answer.get("bookState")
     try:
         state = int(raw_state)
     except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
-        return _failed("bad_answer", f"answer without a bookState: {_excerpt(answer)}")
+        return _retry("bad_answer", f"answer without a bookState: {_excerpt(answer)}")
     if state == -8:
         return _failed(
             "daily_limit",

@@ -34,8 +34,8 @@ CASES = [
     ({"bookState": -99}, Verdict.FAILED, "unknown_state"),
     ({"logout": 1}, Verdict.FAILED, "session_expired"),
     ({"bookState": 1, "logout": 1}, Verdict.FAILED, "session_expired"),
-    ({}, Verdict.FAILED, "bad_answer"),
-    ([1, 2], Verdict.FAILED, "bad_answer"),
+    ({}, Verdict.RETRY, "bad_answer"),
+    ([1, 2], Verdict.RETRY, "bad_answer"),
 ]
 
 
