@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.stats import fmt_ms
+from bench.stats import fmt_ms, quantile
 
 FLOOR_MS = 1e-3  # a request written before its instant (never expected) plots here
 
@@ -48,8 +48,7 @@ def plot_lateness(results: dict[str, Any], path: Path) -> Path | None:
     edges = _log_edges(low, high)
     fig, ax = plt.subplots(figsize=(10, 5.5))
     for label, values, unsent in curves:
-        values.sort()
-        median = values[len(values) // 2]
+        median = quantile(values, 0.5)  # as the table computes it
         text = f"{label}: n={len(values)}, p50 {fmt_ms(median)}"
         if unsent:
             text += f", {unsent} never sent"
