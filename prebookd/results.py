@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import asyncpg
 import structlog
 
 if TYPE_CHECKING:
@@ -121,11 +122,16 @@ class ResultWriter:
                 log.error("spool_write_failed", path=str(self._spool.path), error=str(exc))
         try:
             await self._write(updates)
+        except asyncpg.DataError as exc:
+            # Postgres refused a value (not the connection): one row's result must not
+            # hold back the batch forever. Write them one by one; one refused alone is
+            # written without its raw answer.
+            log.warning("results_batch_refused", rows=len(batch), error=str(exc))
+            if not await self._write_one_by_one(updates):
+                return False  # some kept for later; the spool still holds them
         except Exception as exc:
-            # Put the batch back under anything reported meanwhile (which is newer).
-            for row_id, update in batch.items():
-                newer = self._pending.get(row_id)
-                self._pending[row_id] = update if newer is None else update.merged_with(newer)
+            for update in updates:
+                self._keep(update)
             log.warning("results_write_failed", rows=len(batch), error=str(exc))
             return False
         self.written += len(batch)
@@ -138,6 +144,27 @@ class ResultWriter:
             except OSError as exc:
                 log.error("spool_clear_failed", path=str(self._spool.path), error=str(exc))
         return True
+
+    async def _write_one_by_one(self, updates: list[ResultUpdate]) -> bool:
+        """True when every update was written (some perhaps without their answer)."""
+        all_written = True
+        for update in updates:
+            try:
+                try:
+                    await self._write([update])
+                except asyncpg.DataError as exc:
+                    log.error("result_refused", prebooking_id=str(update.id), error=str(exc))
+                    await self._write([_without_answer(update)])
+            except Exception as exc:  # the connection this time: keep it for later
+                self._keep(update)
+                all_written = False
+                log.warning("results_write_failed", rows=1, error=str(exc))
+        return all_written
+
+    def _keep(self, update: ResultUpdate) -> None:
+        """Put an unwritten update back under anything reported since (which is newer)."""
+        newer = self._pending.get(update.id)
+        self._pending[update.id] = update if newer is None else update.merged_with(newer)
 
     def recover(self, spool: Spool) -> int:
         """Queue what an earlier run spooled but never wrote; returns how many."""
@@ -158,3 +185,11 @@ class ResultWriter:
                 return False
             await asyncio.sleep(0.5)
         return True
+
+
+def _without_answer(update: ResultUpdate) -> ResultUpdate:
+    """The update Postgres refused, without the raw answer it could not store."""
+    note = " (AimHarder's answer could not be stored)"
+    return dataclasses.replace(
+        update, result=None, error_message=(update.error_message or "")[:200] + note
+    )
