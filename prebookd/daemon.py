@@ -43,6 +43,10 @@ log = structlog.get_logger(__name__)
 EXIT_OK = 0
 EXIT_CRASHED = 1
 SPOOL_FILE = "results.spool"
+# Giving claims back on the way out is a courtesy (leases expire anyway): a
+# Postgres that does not answer must not hold up the stop.
+RELEASE_TIMEOUT = 2.0
+POOL_CLOSE_TIMEOUT = 3.0
 
 
 class Signals:
@@ -105,7 +109,10 @@ async def run_daemon(settings: Settings) -> int:
             return await daemon.serve()
         finally:
             await client.close()
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), timeout=POOL_CLOSE_TIMEOUT)
+            except TimeoutError:
+                pool.terminate()  # connections gone silent: do not wait on them
             notifier.close()
 
 
@@ -299,8 +306,9 @@ class Daemon:
         unsent = await self.engine.shutdown(deadline)
         if unsent:
             try:
-                released = await store.release_claims(
-                    self._pool, unsent, self.settings.instance_name
+                released = await asyncio.wait_for(
+                    store.release_claims(self._pool, unsent, self.settings.instance_name),
+                    timeout=RELEASE_TIMEOUT,
                 )
                 log.info("claims_released", rows=released)
             except Exception as exc:  # the lease expires by itself

@@ -115,6 +115,7 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._arm_not_before = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._firing_of: dict[asyncio.Task[Any], Firing] = {}
         self._stopping = False
         self.hot = hot
         self.last_firings: deque[dict[str, Any]] = deque(maxlen=20)
@@ -304,11 +305,14 @@ class Engine:
         unsent: list[UUID] = []
         for firing in list(self.firings.values()):
             unsent.extend(firing.cancel_unsent())
-        in_flight = [t for t in self._tasks if not t.done()]
         loop = asyncio.get_running_loop()
-        for task in in_flight:
-            if task.get_name().startswith("arm-"):
+        for task in list(self._tasks):
+            waiting = self._firing_of.get(task)
+            # Claims in progress, and firings still waiting for their instant (their
+            # bookings withdrawn just now), have nothing in flight: stop them now.
+            if task.get_name().startswith("arm-") or (waiting is not None and not waiting.released):
                 task.cancel()
+        in_flight = [t for t in self._tasks if not t.done()]
         if in_flight:
             _, pending = await asyncio.wait(in_flight, timeout=max(0.0, deadline - loop.time()))
             for task in pending:
@@ -573,7 +577,8 @@ class Engine:
                 clock=self._clock,
             )
             self.firings[instant] = firing
-            self._spawn(self._run_firing(firing), name=f"firing-{instant:.3f}")
+            task = self._spawn(self._run_firing(firing), name=f"firing-{instant:.3f}")
+            self._firing_of[task] = firing
         firing.add(booking)
         self._armed[booking.id] = firing
         log.debug("prebooking_armed", prebooking_id=str(booking.id), instant=instant)
@@ -600,14 +605,16 @@ class Engine:
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             log.warning("release_failed", rows=len(ids), error=str(exc))
 
-    def _spawn(self, coro: Awaitable[Any], *, name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        self._firing_of.pop(task, None)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("engine_task_crashed", task=task.get_name(), error=repr(error))
             self._on_crash(error)

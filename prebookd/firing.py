@@ -205,20 +205,19 @@ class Firing:
             self._stage(slot)
 
     def _open_gates(self, slots: list[_Slot], start: int, count: int) -> None:
-        """Open gates [start, start + count), and the rest in the next loop turn.
+        """Open gates [start, start + count), and all the rest in the next loop turn.
 
         Opening a gate only schedules its request; the write happens when the loop
-        runs it. Opening all 2000 first would delay the first write by the cost of
-        scheduling the other 1999, so they go in chunks, each scheduled behind the
-        writes before it: FIFO holds, and the first waits for 15 others at most. A
-        chunk is written back to back in one loop turn: a small burst goes out whole."""
+        runs it, and the requests opened together are written back to back in one
+        turn. Opening all 2000 at once would delay the first write by the cost of
+        scheduling the other 1999; opening them in many small chunks would let the
+        first answers be handled between the chunks. So: the first RELEASE_CHUNK (a
+        small burst goes out whole), then everything else behind them. FIFO holds."""
         for slot in slots[start : start + count]:
             if not slot.gate.done():
                 slot.gate.set_result(None)
         if start + count < len(slots):
-            asyncio.get_running_loop().call_soon(
-                self._open_gates, slots, start + count, RELEASE_CHUNK
-            )
+            asyncio.get_running_loop().call_soon(self._open_gates, slots, start + count, len(slots))
 
     def _log_release(self, slots: list[_Slot]) -> None:
         log.info(

@@ -41,14 +41,17 @@ class Listener:
         self.connected = False
         self.reconnects = 0
         self.backend_pid: int | None = None
+        self._had_connection = False
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = BACKOFF_FIRST
         while not stop.is_set():
+            self._had_connection = False
             try:
                 await self._session(stop)
-                backoff = BACKOFF_FIRST
             except (TimeoutError, DatabaseError, OSError, asyncpg.PostgresError) as exc:
+                if self._had_connection:
+                    backoff = BACKOFF_FIRST  # it worked until now: come back at once
                 log.warning("listener_disconnected", error=str(exc), retry_in_s=backoff)
             self.connected = False
             if stop.is_set():
@@ -66,7 +69,7 @@ class Listener:
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
             await conn.add_listener(CHANNEL, self._deliver)
-            self.connected = True
+            self.connected = self._had_connection = True
             self.backend_pid = conn.get_server_pid()
             rows = await self._on_connected()
             log.info("listener_connected", channel=CHANNEL, resynced_rows=rows)

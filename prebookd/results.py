@@ -77,6 +77,7 @@ class ResultWriter:
         self.flush_interval = flush_interval
         self._wait_clear = wait_clear  # keeps batch writes out of an instant's way
         self._pending: dict[UUID, ResultUpdate] = {}
+        self._flush_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self.written = 0
 
@@ -109,6 +110,10 @@ class ResultWriter:
 
     async def flush(self) -> bool:
         """Write what is pending; False (and everything kept) if the write failed."""
+        async with self._flush_lock:  # one batch at a time: drain waits for the last
+            return await self._flush()
+
+    async def _flush(self) -> bool:
         if not self._pending:
             return True
         batch, self._pending = self._pending, {}
@@ -129,9 +134,11 @@ class ResultWriter:
             log.warning("results_batch_refused", rows=len(batch), error=str(exc))
             if not await self._write_one_by_one(updates):
                 return False  # some kept for later; the spool still holds them
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: the batch stays ours
             for update in updates:
                 self._keep(update)
+            if not isinstance(exc, Exception):
+                raise
             log.warning("results_write_failed", rows=len(batch), error=str(exc))
             return False
         self.written += len(batch)
@@ -175,16 +182,21 @@ class ResultWriter:
         return len(updates)
 
     async def drain(self, deadline: float) -> bool:
-        """Flush until nothing is pending or the loop-time deadline passes."""
+        """Flush until nothing is pending or the loop-time deadline passes (a batch
+        still in flight is waited for: True means every result is in Postgres)."""
         loop = asyncio.get_running_loop()
-        while self._pending:
-            if await self.flush():
-                continue
-            if loop.time() + 0.5 > deadline:
-                log.error("results_not_written", rows=len(self._pending))
-                return False
-            await asyncio.sleep(0.5)
-        return True
+        while True:
+            try:
+                remaining = max(deadline - loop.time(), 0.1)
+                if await asyncio.wait_for(self.flush(), remaining) and not self._pending:
+                    return True
+            except TimeoutError:
+                break
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(min(0.5, deadline - loop.time()))
+        log.error("results_not_written", rows=len(self._pending), spooled=self.spooled)
+        return False
 
 
 def _without_answer(update: ResultUpdate) -> ResultUpdate:

@@ -57,8 +57,9 @@ class Settings(BaseSettings):
         description="Recorded on the rows this instance claims and fires.",
     )
 
-    db_pool_min: int = Field(default=2, ge=1, le=50, description="asyncpg pool min_size.")
-    db_pool_max: int = Field(default=4, ge=1, le=100, description="asyncpg pool max_size.")
+    # min = max: the daemon holds the same connections whatever the load.
+    db_pool_min: int = Field(default=3, ge=1, le=50, description="asyncpg pool min_size.")
+    db_pool_max: int = Field(default=3, ge=1, le=100, description="asyncpg pool max_size.")
     http_pool_limit: int = Field(
         default=200, ge=1, le=10_000, description="aiohttp TCPConnector(limit=...)."
     )
