@@ -236,3 +236,23 @@ async def test_postgres_down_across_the_instant_loses_nothing(
     assert all(r["lateness_ms"] is not None and r["lateness_ms"] < 50 for r in rows)
     if restart_prebookd:
         assert daemon.events("spool_recovered")
+
+
+async def test_sigterm_with_a_row_armed_ahead_stops_at_once_and_gives_it_back(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    box = await add_box(conn, sim, "box-q")
+    await add_member(conn, sim, "later@x.es")
+    async with running_daemon(db_dsn, tmp_path) as daemon:
+        row = await add_prebooking(conn, box, "later@x.es", "1", time.time() + 40)
+        for _ in range(100):  # claimed: within arm_lead (60 s)
+            if await conn.fetchval("SELECT status FROM prebookings WHERE id = $1", row) == "loaded":
+                break
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        assert await daemon.stop() == 0
+        took = time.monotonic() - started
+    assert took < 8, f"a firing with nothing in flight held the stop for {took:.1f} s"
+    status = await conn.fetchval("SELECT status FROM prebookings WHERE id = $1", row)
+    assert status == "pending", "the claim is given back for the next start"
+    assert daemon.events("claims_released")
