@@ -408,3 +408,25 @@ async def test_new_commands_have_help() -> None:
     assert classes.code == 0 and "--day" in classes.out and "--json" in classes.out
     assert set_window.code == 0 and "same-day" in set_window.out
     assert add.code == 0 and "--class 'HH:MM NAME'" in add.out and "--class-time" in add.out
+
+
+async def test_add_without_at_across_a_dst_change_and_for_a_same_day_box(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator, box: uuid.UUID
+) -> None:
+    await store_session(conn)
+    # Madrid moves to summer time on Sunday 2030-03-31: a 07:00 class on Tuesday
+    # 2030-04-02 (+02:00) with a 4-day window opens at 07:00 on Friday 03-29 (+01:00).
+    assert (await prebookd(db_dsn, None, "box", "set-window", "alpha", "4d")).code == 0
+    across = await prebookd(
+        db_dsn, None, "add", "--email", EMAIL, "--box", "alpha", "--day", "20300402",
+        "--class-id", "106015104", "--class-time", "07:00",
+    )  # fmt: skip
+    assert (await added(conn, across))["available_at"] == datetime(2030, 3, 29, 6, 0, tzinfo=UTC)
+    # A box that opens booking on the day of the class, at 00:00 local time.
+    assert (await prebookd(db_dsn, None, "box", "set-window", "alpha", "same-day")).code == 0
+    same_day = await prebookd(
+        db_dsn, None, "add", "--email", EMAIL, "--box", "alpha", "--day", "20300402",
+        "--class-id", "106015105", "--class-time", "08:00",
+    )  # fmt: skip
+    opens = (await added(conn, same_day))["available_at"]
+    assert opens == datetime(2030, 4, 1, 22, 0, tzinfo=UTC), "00:00 Madrid summer time"
