@@ -44,7 +44,7 @@ async def test_config_json(tmp_path: Path) -> None:
     shown = json.loads(out)
     assert set(shown) == set(Settings.model_fields)
     assert shown["database_url"] == "postgresql://u:****@host:5432/db"
-    assert shown["db_pool_max"] == 4
+    assert shown["db_pool_max"] == Settings.model_fields["db_pool_max"].default
     assert shown["log_format"] == "console"
 
 
