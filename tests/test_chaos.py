@@ -1,0 +1,324 @@
+"""Chaos, fast versions (bench/chaos.py runs the long ones): prebookd SIGKILLed at random
+moments, Postgres restarted, the network to Postgres cut, refused and blackholed, two
+instances split by a partition, and writers changing rows while they fire. Every row
+is judged against the simulator (see bench/chaos.py for what each verdict means).
+
+Faults land at random moments; the seed is in every failure message, and
+CHAOS_SEED=<seed> replays a run's choices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bench.chaos import (
+    BOX,
+    Fault,
+    Verdict,
+    bed,
+    burst_instants,
+    events,
+    first_after,
+    run_kills,
+    run_load,
+    run_partition,
+    run_pg_restarts,
+    run_proxy,
+    wait_event,
+)
+from prebookd.daemon import SPOOL_FILE
+from prebookd.db import POOL_COMMAND_TIMEOUT, connect, create_pool
+from prebookd.embedded import EmbeddedPostgres, start_embedded
+from prebookd.migrate import migrate
+from prebookd.settings import Settings
+from prebookd.simulator import Faults
+from prebookd.spool import Spool
+from tests.pgproxy import pg_proxy
+
+pytestmark = pytest.mark.timeout(150)
+
+
+@pytest.fixture
+def seed() -> int:
+    """Where the faults land and what the writers do; CHAOS_SEED replays a run."""
+    return int(os.environ.get("CHAOS_SEED") or time.time_ns() % 1_000_000)
+
+
+def assert_sound(verdict: Verdict, seed: int) -> None:
+    """What a user checks after a chaos run: nothing lost, nothing booked twice, every
+    row final with the truth recorded, nothing early or at a stale instant."""
+    problems = verdict.problems()
+    assert not problems, f"CHAOS_SEED={seed}: {problems}\nnotes: {verdict.notes}"
+    assert verdict.rows > 0 and verdict.faults > 0
+
+
+def assert_listener_came_back(verdict: Verdict) -> None:
+    """After each fault the listener said it lost Postgres, then that it reconnected
+    (and resynced), once Postgres could be reached again."""
+    assert verdict.injected
+    for at, fault in verdict.injected:
+        what = f"{fault.kind} at +{fault.at:g} s; {verdict.notes}"
+        assert first_after(verdict.lines, "listener_disconnected", at) is not None, what
+        assert first_after(verdict.lines, "listener_connected", at + fault.lasts), what
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of this test's own, to stop and start at will."""
+    folder = Path(tempfile.mkdtemp(prefix="prebookd-chaos-"))
+    server = await asyncio.to_thread(start_embedded, folder)
+    conn = await connect(server.dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server._server.ensure_postgres_running)
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_proxy_passes_cuts_refuses_and_blackholes(db_dsn: str) -> None:
+    async with pg_proxy(db_dsn) as proxy:
+        conn = await asyncpg.connect(proxy.dsn(db_dsn))
+        assert await conn.fetchval("SELECT 1") == 1
+        assert proxy.cut() == 1
+        with pytest.raises(asyncpg.PostgresConnectionError):
+            await conn.fetchval("SELECT 1")
+
+        proxy.refuse()
+        with pytest.raises((OSError, asyncpg.PostgresError)):
+            await asyncpg.connect(proxy.dsn(db_dsn), timeout=5)
+
+        proxy.pass_()
+        conn = await asyncpg.connect(proxy.dsn(db_dsn))
+        proxy.blackhole()
+        with pytest.raises(TimeoutError):
+            await conn.fetchval("SELECT 1", timeout=0.5)
+        with pytest.raises(TimeoutError):
+            await asyncpg.connect(proxy.dsn(db_dsn), timeout=0.5)
+        proxy.pass_()  # what was swallowed is gone: those connections are reset
+        await asyncio.sleep(0.1)
+        assert conn.is_closed()
+        conn = await asyncpg.connect(proxy.dsn(db_dsn))
+        assert await conn.fetchval("SELECT 2") == 2
+        await conn.close()
+        assert [what for _, what in proxy.faults] == [
+            "cut 1",
+            "refuse",
+            "pass",
+            "blackhole",
+            "pass",
+        ]
+
+
+async def test_sigkill_at_random_moments_loses_nothing_and_books_once(
+    db_dsn: str, tmp_path: Path, seed: int
+) -> None:
+    verdict = await run_kills(
+        db_dsn, tmp_path / "state", rows=300, span=15, kills=5, rng=random.Random(seed)
+    )
+    assert_sound(verdict, seed)
+    assert verdict.faults == 5
+    # A request written but not yet recorded when the kill came is sent again after the
+    # restart (AimHarder answers "already booked"): a few per kill, never more than one
+    # extra request per row and kill.
+    assert verdict.max_requests <= 1 + 5
+    assert verdict.worst_late_s < 30, "rows due while prebookd was down fire after restart"
+
+
+async def test_postgres_restarted_mid_burst_loses_nothing(
+    own_postgres: EmbeddedPostgres, tmp_path: Path, seed: int
+) -> None:
+    verdict = await run_pg_restarts(
+        own_postgres,
+        own_postgres.dsn,
+        tmp_path / "state",
+        rows=200,
+        span=18,
+        restarts=2,
+        down_for=6.0,  # longer than arm_lead (5 s): some rows are claimed only after it
+        rng=random.Random(seed),
+    )
+    assert_sound(verdict, seed)
+    assert verdict.max_requests == 1
+    assert_listener_came_back(verdict)
+
+
+async def test_connections_cut_and_refused_mid_run_lose_nothing(
+    db_dsn: str, tmp_path: Path, seed: int
+) -> None:
+    faults = [Fault("cut", 2), Fault("cut", 5), Fault("refuse", 8, 2.0)]
+    verdict = await run_proxy(
+        db_dsn, tmp_path / "state", rows=200, span=15, faults=faults, rng=random.Random(seed)
+    )
+    assert_sound(verdict, seed)
+    assert verdict.max_requests == 1
+    assert_listener_came_back(verdict)
+
+
+async def test_blackholed_postgres_is_noticed_and_recovered_from(
+    db_dsn: str, tmp_path: Path, seed: int
+) -> None:
+    verdict = await run_proxy(
+        db_dsn,
+        tmp_path / "state",
+        rows=150,
+        span=24,
+        faults=[Fault("blackhole", 2, 20.0)],
+        rng=random.Random(seed),
+    )
+    assert_sound(verdict, seed)
+    assert verdict.max_requests == 1
+    ((blackholed_at, _),) = verdict.injected
+    # The listener's health check notices within ~10 s (SELECT 1 every 5 s with a 3 s
+    # timeout, then up to 2 s closing the dead connection), and it comes back (and
+    # resyncs) once the network heals; rows due meanwhile fire after it.
+    noticed = first_after(verdict.lines, "listener_disconnected", blackholed_at)
+    assert noticed is not None and noticed - blackholed_at <= 12.0, verdict.notes
+    assert_listener_came_back(verdict)
+    assert verdict.worst_late_s < 20.0 + 15.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a pool query on a silent connection raises after 2 x the 15 s command "
+    "timeout (30 s), not 15 s: on timeout asyncpg first sends a CancelRequest on a new "
+    "connection, over the same dead path, bounded by command_timeout again",
+)
+async def test_pool_query_on_a_silent_connection_gives_up_after_its_timeout(
+    db_dsn: str,
+) -> None:
+    async with pg_proxy(db_dsn) as proxy:
+        pool = await create_pool(proxy.dsn(), Settings(db_pool_min=1, db_pool_max=1))
+        try:
+            assert await pool.fetchval("SELECT 1") == 1
+            proxy.blackhole()
+            asked = time.monotonic()
+            with pytest.raises(TimeoutError):  # the pool's, or ours below
+                await asyncio.wait_for(pool.fetchval("SELECT 1"), POOL_COMMAND_TIMEOUT + 5)
+            took = time.monotonic() - asked
+        finally:
+            proxy.pass_()
+            pool.terminate()
+    assert took < POOL_COMMAND_TIMEOUT + 3, f"no answer and no error after {took:.1f} s"
+
+
+async def test_writers_insert_reschedule_cancel_while_1000_rows_fire(
+    db_dsn: str, tmp_path: Path, seed: int
+) -> None:
+    verdict = await run_load(
+        db_dsn, tmp_path / "state", rows=1000, span=30, writers=4, rate=10, rng=random.Random(seed)
+    )
+    assert_sound(verdict, seed)
+    assert verdict.withdrawn > 0 and verdict.max_requests == 1
+    assert verdict.worst_late_s < 1.0, "no row fired at a superseded instant"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: an instance cut off from Postgres for longer than a lease still fires "
+    "the rows it armed, while the instance that took them over fires them too",
+)
+async def test_partitioned_holder_does_not_fire_rows_taken_over(
+    db_dsn: str, tmp_path: Path, seed: int
+) -> None:
+    verdict = await run_partition(
+        db_dsn, tmp_path / "state", rows=10, rounds=1, rng=random.Random(seed)
+    )
+    assert events(verdict.lines, "lease_taken_over"), "the survivor took the rows over"
+    assert_sound(verdict, seed)
+
+
+async def test_listener_reconnects_promptly_after_every_cut(
+    db_dsn: str, tmp_path: Path, seed: int
+) -> None:
+    async with (
+        pg_proxy(db_dsn) as proxy,
+        bed(db_dsn, tmp_path / "state", rng=random.Random(seed), daemon_dsn=proxy.dsn()) as b,
+    ):
+        await b.start()
+        delays = []
+        for _ in range(6):
+            cut_at = time.time()
+            proxy.cut()
+            back = await wait_event(b, "listener_connected", after=cut_at, timeout=20)
+            delays.append(round(back - cut_at, 1))
+        # Postgres is up all along: a new row is armed and sent on time.
+        proxy.cut()
+        (plan,) = await b.add_rows([time.time() + 2.5])
+        await b.wait_settled(timeout=20)
+        verdict = await b.judge("cuts", faults=7)
+    assert all(delay < 1.5 for delay in delays), f"reconnected after {delays} s"
+    assert_sound(verdict, seed)
+    assert verdict.worst_late_s < 0.5, f"the row inserted after the last cut: {plan}"
+
+
+async def test_sigterm_while_postgres_blackholed_stops_in_time_and_truthfully(
+    db_dsn: str, tmp_path: Path, seed: int
+) -> None:
+    state = tmp_path / "state"
+    async with (
+        pg_proxy(db_dsn) as proxy,
+        bed(db_dsn, state, rng=random.Random(seed), daemon_dsn=proxy.dsn()) as b,
+    ):
+        await b.start()
+        first = time.time() + 3.0
+        plans = await b.add_rows(burst_instants(first, 8, 40))  # 10 rows every 2 s
+        await asyncio.sleep(first + 0.1 - time.time())
+        proxy.blackhole()  # the first burst is answered, its results not yet written
+        await asyncio.sleep(0.9)
+        asked = time.time()
+        code = await b.stop()
+        took = time.time() - asked
+    spooled = {u.id for u in Spool(state / SPOOL_FILE).load() if u.status == "completed"}
+    assert code == 0
+    assert {p.id for p in plans[:10]} <= spooled, "the first burst's results wait in the spool"
+    # The drain gives up at PREBOOKD_SHUTDOWN_TIMEOUT (20 s), before systemd's
+    # TimeoutStopSec=30 would SIGKILL it, and says what it could not write.
+    assert took < 30.0, f"SIGTERM to exit took {took:.1f} s"
+    ((_, stopped),) = events(b.lines, "daemon_stopped")
+    assert "all_written=False" in stopped, f"results only in the spool: {stopped}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="limitation: a request written but not yet recorded when prebookd is killed is "
+    "sent again after the restart and not counted: attempts=1 for 2 requests, and the row "
+    "keeps the repeat's outcome (already_booked) and lateness instead of the first's",
+)
+async def test_attempts_count_a_request_cut_off_by_a_kill(
+    db_dsn: str, tmp_path: Path, seed: int
+) -> None:
+    async with bed(db_dsn, tmp_path / "state", rng=random.Random(seed)) as b:
+        b.sim.set_faults(BOX, Faults(latency=1.0))  # answers come 1 s after the request
+        await b.start()
+        instant = time.time() + 3.0
+        plans = await b.add_rows([instant] * 10)
+        deadline = instant + 5.0
+        while len([r for r in b.sim.requests if r.path == "/api/book"]) < 10:
+            assert time.time() < deadline, "the requests never arrived"
+            await asyncio.sleep(0.002)
+        await b.kill_restart()  # all 10 written, none answered yet: nothing recorded
+        await b.daemon.wait_for("daemon_ready", timeout=30)
+        await b.wait_settled(timeout=30)
+        verdict = await b.judge("kill-in-flight", faults=1)
+        rows = await b.conn.fetch(
+            "SELECT * FROM prebookings WHERE id = ANY($1)", [p.id for p in plans]
+        )
+    assert_sound(verdict, seed)
+    assert verdict.resent == 10, "each was sent again after the restart, as designed"
+    assert {r["attempts"] for r in rows} == {2}, "two requests each reached AimHarder"
+    assert {r["outcome"] for r in rows} == {"booked"}, "the first request got the place"
