@@ -816,9 +816,10 @@ async def run_load(
         before = sum(1 for lag in verdict.raced if lag < 0)
         after = [lag for lag in verdict.raced if lag >= 0]
         verdict.notes.append(
-            f"{verdict.withdrawn} rows cancelled or deleted: {before} after their request "
-            f"was written, {len(after)} less than {CANCEL_GRACE:g} s before it (at most "
-            f"{max(after, default=0) * 1000:.0f} ms), the others never sent"
+            f"{verdict.withdrawn} rows cancelled or deleted: {before} once their request "
+            f"was written (it stands), {len(after)} under {CANCEL_GRACE:g} s before it "
+            f"was written (at most {max(after, default=0) * 1000:.0f} ms), "
+            f"{verdict.withdrawn - len(verdict.raced)} never sent"
         )
         racy = sum(1 for p in b.plans.values() if p.racy)
         if racy:
