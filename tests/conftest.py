@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -142,3 +143,11 @@ async def make_sim() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
 async def sim(make_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
     """The AimHarder simulator on loopback, with room for everyone by default."""
     return await make_sim(default_capacity=1000)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client. No cookie jar: each request carries its member's cookies
+    explicitly (read from Set-Cookie where it matters), as prebookd does."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session

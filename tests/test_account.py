@@ -7,7 +7,7 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -207,8 +207,8 @@ def test_cookie_updates_and_merge() -> None:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(max_login_failures=3)
+async def sim(make_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
+    simulator = await make_sim(max_login_failures=3)
     simulator.add_box("alpha", box_id="1001", name="Alpha Box")
     simulator.add_member(EMAIL, "seed-cookie", password=PASSWORD)
     for session_id, hour, name in (("106015104", 7, "WOD"), ("106015105", 8, "Halterofilia")):
@@ -223,17 +223,7 @@ async def sim() -> AsyncIterator[Simulator]:
                 time=f"{hour:02d}:00 - {hour + 1:02d}:00",
             ),
         )
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
+    return simulator
 
 
 def account_requests(sim: Simulator, path: str) -> list[Any]:

@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +24,12 @@ MEMBERS = {f"m{i}@example.com": f"cookie-{i}" for i in range(12)}
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator()
+async def sim(make_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
+    simulator = await make_sim()
     simulator.add_box("alpha", box_id="1001", name="Alpha Box")
     for email, cookie in MEMBERS.items():
         simulator.add_member(email, cookie)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    # No cookie jar: each request carries its member's cookie explicitly, as prebookd does.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
+    return simulator
 
 
 async def book(

@@ -8,7 +8,7 @@ import hashlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -25,23 +25,12 @@ FINGERPRINT = hashlib.sha256(ANA.encode()).hexdigest()[:50]
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(max_login_failures=3, login_lock_time=0.3)
+async def sim(make_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
+    simulator = await make_sim(max_login_failures=3, login_lock_time=0.3)
     simulator.add_box("alpha", box_id="1001")
     simulator.add_class("alpha", SimClass("106015104", DAY, capacity=10, opens_at=0.0))
     simulator.add_member(ANA, "ana-cookie", password="s3cret", name="Ana")
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    # No cookie jar: cookies are read from Set-Cookie and sent explicitly, as prebookd does.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
+    return simulator
 
 
 async def login(
