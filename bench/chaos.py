@@ -444,11 +444,18 @@ class Bed:
             kills = [k for k in self.kills if before.arrived_at < k.at < again.arrived_at]
             if not kills:
                 verdict.duplicated.append(
-                    f"{tag}: sent at {before.arrived_at:.4f} and again at "
-                    f"{again.arrived_at:.4f} with no crash in between"
+                    f"{tag}: sent at {before.arrived_at:.4f} (answered {_answered(before)}) "
+                    f"and again at {again.arrived_at:.4f} with no crash in between"
                 )
             elif plan.id in kills[-1].known_final:
                 verdict.duplicated.append(f"{tag}: sent again after its result was recorded")
+
+
+def _answered(request: RecordedRequest) -> str:
+    """What the simulator answered a request, in a few words (for the problem list)."""
+    if request.fault is not None:
+        return f"fault {request.fault}"
+    return f"{request.status} {request.answer}"
 
 
 def _utc(epoch: float) -> dt.datetime:

@@ -25,7 +25,7 @@ from prebookd.aimharder import AimHarderClient
 from prebookd.clock import HotWindows
 from prebookd.db import connect, create_pool, database_dsn
 from prebookd.engine import Engine, EngineConfig
-from prebookd.errors import ConfigError, DatabaseError
+from prebookd.errors import ConfigError, DatabaseError, describe
 from prebookd.firing import iso_instant
 from prebookd.listener import Listener
 from prebookd.log import configure_logging
@@ -124,7 +124,7 @@ async def _connect_when_up(dsn: str, stop: asyncio.Event) -> asyncpg.Connection 
         try:
             return await connect(dsn, role="migrate")
         except DatabaseError as exc:
-            log.warning("database_unreachable", error=str(exc), retry_in_s=backoff)
+            log.warning("database_unreachable", error=describe(exc), retry_in_s=backoff)
         await _first_of(stop.wait(), timeout=backoff)
         if stop.is_set():
             return None
@@ -214,7 +214,7 @@ class Daemon:
                 "status_server_failed",
                 host=self.settings.status_host,
                 port=self.settings.status_port,
-                error=str(exc),
+                error=describe(exc),
             )
             self.status_server = None
 
@@ -270,7 +270,7 @@ class Daemon:
         try:
             new = read_settings()
         except ConfigError as exc:
-            log.error("settings_reload_failed", error=str(exc), action="kept the old settings")
+            log.error("settings_reload_failed", error=describe(exc), action="kept the old settings")
             new = self.settings
         changed = changed_settings(self.settings, new)
         live = sorted(changed & LIVE_SETTINGS)
@@ -290,7 +290,7 @@ class Daemon:
             rows = await self.engine.resync()
             log.info("resynced", rows=rows, armed=self.engine.armed_count)
         except Exception as exc:
-            log.warning("resync_failed", error=str(exc))
+            log.warning("resync_failed", error=describe(exc))
         self._notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
     async def shutdown(self) -> int:
@@ -312,7 +312,7 @@ class Daemon:
                 )
                 log.info("claims_released", rows=released)
             except Exception as exc:  # the lease expires by itself
-                log.warning("release_failed", rows=len(unsent), error=str(exc))
+                log.warning("release_failed", rows=len(unsent), error=describe(exc))
         self._tasks_stop.set()
         written = await self.results.drain(max(deadline, loop.time() + 2.0))
         await self._background.stop()
@@ -366,7 +366,7 @@ class Daemon:
                 rows = await self.engine.resync()
                 log.debug("reconciled", rows=rows, armed=self.engine.armed_count)
             except Exception as exc:
-                log.warning("reconcile_failed", error=str(exc))
+                log.warning("reconcile_failed", error=describe(exc))
             self._notifier.notify(f"STATUS={self.status_line()}")
 
     async def _watchdog(self) -> None:

@@ -27,7 +27,7 @@ from prebookd import store
 from prebookd.account import SessionDead
 from prebookd.aimharder import AimHarderClient
 from prebookd.clock import HotWindows, WallClock
-from prebookd.errors import BadRow
+from prebookd.errors import BadRow, describe
 from prebookd.firing import Firing, Timing, iso_instant
 from prebookd.metrics import Metrics
 from prebookd.models import Booking, MemberSession, RowState, build_booking, parse_notice
@@ -107,8 +107,11 @@ class Engine:
         self.schedule = Schedule()
         self.firings: dict[float, Firing] = {}
         self._armed: dict[UUID, Firing] = {}
+        # Rows whose claim is in flight, and what happened to them meanwhile: the
+        # claim's answer is acted on only once it is back (see _arm).
         self._arming: set[UUID] = set()
         self._forgotten_while_arming: set[UUID] = set()
+        self._moved_while_arming: dict[UUID, Entry] = {}
         self._touched: dict[UUID, float] = {}  # id -> clock() of the last notification
         self._to_fetch: set[UUID] = set()
         self._fetch_wakeup = asyncio.Event()
@@ -190,7 +193,7 @@ class Engine:
         try:
             notice = parse_notice(payload)
         except ValueError as exc:
-            log.error("notification_malformed", error=str(exc), payload=payload[:200])
+            log.error("notification_malformed", error=describe(exc), payload=payload[:200])
             return
         self._touched[notice.id] = self._clock()
         if notice.op == "delete":
@@ -229,7 +232,7 @@ class Engine:
             try:
                 records = await store.rows_by_id(self._pool, ids)
             except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                log.warning("row_fetch_failed", rows=len(ids), error=str(exc))
+                log.warning("row_fetch_failed", rows=len(ids), error=describe(exc))
                 continue  # the resync after reconnecting, or the reconcile, catches up
             found = {r["id"] for r in records}
             for record in records:
@@ -255,7 +258,7 @@ class Engine:
                     await self._renew_leases()
                 await self._check_watched()
             except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                log.warning("lease_upkeep_failed", error=str(exc))
+                log.warning("lease_upkeep_failed", error=describe(exc))
 
     async def _renew_leases(self) -> None:
         held = list(self._armed)
@@ -360,6 +363,14 @@ class Engine:
         if row.available_at > now + cfg.horizon:
             self._forget(row.id, "beyond the horizon")  # a later resync brings it back
             return
+        entry = Entry(row.available_at, row.created_at, row.id)
+        if row.id in self._arming:
+            # Being claimed right now (a resync or a notification crossed the claim).
+            # Scheduling it again would let a second claim arm it twice: the claim
+            # in flight takes the news into account when it is back.
+            self._moved_while_arming[row.id] = entry
+            self._forgotten_while_arming.discard(row.id)  # the latest news counts
+            return
         firing = self._armed.get(row.id)
         if firing is not None:
             if firing.instant == row.available_at + cfg.fire_offset:
@@ -368,7 +379,6 @@ class Engine:
                 return  # already on the wire: too late to move it
             del self._armed[row.id]
             log.info("prebooking_rescheduled", prebooking_id=str(row.id))
-        entry = Entry(row.available_at, row.created_at, row.id)
         if self.schedule.upsert(entry) and self.schedule.head() == entry:
             # A new head: wake earlier. (A head moved later just wakes for nothing.)
             self._rearm()
@@ -390,6 +400,7 @@ class Engine:
             removed = True
         if row_id in self._arming:
             self._forgotten_while_arming.add(row_id)
+            self._moved_while_arming.pop(row_id, None)
             removed = True
         if removed:
             log.info("prebooking_withdrawn", prebooking_id=str(row_id), reason=why)
@@ -460,31 +471,52 @@ class Engine:
                 self._pool, ids, self.config.instance, self.config.lease_seconds
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            log.warning("arming_failed", rows=len(ids), error=str(exc))
+            log.warning("arming_failed", rows=len(ids), error=describe(exc))
+            forgotten, moved = self._news_while_arming(ids)
             for entry in entries:
-                if entry.id not in self._forgotten_while_arming:
-                    self.schedule.upsert(entry)
+                if entry.id not in forgotten:
+                    self.schedule.upsert(moved.get(entry.id, entry))
             self._arm_not_before = self._clock() + ARM_RETRY_DELAY
             self._rearm()
             return
         finally:
             self._arming.difference_update(ids)
-        forgotten, self._forgotten_while_arming = self._forgotten_while_arming, set()
+        forgotten, moved = self._news_while_arming(ids)
         stale = []
         fresh = []
         for record in records:
             row_id = record["id"]
-            if row_id in forgotten or row_id in self.schedule:
-                stale.append(row_id)  # cancelled or moved while we were claiming
+            if row_id in self._armed or row_id in self._done:
+                # Already in a firing, or sent: ours either way. Arming it again
+                # would send it twice (the claim takes back our own rows, see store).
+                continue
+            news = moved.get(row_id)
+            claimed_at = record["available_at"]
+            if news is not None and (
+                claimed_at is None or news.available_at != claimed_at.timestamp()
+            ):
+                stale.append(row_id)  # moved while we were claiming: claim it anew
+                self.schedule.upsert(news)
+            elif row_id in forgotten or row_id in self.schedule:
+                stale.append(row_id)  # cancelled (or moved) while we were claiming
             else:
                 fresh.append(dict(record))
         if stale:
             await self._release(stale)
+            self._rearm()
         for row in await self._with_live_sessions(fresh):
             self._arm_one(row)
         unclaimed = set(ids) - {r["id"] for r in records} - forgotten
         if unclaimed:
             await self._look_again(unclaimed)
+
+    def _news_while_arming(self, ids: Sequence[UUID]) -> tuple[set[UUID], dict[UUID, Entry]]:
+        """What was heard of these rows while their claim was in flight (only theirs:
+        other claims may be in flight too): those withdrawn, and new instants."""
+        forgotten = self._forgotten_while_arming.intersection(ids)
+        self._forgotten_while_arming -= forgotten
+        moved = {i: self._moved_while_arming.pop(i) for i in ids if i in self._moved_while_arming}
+        return forgotten, moved
 
     async def _look_again(self, ids: set[UUID]) -> None:
         """Rows the claim did not get: another instance holds them (watch them), or
@@ -492,7 +524,7 @@ class Engine:
         try:
             records = await store.rows_by_id(self._pool, list(ids))
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("row_fetch_failed", rows=len(ids), error=str(exc))
+            log.warning("row_fetch_failed", rows=len(ids), error=describe(exc))
             return  # the next resync looks at them again
         for record in records:
             self._accept(RowState.from_record(record))
@@ -603,7 +635,7 @@ class Engine:
         try:
             await store.release_claims(self._pool, ids, self.config.instance)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            log.warning("release_failed", rows=len(ids), error=str(exc))
+            log.warning("release_failed", rows=len(ids), error=describe(exc))
 
     def _spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

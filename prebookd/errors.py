@@ -45,3 +45,10 @@ class BadRow(PrebookdError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line for the log. Some carry no message at all (a
+    TimeoutError from asyncio.wait_for): then their type says what happened."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 
 from prebookd.db import connect
-from prebookd.errors import DatabaseError
+from prebookd.errors import DatabaseError, describe
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ class Listener:
             except (TimeoutError, DatabaseError, OSError, asyncpg.PostgresError) as exc:
                 if self._had_connection:
                     backoff = BACKOFF_FIRST  # it worked until now: come back at once
-                log.warning("listener_disconnected", error=str(exc), retry_in_s=backoff)
+                log.warning("listener_disconnected", error=describe(exc), retry_in_s=backoff)
             self.connected = False
             if stop.is_set():
                 break

@@ -19,6 +19,8 @@ from typing import Any
 
 import structlog
 
+from prebookd.errors import describe
+
 # Keys whose value is a secret: `password`, `token`, `aimharder_token`, `cookies`,
 # `auth_cookie`... but not `token_update_count` or `passes`.
 SECRET_KEYS = re.compile(
@@ -96,6 +98,38 @@ def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
     return structlog.PrintLogger(file=sys.stderr)
 
 
+class LibraryLogHandler(logging.Handler):
+    """What libraries log through `logging` (asyncpg's pool, asyncio, aiohttp) as
+    structlog events: one line each, in the daemon's format, redacted like the rest.
+    A library's traceback of a condition prebookd already reports (a connection reset
+    while Postgres restarts) would be twenty lines of noise in journalctl, so the
+    exception is summed up in `error`; at debug level the traceback is kept."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not structlog.is_configured():
+            return  # configure_logging was undone (tests): not ours to print any more
+        try:
+            fields: dict[str, Any] = {"logger": record.name, "message": record.getMessage()}
+            if record.exc_info and record.exc_info[1] is not None:
+                error = record.exc_info[1]
+                fields["error"] = f"{type(error).__name__}: {describe(error)}"
+                if self.level <= logging.DEBUG:
+                    fields["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, "library_log", **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def _route_library_logs(level: int) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryLogHandler)]:
+        root.removeHandler(handler)
+    # Libraries' info lines (aiohttp's access log of the simulator) are not ours to show.
+    handler = LibraryLogHandler(level)
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     renderer: Any
     if fmt == "json":
@@ -117,3 +151,4 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    _route_library_logs(logging.getLevelNamesMapping()[level.upper()])

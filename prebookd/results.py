@@ -19,6 +19,8 @@ from uuid import UUID
 import asyncpg
 import structlog
 
+from prebookd.errors import describe
+
 if TYPE_CHECKING:
     from prebookd.spool import Spool
 
@@ -124,14 +126,14 @@ class ResultWriter:
                 await asyncio.to_thread(self._spool.append, updates)
                 self.spooled += len(updates)
             except OSError as exc:
-                log.error("spool_write_failed", path=str(self._spool.path), error=str(exc))
+                log.error("spool_write_failed", path=str(self._spool.path), error=describe(exc))
         try:
             await self._write(updates)
         except asyncpg.DataError as exc:
             # Postgres refused a value (not the connection): one row's result must not
             # hold back the batch forever. Write them one by one; one refused alone is
             # written without its raw answer.
-            log.warning("results_batch_refused", rows=len(batch), error=str(exc))
+            log.warning("results_batch_refused", rows=len(batch), error=describe(exc))
             if not await self._write_one_by_one(updates):
                 return False  # some kept for later; the spool still holds them
         except BaseException as exc:  # cancelled too: the batch stays ours
@@ -139,7 +141,7 @@ class ResultWriter:
                 self._keep(update)
             if not isinstance(exc, Exception):
                 raise
-            log.warning("results_write_failed", rows=len(batch), error=str(exc))
+            log.warning("results_write_failed", rows=len(batch), error=describe(exc))
             return False
         self.written += len(batch)
         log.debug("results_written", rows=len(batch))
@@ -149,7 +151,7 @@ class ResultWriter:
                 await asyncio.to_thread(self._spool.clear)
                 self.spooled = 0
             except OSError as exc:
-                log.error("spool_clear_failed", path=str(self._spool.path), error=str(exc))
+                log.error("spool_clear_failed", path=str(self._spool.path), error=describe(exc))
         return True
 
     async def _write_one_by_one(self, updates: list[ResultUpdate]) -> bool:
@@ -160,12 +162,12 @@ class ResultWriter:
                 try:
                     await self._write([update])
                 except asyncpg.DataError as exc:
-                    log.error("result_refused", prebooking_id=str(update.id), error=str(exc))
+                    log.error("result_refused", prebooking_id=str(update.id), error=describe(exc))
                     await self._write([_without_answer(update)])
             except Exception as exc:  # the connection this time: keep it for later
                 self._keep(update)
                 all_written = False
-                log.warning("results_write_failed", rows=1, error=str(exc))
+                log.warning("results_write_failed", rows=1, error=describe(exc))
         return all_written
 
     def _keep(self, update: ResultUpdate) -> None:

@@ -22,6 +22,7 @@ import structlog
 from prebookd import account, store
 from prebookd.account import Refreshed, SessionDead
 from prebookd.clock import WallClock
+from prebookd.errors import describe
 from prebookd.log import mask_email
 from prebookd.models import MemberSession
 
@@ -104,7 +105,7 @@ class SessionKeeper:
                 session.cookies,
             )
         except account.AccountError as exc:
-            log.warning("session_refresh_failed", member=member, error=str(exc))
+            log.warning("session_refresh_failed", member=member, error=describe(exc))
             await self._note_error(session, str(exc))
             return None
         if isinstance(answer, SessionDead):
@@ -127,7 +128,7 @@ class SessionKeeper:
             await store.save_session_refresh(self._pool, session.id, answer.token, answer.cookies)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             # The old token is dead now: keep the new one in memory at least.
-            log.error("session_save_failed", member=mask_email(session.email), error=str(exc))
+            log.error("session_save_failed", member=mask_email(session.email), error=describe(exc))
         self.refreshed += 1
         log.info("session_refreshed", member=mask_email(session.email))
         return renewed
@@ -145,7 +146,7 @@ class SessionKeeper:
             try:
                 await self.keep_once()
             except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                log.warning("session_keeping_failed", error=str(exc))
+                log.warning("session_keeping_failed", error=describe(exc))
             try:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             except TimeoutError:

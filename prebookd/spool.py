@@ -17,6 +17,7 @@ from uuid import UUID
 
 import structlog
 
+from prebookd.errors import describe
 from prebookd.results import ResultUpdate
 
 log = structlog.get_logger(__name__)
@@ -54,7 +55,7 @@ class Spool:
                     updates.append(_decode(json.loads(line)))
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning(
-                        "spool_line_skipped", path=str(self.path), line=number, error=str(exc)
+                        "spool_line_skipped", path=str(self.path), line=number, error=describe(exc)
                     )
         return updates
 

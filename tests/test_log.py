@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 import structlog
 from multidict import CIMultiDict
 
-from prebookd.log import configure_logging, mask_email
+from prebookd.errors import describe
+from prebookd.log import LibraryLogHandler, configure_logging, mask_email
 
 SECRETS = ("s3cretTok", "c00kieVal", "pa55word", "dsnPa55", "nestedTok", "jarVal", "bodyTok")
 
@@ -137,3 +139,51 @@ def test_ordinary_fields_that_merely_mention_a_secret_are_shown(
     line = json.loads(capsys.readouterr().err)
     assert line["token_update_count"] == 3
     assert line["passes"] == 2
+
+
+@pytest.fixture
+def library_logs() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryLogHandler)]:
+        root.removeHandler(handler)
+
+
+@pytest.mark.usefixtures("library_logs")
+def test_a_library_error_is_one_redacted_line_without_traceback(
+    log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("info", log_format)
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        logging.getLogger("asyncpg.pool").warning(
+            "Failed to connect to postgresql://prebookd:dsnPa55@db/prebookd", exc_info=True
+        )
+
+    out = capsys.readouterr().err
+    assert len(out.strip().splitlines()) == 1, out
+    assert "library_log" in out
+    assert "asyncpg.pool" in out
+    assert "ConnectionResetError: [Errno 104] Connection reset by peer" in out
+    assert "Traceback" not in out
+    assert "dsnPa55" not in out
+
+
+@pytest.mark.usefixtures("library_logs")
+def test_library_info_lines_are_not_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "console")
+    logging.getLogger("aiohttp.access").info("127.0.0.1 GET /api/book 200")
+    logging.getLogger("asyncio").error("Task exception was never retrieved")
+
+    out = capsys.readouterr().err
+    assert "GET /api/book" not in out
+    assert "Task exception was never retrieved" in out
+
+
+def test_an_exception_without_a_message_is_named_by_its_type() -> None:
+    assert describe(TimeoutError()) == "TimeoutError"
+    assert (
+        describe(OSError(104, "Connection reset by peer")) == "[Errno 104] Connection reset by peer"
+    )

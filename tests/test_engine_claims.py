@@ -1,0 +1,172 @@
+"""A claim whose answer is slow (Postgres restarting, a busy server) while news of its
+rows arrives: a resync after the listener reconnects, or a reschedule. The row is
+armed once, at the instant the table holds, and sent once.
+
+The engine runs in this process against a real Postgres and the simulator over
+loopback; only the claim's answer is held back, at a gate, after Postgres ran it.
+The result writer is never flushed, so the table keeps the rows `loaded`, as it does
+while Postgres is away: nothing but the engine's memory stands between a row and a
+second send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import asyncpg
+import pytest
+
+from prebookd.aimharder import AimHarderClient
+from prebookd.clock import HotWindows
+from prebookd.db import connect, create_pool
+from prebookd.engine import Engine, EngineConfig
+from prebookd.firing import Timing
+from prebookd.results import ResultWriter
+from prebookd.settings import Settings
+from prebookd.simulator import Simulator
+from tests.support import add_box, add_member, add_prebooking, open_class, utc
+
+BOX = "claims"
+
+
+class HeldClaims:
+    """The engine's pool, with the answer of its first claim held until `let_go`."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.claims = 0
+        self.first_claim_ran = asyncio.Event()
+        self._gate = asyncio.Event()
+
+    def let_go(self) -> None:
+        self._gate.set()
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
+        records: list[asyncpg.Record] = await self._pool.fetch(query, *args, **kwargs)
+        if "claimed AS" in query:
+            self.claims += 1
+            if self.claims == 1:
+                self.first_claim_ran.set()
+                await self._gate.wait()
+        return records
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+class Bed:
+    def __init__(self, conn: asyncpg.Connection, sim: Simulator, pool: HeldClaims) -> None:
+        self.conn = conn
+        self.sim = sim
+        self.pool = pool
+        self.crashes: list[BaseException] = []
+        self.client = AimHarderClient(limit=20, limit_per_host=20, request_timeout=5)
+        self.engine = Engine(
+            EngineConfig(
+                instance="here",
+                arm_lead=5.0,
+                fire_offset=0.0,
+                late_grace=300.0,
+                horizon=3600.0,
+                max_lead=86_400.0,
+                lease_seconds=10.0,
+                timing=Timing(
+                    stage_lead=0.3, spin_window=0.003, retry_window=0.5, retry_interval=0.05
+                ),
+            ),
+            pool=cast(asyncpg.Pool, pool),
+            client=self.client,
+            results=ResultWriter(self._never_written, flush_interval=3600.0),
+            on_crash=self.crashes.append,
+            hot=HotWindows(),
+        )
+
+    @staticmethod
+    async def _never_written(updates: Any) -> None:
+        raise AssertionError("the writer is never flushed here")
+
+    async def add_rows(self, instant: float, count: int) -> list[uuid.UUID]:
+        box = await add_box(self.conn, self.sim, BOX)
+        ids = []
+        for k in range(count):
+            email = f"m{k}@claims.test"
+            await add_member(self.conn, self.sim, email)
+            open_class(self.sim, BOX, str(k), instant, capacity=5)
+            ids.append(await add_prebooking(self.conn, box, email, str(k), instant))
+        return ids
+
+    def book_requests(self) -> list[Any]:
+        return [r for r in self.sim.requests if r.path == "/api/book"]
+
+    async def settle(self, after: float) -> None:
+        """Until every firing is over, and `after` (epoch) has passed."""
+        await asyncio.sleep(max(0.0, after - time.time()))
+        for _ in range(200):  # 10 s at most
+            if not (self.engine.firings or self.engine.armed_count):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # a second send, if any, would come within this
+
+
+@pytest.fixture
+async def bed(db_dsn: str, sim: Simulator) -> AsyncIterator[Bed]:
+    conn = await connect(db_dsn)
+    pool = await create_pool(db_dsn, Settings(database_url=db_dsn, db_pool_min=2, db_pool_max=2))
+    b = Bed(conn, sim, HeldClaims(pool))
+    await b.client.start()
+    try:
+        yield b
+    finally:
+        await b.engine.shutdown(asyncio.get_running_loop().time() + 2.0)
+        await b.client.close()
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_resync_crossing_a_slow_claim_sends_each_row_once(bed: Bed) -> None:
+    instant = round(time.time() + 1.0, 3)
+    ids = await bed.add_rows(instant, 3)
+
+    await bed.engine.resync()  # the rows are due: the claim runs, its answer is held
+    await asyncio.wait_for(bed.pool.first_claim_ran.wait(), timeout=5)
+    # The listener reconnects meanwhile and resyncs: the table says `loaded`, by us.
+    await bed.engine.resync()
+    await asyncio.sleep(max(0.0, instant + 0.3 - time.time()))
+    bed.pool.let_go()
+    await bed.settle(after=instant + 0.5)
+
+    sent = Counter(r.session_id for r in bed.book_requests())
+    assert sent == Counter({str(k): 1 for k in range(len(ids))})
+    assert all(r.arrived_at >= instant for r in bed.book_requests())
+    assert bed.crashes == []
+
+
+async def test_a_row_moved_while_its_claim_is_answered_fires_at_its_new_instant(
+    bed: Bed,
+) -> None:
+    instant = round(time.time() + 1.5, 3)
+    moved_to = round(instant + 1.0, 3)
+    (row,) = await bed.add_rows(instant, 1)
+    open_class(bed.sim, BOX, "0", moved_to, capacity=5)  # the class now opens later
+
+    await bed.engine.resync()
+    await asyncio.wait_for(bed.pool.first_claim_ran.wait(), timeout=5)
+    # The web app moves the row after Postgres ran the claim; the news arrives before
+    # the claim's answer does.
+    await bed.conn.execute(
+        "UPDATE prebookings SET available_at = $2 WHERE id = $1", row, utc(moved_to)
+    )
+    await bed.engine.resync()
+    bed.pool.let_go()
+    await bed.settle(after=moved_to + 0.5)
+
+    requests = bed.book_requests()
+    assert len(requests) == 1
+    assert moved_to <= requests[0].arrived_at < moved_to + 0.1
+    assert bed.pool.claims == 2  # the first claim was let go, the row claimed anew
+    assert bed.crashes == []
