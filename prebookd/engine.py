@@ -182,7 +182,7 @@ class Engine:
         # Known rows the table no longer offers us were cancelled, deleted, or taken,
         # unless a notification about them arrived after the query began.
         unsent = set().union(*(f.unsent_ids() for f in self.firings.values()))
-        known = self.schedule.ids() | unsent | set(self._watched)
+        known = self.schedule.ids() | unsent | set(self._watched) | self._arming
         for row_id in known - seen:
             if self._touched.get(row_id, 0.0) < started:
                 self._forget(row_id, "gone from the table")

@@ -170,3 +170,31 @@ async def test_a_row_moved_while_its_claim_is_answered_fires_at_its_new_instant(
     assert moved_to <= requests[0].arrived_at < moved_to + 0.1
     assert bed.pool.claims == 2  # the first claim was let go, the row claimed anew
     assert bed.crashes == []
+
+
+async def test_a_row_cancelled_while_its_claim_is_answered_is_not_sent(bed: Bed) -> None:
+    instant = round(time.time() + 1.5, 3)
+    (cancelled,) = await bed.add_rows(instant, 1)
+
+    await bed.engine.resync()
+    await asyncio.wait_for(bed.pool.first_claim_ran.wait(), timeout=5)
+    await bed.conn.execute("UPDATE prebookings SET status = 'cancelled' WHERE id = $1", cancelled)
+    await bed.engine.resync()
+    # Another row's claim starts and ends meanwhile: it must not take the news of the
+    # cancel with it.
+    email = "other@claims.test"
+    await add_member(bed.conn, bed.sim, email)
+    open_class(bed.sim, BOX, "other", instant, capacity=5)
+    box = await bed.conn.fetchval("SELECT id FROM boxes WHERE subdomain = $1", BOX)
+    await add_prebooking(bed.conn, box, email, "other", instant)
+    await bed.engine.resync()
+    for _ in range(100):
+        if bed.pool.claims >= 2:
+            break
+        await asyncio.sleep(0.02)
+    bed.pool.let_go()
+    await bed.settle(after=instant + 0.5)
+
+    assert [r.session_id for r in bed.book_requests()] == ["other"]
+    status = await bed.conn.fetchval("SELECT status FROM prebookings WHERE id = $1", cancelled)
+    assert status == "cancelled"
