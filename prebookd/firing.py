@@ -42,6 +42,8 @@ log = structlog.get_logger(__name__)
 STAGE_CHUNK = 10
 # Gates opened per loop turn (see _open_gates).
 RELEASE_CHUNK = 16
+# The burst's writes are recorded and logged this long after the release.
+AFTER_RELEASE = 0.02
 # Garbage collection stays off from this long before the instant to this long after.
 GC_PAUSE = 0.05
 
@@ -65,6 +67,7 @@ class _Slot:
     booking: Booking
     attempt: Attempt
     task: asyncio.Task[ExchangeSummary] | None = None
+    written_reported: bool = False
 
     @property
     def gate(self) -> asyncio.Future[None]:
@@ -193,8 +196,8 @@ class Firing:
         self.released = True
         slots = self._release_order
         self._open_gates(slots, 0, RELEASE_CHUNK)
-        # After the gates: logging is work, and the writes come first.
-        asyncio.get_running_loop().call_later(0.02, self._log_release, slots)
+        # After the gates: bookkeeping is work, and the writes come first.
+        asyncio.get_running_loop().call_later(AFTER_RELEASE, self._after_release, slots)
 
     def _send_unstaged(self) -> None:
         """Without staging (PREBOOKD_STAGE_REQUESTS=false, to measure what it buys):
@@ -219,7 +222,12 @@ class Firing:
         if start + count < len(slots):
             asyncio.get_running_loop().call_soon(self._open_gates, slots, start + count, len(slots))
 
-    def _log_release(self, slots: list[_Slot]) -> None:
+    def _after_release(self, slots: list[_Slot]) -> None:
+        """The burst is on the wire: record which requests were written now, not when
+        their answers come (a slow AimHarder can take seconds), so that a crash
+        meanwhile leaves `executing` and the attempt in the row. Then say so."""
+        for slot in slots:
+            self._report_written(slot)
         log.info(
             "instant_released",
             instant=iso_instant(self.instant),
@@ -239,28 +247,34 @@ class Firing:
             await asyncio.sleep(0)  # these run up to their gate before the next chunk
 
     def _stage(self, slot: _Slot) -> None:
-        slot.task = asyncio.create_task(
-            self._send(slot.booking, slot.attempt), name=f"send-{slot.booking.id}"
+        slot.task = asyncio.create_task(self._send(slot), name=f"send-{slot.booking.id}")
+
+    def _report_written(self, slot: _Slot) -> None:
+        """`executing`, with the first write's time and the attempt, once per slot."""
+        written_at = slot.attempt.written_at
+        if written_at is None or slot.written_reported:
+            return
+        slot.written_reported = True
+        self._report(
+            ResultUpdate(
+                slot.booking.id,
+                "executing",
+                written_at=written_at,
+                lateness_ms=(written_at - self.instant) * 1000,
+                attempts=slot.booking.prior_attempts + 1,
+                fired_by=self._instance,
+            )
         )
 
-    async def _send(self, booking: Booking, attempt: Attempt) -> ExchangeSummary:
+    async def _send(self, slot: _Slot) -> ExchangeSummary:
         t = self._timing
-        first = await self._client.book(booking, attempt)
+        booking = slot.booking
+        first = await self._client.book(booking, slot.attempt)
         await self._hot.wait_clear()
         attempts = booking.prior_attempts + (1 if first.written_at is not None else 0)
         written_at = first.written_at
         lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
-        if written_at is not None:
-            self._report(
-                ResultUpdate(
-                    booking.id,
-                    "executing",
-                    written_at=written_at,
-                    lateness_ms=lateness_ms,
-                    attempts=attempts,
-                    fired_by=self._instance,
-                )
-            )
+        self._report_written(slot)  # if the answer came before _after_release ran
         exchange = first
         # The window is measured on the loop's monotonic clock: a wall-clock step after
         # the release must not stretch (or cut) the retries.
