@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -19,8 +20,8 @@ from prebookd.settings import Settings, mask_dsn
 log = structlog.get_logger(__name__)
 
 # A dead Postgres is noticed by the listener's health check (a SELECT 1 with a
-# timeout); the pool's connections are checked as they are used.
-POOL_COMMAND_TIMEOUT = 15.0
+# timeout); a pool connection gone silent, by the bound on each statement the daemon
+# runs (store.QUERY_TIMEOUT), which closes it.
 SERVER_SETTINGS = {"application_name": "prebookd-pool"}
 CONNECT_KWARGS: dict[str, Any] = {
     "timeout": 10,
@@ -59,7 +60,36 @@ def _decode_json(text: str) -> Any:
         return UnreadableJson(len(text))
 
 
+# TCP keepalives on every connection to Postgres: an idle connection whose peer
+# vanished (a VPS's NAT forgetting the flow, a firewall dropping its packets) is
+# noticed and closed within KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT
+# (25 s) instead of when a claim next picks it, and the probes keep a NAT's flow alive.
+# Data left unacknowledged for TCP_USER_TIMEOUT_MS aborts the connection too.
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_MS = 15_000
+
+
+def _keep_alive(conn: asyncpg.Connection) -> None:
+    # asyncpg has no option for this; its transport's socket is the one to set.
+    transport = getattr(conn, "_transport", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket (the embedded Postgres): no network in between
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_MS),
+    ):
+        if hasattr(socket, option):  # Linux has them all; macOS lacks some
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    _keep_alive(conn)
     # jsonb columns come back as Python objects, and go in from them.
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -88,9 +118,8 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
             dsn,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
-            # A query on a connection that went silent (half-open TCP) fails after
-            # this instead of hanging the daemon's bookkeeping forever.
-            command_timeout=POOL_COMMAND_TIMEOUT,
+            # No asyncpg command_timeout: on timeout it sends a cancel request over a
+            # new connection, down the same dead path; store bounds each statement.
             init=_init_connection,
             **CONNECT_KWARGS,
         )

@@ -8,14 +8,51 @@ LOCKED` keeps two instances from waiting on each other.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from prebookd.results import ResultUpdate
+
+T = TypeVar("T")
+
+# A statement that has not answered after this long is given up on, and its connection
+# closed (see _bounded).
+QUERY_TIMEOUT = 15.0
+Db = asyncpg.Connection | asyncpg.Pool
+
+
+async def _bounded(conn: asyncpg.Connection | PoolConnectionProxy, call: Awaitable[T]) -> T:
+    """`call` on `conn`, given up after QUERY_TIMEOUT. The connection is then closed
+    outright: a connection that went silent (half-open TCP, a firewall dropping its
+    packets) is useless, and asyncpg's own timeout would first send a cancel request
+    on a new connection, over the same dead path, doubling the wait."""
+    try:
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            return await call
+    except TimeoutError:
+        conn.terminate()
+        raise
+
+
+async def _fetch(db: Db, query: str, *args: object) -> list[asyncpg.Record]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _bounded(conn, conn.fetch(query, *args))
+    return await db.fetch(query, *args)
+
+
+async def _execute(db: Db, query: str, *args: object) -> str:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _bounded(conn, conn.execute(query, *args))
+    return await db.execute(query, *args)
 
 
 def _clamped(column: str, alias: str | None = None) -> str:
@@ -41,13 +78,14 @@ _CLAIMABLE = """(status = 'pending'
 
 
 async def rows_to_schedule(
-    conn: asyncpg.Connection | asyncpg.Pool, horizon_end: float, absurd_after: float
+    conn: Db, horizon_end: float, absurd_after: float
 ) -> list[asyncpg.Record]:
     """Rows to hold in memory: those opening before the horizon that are not final
     (held by another instance too: watched, and taken over if it dies), plus broken
     ones (no instant, or an absurd one) so that they can be failed with a reason."""
     return list(
-        await conn.fetch(
+        await _fetch(
+            conn,
             f"""
             SELECT {_ROW_STATE_COLUMNS} FROM prebookings
             WHERE status IN ('pending', 'loaded', 'executing')
@@ -60,18 +98,18 @@ async def rows_to_schedule(
     )
 
 
-async def rows_by_id(
-    conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[UUID]
-) -> list[asyncpg.Record]:
+async def rows_by_id(conn: Db, ids: Sequence[UUID]) -> list[asyncpg.Record]:
     return list(
-        await conn.fetch(
-            f"SELECT {_ROW_STATE_COLUMNS} FROM prebookings WHERE id = ANY($1::uuid[])", list(ids)
+        await _fetch(
+            conn,
+            f"SELECT {_ROW_STATE_COLUMNS} FROM prebookings WHERE id = ANY($1::uuid[])",
+            list(ids),
         )
     )
 
 
 async def claim(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: Db,
     ids: Sequence[UUID],
     owner: str,
     lease_seconds: float,
@@ -81,7 +119,8 @@ async def claim(
     Rows held by another live instance, or no longer pending, are simply absent
     from the answer. The lease runs `lease_seconds`; the holder renews it."""
     return list(
-        await conn.fetch(
+        await _fetch(
+            conn,
             f"""
             WITH target AS (
                 SELECT id FROM prebookings
@@ -119,13 +158,14 @@ async def claim(
 
 
 async def renew_leases(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: Db,
     ids: Sequence[UUID],
     owner: str,
     lease_seconds: float,
 ) -> set[UUID]:
     """Extend the leases this instance still holds; returns the ids it still holds."""
-    records = await conn.fetch(
+    records = await _fetch(
+        conn,
         """
         UPDATE prebookings
            SET lease_expires_at = now() + make_interval(secs => $3)
@@ -140,11 +180,10 @@ async def renew_leases(
     return {record["id"] for record in records}
 
 
-async def release_claims(
-    conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[UUID], owner: str
-) -> int:
+async def release_claims(conn: Db, ids: Sequence[UUID], owner: str) -> int:
     """Give back rows claimed but not sent (shutdown, withdrawn): pending again."""
-    result = await conn.execute(
+    result = await _execute(
+        conn,
         """
         UPDATE prebookings
            SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
@@ -156,16 +195,15 @@ async def release_claims(
     return int(result.split()[-1])
 
 
-async def write_results(
-    conn: asyncpg.Connection | asyncpg.Pool, updates: Sequence[ResultUpdate]
-) -> None:
+async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
     """Write a batch of outcomes in one statement.
 
     A final row (completed/failed) is never rewritten. A row cancelled while its
     request was already on the wire still gets the truth recorded."""
     if not updates:
         return
-    await conn.execute(
+    await _execute(
+        conn,
         """
         UPDATE prebookings p
            SET status        = u.status,
@@ -200,12 +238,13 @@ async def write_results(
 
 
 async def sessions_to_keep(
-    conn: asyncpg.Connection | asyncpg.Pool, horizon_end: float, stale_before: float
+    conn: Db, horizon_end: float, stale_before: float
 ) -> list[asyncpg.Record]:
     """Background sessions of members with a prebooking opening before `horizon_end`
     whose token was last refreshed before `stale_before` (or never)."""
     return list(
-        await conn.fetch(
+        await _fetch(
+            conn,
             f"""
             SELECT a.id AS session_id, a.user_email, a.aimharder_token, a.fingerprint,
                    a.aimharder_cookies, {_clamped("a.last_token_update_date")}
@@ -225,12 +264,13 @@ async def sessions_to_keep(
 
 
 async def save_session_refresh(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: Db,
     session_id: UUID,
     token: str,
     cookies: list[dict[str, str]],
 ) -> None:
-    await conn.execute(
+    await _execute(
+        conn,
         """
         UPDATE auth_sessions
            SET aimharder_token = $2, aimharder_cookies = $3,
@@ -245,10 +285,9 @@ async def save_session_refresh(
     )
 
 
-async def record_session_error(
-    conn: asyncpg.Connection | asyncpg.Pool, session_id: UUID, error: str
-) -> None:
-    await conn.execute(
+async def record_session_error(conn: Db, session_id: UUID, error: str) -> None:
+    await _execute(
+        conn,
         """
         UPDATE auth_sessions SET last_token_update_error = $2, updated_at = now()
          WHERE id = $1
