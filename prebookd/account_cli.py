@@ -23,15 +23,15 @@ import asyncpg
 
 from prebookd import account, admin_store, timeparse
 from prebookd.account import ClassInfo, SessionExpired
-from prebookd.admin import (
-    _box_zone,
-    _database,
-    _email,
-    _known_box,
-    _print_json,
-    _print_table,
-    _subdomain,
-    _token,
+from prebookd.cli_common import (
+    box_zone,
+    database,
+    known_box,
+    parse_email,
+    parse_subdomain,
+    parse_token,
+    print_json,
+    print_table,
 )
 from prebookd.errors import UsageError
 from prebookd.settings import Settings
@@ -85,12 +85,12 @@ async def _http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def _login(args: argparse.Namespace, settings: Settings) -> int:
-    email = _email(args.email)
-    subdomain = _subdomain(args.box) if args.box else None
+    email = parse_email(args.email)
+    subdomain = parse_subdomain(args.box) if args.box else None
     fingerprint = account.fingerprint_for(email)
     # The database first: a schema or box problem is told before a password is typed.
-    async with _database(settings) as conn:
-        box = await _known_box(conn, subdomain) if subdomain else None
+    async with database(settings) as conn:
+        box = await known_box(conn, subdomain) if subdomain else None
         # Read on the loop's thread, blocking it (nothing else runs): in a worker thread,
         # Ctrl-C would leave getpass waiting with the terminal's echo off.
         password = _read_password(email, args.password_stdin)
@@ -127,7 +127,7 @@ async def _check_box(
     http: aiohttp.ClientSession, box: admin_store.Box, email: str, cookies: account.Cookies
 ) -> None:
     """List today's classes at the box with the new session: proof the box accepts it."""
-    today = datetime.now(UTC).astimezone(_box_zone(box)).date()
+    today = datetime.now(UTC).astimezone(box_zone(box)).date()
     try:
         listed = await account.list_classes(
             http, _box_url(box), box.box_id or "", timeparse.format_day(today), cookies
@@ -149,18 +149,18 @@ def _box_url(box: admin_store.Box) -> str:
 
 
 async def _classes(args: argparse.Namespace, settings: Settings) -> int:
-    email = _email(args.email)
-    subdomain = _subdomain(args.box)
+    email = parse_email(args.email)
+    subdomain = parse_subdomain(args.box)
     day = timeparse.parse_day(args.day)
-    family_id = _token("family id", args.family_id) if args.family_id.strip() else ""
-    async with _database(settings) as conn:
-        box = await _known_box(conn, subdomain)
-        zone = _box_zone(box)
+    family_id = parse_token("family id", args.family_id) if args.family_id.strip() else ""
+    async with database(settings) as conn:
+        box = await known_box(conn, subdomain)
+        zone = box_zone(box)
         listed = await _list_for(conn, box, email, day, family_id)
     window = timeparse.window_from_columns(box.booking_window_kind, box.booking_window_length)
     opens = {c.session_id: _opening_or_none(c, day, zone, window) for c in listed}
     if args.json:
-        _print_json([_class_json(c, opens[c.session_id]) for c in listed])
+        print_json([_class_json(c, opens[c.session_id]) for c in listed])
     elif not listed:
         print(f"no classes at {subdomain} on {timeparse.format_day(day)}")
     else:
@@ -172,7 +172,7 @@ async def _classes(args: argparse.Namespace, settings: Settings) -> int:
                 (*row, _format_opening(opens[c.session_id], zone))
                 for row, c in zip(rows, listed, strict=True)
             ]
-        _print_table(headers, rows)
+        print_table(headers, rows)
     return 0
 
 
