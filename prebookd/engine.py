@@ -42,6 +42,9 @@ log = structlog.get_logger(__name__)
 # afresh each time, so a wall-clock step is noticed within this long.
 MAX_TIMER_DELAY = 30.0
 ARM_RETRY_DELAY = 1.0
+# A row that could not be read (Postgres away), or that a claim skipped because a
+# transaction (the web app's) holds it, is read again after this long, not at once.
+FETCH_RETRY_DELAY = 0.2
 # Rows sent (or failed) by this instance are not armed again for this long, whatever
 # the table says: their results may not be in it yet (Postgres down, a batch in
 # flight), and sending twice would book twice.
@@ -233,7 +236,9 @@ class Engine:
                 records = await store.rows_by_id(self._pool, ids)
             except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("row_fetch_failed", rows=len(ids), error=describe(exc))
-                continue  # the resync after reconnecting, or the reconcile, catches up
+                # Some may be due soon: not left to the next reconcile.
+                self._fetch_later(ids, ARM_RETRY_DELAY)
+                continue
             found = {r["id"] for r in records}
             for record in records:
                 self._accept(RowState.from_record(record))
@@ -410,6 +415,13 @@ class Engine:
         self._to_fetch.add(row_id)
         self._fetch_wakeup.set()
 
+    def _fetch_later(self, ids: Sequence[UUID], delay: float) -> None:
+        def fetch() -> None:
+            for row_id in ids:
+                self._fetch(row_id)
+
+        asyncio.get_running_loop().call_later(delay, fetch)
+
     def _record(self, update: ResultUpdate) -> None:
         """Results of firings pass here on their way to the writer."""
         if update.written_at is not None or update.status in ("completed", "failed"):
@@ -519,15 +531,24 @@ class Engine:
         return forgotten, moved
 
     async def _look_again(self, ids: set[UUID]) -> None:
-        """Rows the claim did not get: another instance holds them (watch them), or
-        they changed (cancelled, done) meanwhile."""
+        """Rows the claim did not get: another instance holds them (watch them), they
+        changed (cancelled, done) meanwhile, or a transaction holds them (SKIP LOCKED
+        passed them by: read them again shortly, and claim them then)."""
         try:
             records = await store.rows_by_id(self._pool, list(ids))
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("row_fetch_failed", rows=len(ids), error=describe(exc))
-            return  # the next resync looks at them again
+            self._fetch_later(list(ids), ARM_RETRY_DELAY)
+            return
+        locked = []
         for record in records:
-            self._accept(RowState.from_record(record))
+            row = RowState.from_record(record)
+            if row.status == "pending" or (row.status in ACTIVE and not self._held_elsewhere(row)):
+                locked.append(row.id)  # claimable, yet not claimed
+            else:
+                self._accept(row)
+        if locked:
+            self._fetch_later(locked, FETCH_RETRY_DELAY)
         for row_id in ids - {r["id"] for r in records}:
             self._forget(row_id, "deleted")
 

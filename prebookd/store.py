@@ -29,14 +29,15 @@ Db = asyncpg.Connection | asyncpg.Pool
 
 
 async def _bounded(conn: asyncpg.Connection | PoolConnectionProxy, call: Awaitable[T]) -> T:
-    """`call` on `conn`, given up after QUERY_TIMEOUT. The connection is then closed
-    outright: a connection that went silent (half-open TCP, a firewall dropping its
-    packets) is useless, and asyncpg's own timeout would first send a cancel request
-    on a new connection, over the same dead path, doubling the wait."""
+    """`call` on `conn`, given up after QUERY_TIMEOUT. A statement given up on (timed
+    out, or cancelled by its caller: shutdown) closes its connection outright. The
+    connection may have gone silent (half-open TCP, a firewall dropping its packets),
+    and asyncpg would otherwise cancel the statement over a new connection, down the
+    same dead path, and hold the connection until that is done."""
     try:
         async with asyncio.timeout(QUERY_TIMEOUT):
             return await call
-    except TimeoutError:
+    except (TimeoutError, asyncio.CancelledError):
         conn.terminate()
         raise
 

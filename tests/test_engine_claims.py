@@ -60,7 +60,10 @@ class HeldClaims:
 
 
 class Bed:
-    def __init__(self, conn: asyncpg.Connection, sim: Simulator, pool: HeldClaims) -> None:
+    def __init__(
+        self, dsn: str, conn: asyncpg.Connection, sim: Simulator, pool: HeldClaims
+    ) -> None:
+        self.dsn = dsn
         self.conn = conn
         self.sim = sim
         self.pool = pool
@@ -117,11 +120,15 @@ class Bed:
 async def bed(db_dsn: str, sim: Simulator) -> AsyncIterator[Bed]:
     conn = await connect(db_dsn)
     pool = await create_pool(db_dsn, Settings(database_url=db_dsn, db_pool_min=2, db_pool_max=2))
-    b = Bed(conn, sim, HeldClaims(pool))
+    b = Bed(db_dsn, conn, sim, HeldClaims(pool))
     await b.client.start()
+    stop = asyncio.Event()
+    fetching = asyncio.create_task(b.engine.fetch_loop(stop))  # as the daemon runs it
     try:
         yield b
     finally:
+        stop.set()
+        await fetching
         await b.engine.shutdown(asyncio.get_running_loop().time() + 2.0)
         await b.client.close()
         await pool.close()
@@ -198,3 +205,29 @@ async def test_a_row_cancelled_while_its_claim_is_answered_is_not_sent(bed: Bed)
     assert [r.session_id for r in bed.book_requests()] == ["other"]
     status = await bed.conn.fetchval("SELECT status FROM prebookings WHERE id = $1", cancelled)
     assert status == "cancelled"
+
+
+async def test_a_row_locked_by_the_web_app_when_due_is_armed_once_the_lock_goes(
+    bed: Bed,
+) -> None:
+    instant = round(time.time() + 2.5, 3)
+    (row,) = await bed.add_rows(instant, 1)
+    bed.pool.let_go()  # no claim held back here
+    web_app = await connect(bed.dsn)
+    try:
+        # A transaction of the web app's holds the row: the claim skips it (SKIP LOCKED)
+        # and must come back for it, without hammering Postgres meanwhile.
+        transaction = web_app.transaction()
+        await transaction.start()
+        await web_app.execute("SELECT 1 FROM prebookings WHERE id = $1 FOR UPDATE", row)
+        await bed.engine.resync()
+        await asyncio.sleep(1.0)
+        await transaction.commit()
+    finally:
+        await web_app.close()
+    await bed.settle(after=instant + 0.5)
+
+    requests = bed.book_requests()
+    assert len(requests) == 1
+    assert instant <= requests[0].arrived_at < instant + 0.05
+    assert 2 <= bed.pool.claims <= 10, f"{bed.pool.claims} claims while the row was locked"
