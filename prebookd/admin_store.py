@@ -3,7 +3,8 @@
 
 The rows are written as the web app writes them: plain INSERT/UPDATE on its tables,
 so the trigger wakes the daemon exactly as it would for the web app. Nothing here
-decides anything; `prebookd.admin` validates first and calls these functions last.
+decides anything; the command modules (`admin`, `box_cli`) validate first and call these
+functions last.
 """
 
 from __future__ import annotations

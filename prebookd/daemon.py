@@ -23,9 +23,10 @@ import structlog
 from prebookd import store
 from prebookd.aimharder import AimHarderClient
 from prebookd.clock import HotWindows
-from prebookd.db import connect, create_pool, database_dsn
+from prebookd.db import connect, create_pool, database
+from prebookd.embedded import EmbeddedPostgres
 from prebookd.engine import Engine, EngineConfig
-from prebookd.errors import ConfigError, DatabaseError, describe
+from prebookd.errors import ConfigError, DatabaseError, EmbeddedPostgresError, describe
 from prebookd.firing import iso_instant
 from prebookd.listener import Listener
 from prebookd.log import configure_logging
@@ -43,6 +44,7 @@ log = structlog.get_logger(__name__)
 EXIT_OK = 0
 EXIT_CRASHED = 1
 SPOOL_FILE = "results.spool"
+EMBEDDED_CHECK_INTERVAL = 2.0  # how often the embedded Postgres is checked to be up
 # Giving claims back on the way out is a courtesy (leases expire anyway): a
 # Postgres that does not answer must not hold up the stop.
 RELEASE_TIMEOUT = 2.0
@@ -84,7 +86,7 @@ async def run_daemon(settings: Settings) -> int:
     log.info("daemon_starting", **settings.describe())
     signals = Signals()
     signals.install()
-    async with database_dsn(settings) as dsn:
+    async with database(settings) as (dsn, embedded):
         conn = await _connect_when_up(dsn, signals.stop)
         if conn is None:
             return EXIT_OK  # asked to stop before Postgres ever answered
@@ -105,7 +107,7 @@ async def run_daemon(settings: Settings) -> int:
         await client.start()
         notifier = Notifier()
         try:
-            daemon = Daemon(settings, dsn, pool, client, signals, notifier)
+            daemon = Daemon(settings, dsn, pool, client, signals, notifier, embedded)
             return await daemon.serve()
         finally:
             await client.close()
@@ -140,8 +142,10 @@ class Daemon:
         client: AimHarderClient,
         signals: Signals,
         notifier: Notifier,
+        embedded: EmbeddedPostgres | None = None,
     ) -> None:
         self.settings = settings
+        self._embedded = embedded
         self._pool = pool
         self._client = client
         self._signals = signals
@@ -228,6 +232,8 @@ class Daemon:
         self._background.start(self.engine.lease_loop(stop), "leases")
         self._background.start(self._reconcile(), "reconcile")
         self._background.start(self._watchdog(), "watchdog")
+        if self._embedded is not None:
+            self._background.start(self._keep_embedded_up(self._embedded), "embedded-postgres")
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
 
         await _first_of(self.listener.ready.wait(), self._signals.stop.wait(), _wait(self._crashed))
@@ -368,6 +374,23 @@ class Daemon:
             except Exception as exc:
                 log.warning("reconcile_failed", error=describe(exc))
             self._notifier.notify(f"STATUS={self.status_line()}")
+
+    async def _keep_embedded_up(self, embedded: EmbeddedPostgres) -> None:
+        """The embedded Postgres is this daemon's to keep: if it goes away (killed with
+        the cgroup of a command that started it first, say), start it again. Armed
+        rows fire from memory meanwhile; the listener reconnects and resyncs."""
+        while not self._tasks_stop.is_set():
+            await _first_of(self._tasks_stop.wait(), timeout=EMBEDDED_CHECK_INTERVAL)
+            if self._tasks_stop.is_set() or await asyncio.to_thread(embedded.is_running):
+                continue
+            log.error("embedded_postgres_gone", data_dir=str(embedded.data_dir))
+            await self.hot.wait_clear()  # starting it takes a CPU-heavy second or two
+            try:
+                await asyncio.to_thread(embedded.start_again)
+            except EmbeddedPostgresError as exc:
+                log.error("embedded_postgres_start_failed", error=describe(exc))
+                continue  # tried again at the next check
+            log.info("embedded_postgres_started_again", data_dir=str(embedded.data_dir))
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop itself: a blocked loop stops the pings."""

