@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import signal
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
@@ -37,6 +35,7 @@ from prebookd.sessions import SessionKeeper
 from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, read_settings
 from prebookd.spool import Spool
 from prebookd.status import StatusServer
+from prebookd.supervise import Background, Signals, first_of, wait_future
 from prebookd.systemd import Notifier
 
 log = structlog.get_logger(__name__)
@@ -49,37 +48,6 @@ EMBEDDED_CHECK_INTERVAL = 2.0  # how often the embedded Postgres is checked to b
 # Postgres that does not answer must not hold up the stop.
 RELEASE_TIMEOUT = 2.0
 POOL_CLOSE_TIMEOUT = 3.0
-
-
-class Signals:
-    """SIGTERM/SIGINT ask for a graceful stop (a second SIGINT exits at once);
-    SIGHUP asks for a reload."""
-
-    def __init__(self) -> None:
-        self.stop = asyncio.Event()
-        self.reload = asyncio.Event()
-        self._interrupts = 0
-
-    def install(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
-        loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
-
-    def _on_stop(self, name: str) -> None:
-        log.info("signal_received", signal=name, action="graceful stop")
-        self.stop.set()
-
-    def _on_interrupt(self) -> None:
-        self._interrupts += 1
-        if self._interrupts > 1:
-            log.warning("signal_received", signal="SIGINT", action="exit now")
-            os._exit(130)
-        self._on_stop("SIGINT")
-
-    def _on_hup(self) -> None:
-        log.info("signal_received", signal="SIGHUP", action="reload")
-        self.reload.set()
 
 
 async def run_daemon(settings: Settings) -> int:
@@ -127,7 +95,7 @@ async def _connect_when_up(dsn: str, stop: asyncio.Event) -> asyncpg.Connection 
             return await connect(dsn, role="migrate")
         except DatabaseError as exc:
             log.warning("database_unreachable", error=describe(exc), retry_in_s=backoff)
-        await _first_of(stop.wait(), timeout=backoff)
+        await first_of(stop.wait(), timeout=backoff)
         if stop.is_set():
             return None
         backoff = min(backoff * 2, 10.0)
@@ -236,15 +204,19 @@ class Daemon:
             self._background.start(self._keep_embedded_up(self._embedded), "embedded-postgres")
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
 
-        await _first_of(self.listener.ready.wait(), self._signals.stop.wait(), _wait(self._crashed))
+        await first_of(
+            self.listener.ready.wait(), self._signals.stop.wait(), wait_future(self._crashed)
+        )
         if self.listener.ready.is_set() and not self._stopping():
             self._notifier.notify("READY=1", f"STATUS={self.status_line()}")
             log.info(
                 "daemon_ready", armed=self.engine.armed_count, instance=self.settings.instance_name
             )
             while not self._stopping():
-                await _first_of(
-                    self._signals.stop.wait(), self._signals.reload.wait(), _wait(self._crashed)
+                await first_of(
+                    self._signals.stop.wait(),
+                    self._signals.reload.wait(),
+                    wait_future(self._crashed),
                 )
                 if self._signals.reload.is_set() and not self._stopping():
                     self._signals.reload.clear()
@@ -260,7 +232,7 @@ class Daemon:
         log.info("spool_recovered", results=recovered, path=str(self.spool.path))
         backoff = 0.5
         while not await self.results.flush():
-            await _first_of(self._signals.stop.wait(), timeout=backoff)
+            await first_of(self._signals.stop.wait(), timeout=backoff)
             if self._stopping():
                 return False
             backoff = min(backoff * 2, 10.0)
@@ -365,7 +337,7 @@ class Daemon:
     async def _reconcile(self) -> None:
         """Full resync every reconcile_interval: the NOTIFY safety net."""
         while not self._tasks_stop.is_set():
-            await _first_of(self._tasks_stop.wait(), timeout=self.settings.reconcile_interval)
+            await first_of(self._tasks_stop.wait(), timeout=self.settings.reconcile_interval)
             if self._tasks_stop.is_set() or not self.listener.connected:
                 continue  # the listener resyncs itself when it reconnects
             try:
@@ -380,7 +352,7 @@ class Daemon:
         the cgroup of a command that started it first, say), start it again. Armed
         rows fire from memory meanwhile; the listener reconnects and resyncs."""
         while not self._tasks_stop.is_set():
-            await _first_of(self._tasks_stop.wait(), timeout=EMBEDDED_CHECK_INTERVAL)
+            await first_of(self._tasks_stop.wait(), timeout=EMBEDDED_CHECK_INTERVAL)
             if self._tasks_stop.is_set() or await asyncio.to_thread(embedded.is_running):
                 continue
             log.error("embedded_postgres_gone", data_dir=str(embedded.data_dir))
@@ -401,46 +373,4 @@ class Daemon:
         interval = usec / 2_000_000
         while not self._tasks_stop.is_set():
             self._notifier.notify("WATCHDOG=1")
-            await _first_of(self._tasks_stop.wait(), timeout=interval)
-
-
-class Background:
-    """Named, supervised tasks: one that dies unexpectedly stops the daemon."""
-
-    def __init__(self, on_crash: Any) -> None:
-        self._on_crash = on_crash
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    def start(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._done)
-        self._tasks.append(task)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            log.error("task_crashed", task=task.get_name(), error=repr(error))
-            self._on_crash(error)
-
-    async def stop(self) -> None:
-        _, pending = await asyncio.wait(self._tasks, timeout=3.0)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-
-async def _first_of(*aws: Coroutine[Any, Any, Any], timeout: float | None = None) -> None:
-    """Wait until the first of `aws` finishes (or the timeout passes); cancel the rest."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _wait(future: asyncio.Future[Any]) -> None:
-    await asyncio.shield(future)
+            await first_of(self._tasks_stop.wait(), timeout=interval)
