@@ -42,8 +42,10 @@ log = structlog.get_logger(__name__)
 STAGE_CHUNK = 10
 # Gates opened per loop turn (see _open_gates).
 RELEASE_CHUNK = 16
-# The burst's writes are recorded and logged this long after the release.
+# The burst's writes are recorded and logged this long after the release, this many
+# per loop turn.
 AFTER_RELEASE = 0.02
+REPORT_CHUNK = 64
 # Garbage collection stays off from this long before the instant to this long after.
 GC_PAUSE = 0.05
 
@@ -222,12 +224,19 @@ class Firing:
         if start + count < len(slots):
             asyncio.get_running_loop().call_soon(self._open_gates, slots, start + count, len(slots))
 
-    def _after_release(self, slots: list[_Slot]) -> None:
+    def _after_release(self, slots: list[_Slot], start: int = 0) -> None:
         """The burst is on the wire: record which requests were written now, not when
         their answers come (a slow AimHarder can take seconds), so that a crash
-        meanwhile leaves `executing` and the attempt in the row. Then say so."""
-        for slot in slots:
+        meanwhile leaves `executing` and the attempt in the row. Then say so.
+
+        In chunks, one per loop turn: the writes of a burst of thousands are still
+        going out, and must not wait behind this bookkeeping."""
+        end = start + REPORT_CHUNK
+        for slot in slots[start:end]:
             self._report_written(slot)
+        if end < len(slots):
+            asyncio.get_running_loop().call_soon(self._after_release, slots, end)
+            return
         log.info(
             "instant_released",
             instant=iso_instant(self.instant),
