@@ -4,26 +4,8 @@ judged against the simulator.
 
 Each scenario runs `prebookd run` as a subprocess (restarted at once when killed, or
 when it exits by itself, as systemd would) against a database of its own and the
-simulator (in this process, on loopback), then judges every row:
-
-- lost: should have fired, never reached the simulator (or never became final);
-- dup (duplicated): sent again with no crash in between to explain it, or sent again
-  after its result was already known (in the table or in the spool) when prebookd died;
-- wrong (wrong result): completed without a place at the simulator, or holding a
-  place while not completed (a cancelled row sent anyway must end completed);
-- early / stale: a request before the row's final instant, a "not open yet" answer
-  (each class opens exactly at its row's final instant), or fired at an instant the
-  row had been moved away from;
-- cxl-fired (withdrawn fired): cancelled or deleted, yet written more than
-  CANCEL_GRACE after the cancel committed (writers record when each action committed);
-- failed, crash: rows that ended failed (every class has room: none should), and
-  prebookd exiting by itself;
-- miscounted (in the problem list): `attempts` above the requests the simulator saw.
-
-Resends after a crash are by design (a repeat hears "already booked"): they are
-counted, not failed: `resent` rows, `unrec` requests the `attempts` column does not
-count because a crash cut them off before they were recorded, `max req` per row.
-`faults`: kills, restarts, proxy faults, partitions, or writer changes (load).
+simulator (in this process, on loopback), then judges every row (bench/chaos_verdict.py
+says what each column of the table means).
 
 Usage: .venv/bin/python -m bench.chaos [--quick] [--only kills,pg,proxy,partition,load]
                                       [--seed N] [--logs DIR]
@@ -37,460 +19,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
-import itertools
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
-
-from prebookd.daemon import SPOOL_FILE
+from bench.chaos_bed import (
+    DAEMON_SETTINGS,
+    LISTENER_BACK,
+    Bed,
+    bed,
+    burst_instants,
+    finish,
+    held_by,
+    sleep_until,
+    wait_event,
+)
+from bench.chaos_load import run_load
+from bench.chaos_verdict import Fault, Verdict, events, first_after, table
 from prebookd.db import connect
 from prebookd.embedded import EmbeddedPostgres, start_embedded
 from prebookd.migrate import migrate
-from prebookd.sim_model import RecordedRequest, SimClass
-from prebookd.simulator import Simulator
-from prebookd.spool import Spool
 from tests.pgproxy import PgProxy, pg_proxy
-from tests.support import DaemonProcess, add_box, add_member, start_daemon
-
-BOX = "chaos"
-DAY = "20301201"
-FINAL = ("completed", "failed")
-NOT_OPEN = "ERROR_ANTELACION_CLIENTE"
-CANCEL_GRACE = 0.5  # a cancel committed this long before a request was written must win
-GUARD = 2.0  # writers move a row only while both instants are this far away
-BURST = 10  # rows per opening instant
-# The listener's reconnect backoff tops out at 10 s, and a connect attempt into a
-# blackhole takes its 10 s timeout: a run waits this long for it to come back.
-LISTENER_BACK = 25.0
-MAX_CRASHES = 5  # restarts after crashes before the bed gives up (systemd's start limit)
-DAEMON_SETTINGS: dict[str, object] = {
-    "instance_name": "chaos",
-    # Claims throughout the run, not all at start: arming meets the faults too.
-    "arm_lead": 5.0,
-}
-
-
-@dataclass
-class RowPlan:
-    """A prebooking as its writers know it: every instant it had, and its end."""
-
-    email: str
-    session_id: str  # one class per row, opening at the row's instant
-    instants: list[float]
-    id: uuid.UUID | None = None
-    cancelled_at: float | None = None  # when the cancel committed (time.time())
-    deleted_at: float | None = None
-    racy: bool = False  # a reschedule took too long to tell which instant was in force
-
-    @property
-    def available_at(self) -> float:
-        return self.instants[-1]
-
-    @property
-    def withdrawn_at(self) -> float | None:
-        return self.cancelled_at if self.cancelled_at is not None else self.deleted_at
-
-
-@dataclass(frozen=True)
-class Kill:
-    # When the next incarnation was started: requests arriving before it came from the
-    # killed one (the simulator stamps them in this process), later ones from the next.
-    at: float
-    known_final: frozenset[uuid.UUID]  # rows final in the table or the spool at the kill
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: str  # cut | refuse | blackhole (the proxy), restart (Postgres itself)
-    at: float  # seconds after the first instant
-    lasts: float = 0.0  # refuse and blackhole: how long before passing again
-
-
-@dataclass
-class Verdict:
-    name: str
-    rows: int = 0
-    faults: int = 0
-    lost: list[str] = field(default_factory=list)
-    unfinished: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    duplicated: list[str] = field(default_factory=list)
-    wrong_result: list[str] = field(default_factory=list)
-    early: list[str] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)
-    withdrawn_fired: list[str] = field(default_factory=list)
-    miscounted: list[str] = field(default_factory=list)
-    crashes: list[str] = field(default_factory=list)
-    resent: int = 0
-    unrecorded: int = 0
-    max_requests: int = 0
-    withdrawn: int = 0
-    # Withdrawn rows sent anyway, legitimately: request time minus cancel time (< 0:
-    # the cancel came after the request was written).
-    raced: list[float] = field(default_factory=list)
-    late_p50_ms: float = 0.0
-    worst_late_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    injected: list[tuple[float, Fault]] = field(default_factory=list)  # (when, what)
-    lines: list[str] = field(default_factory=list, repr=False)
-
-    PROBLEMS = (
-        "lost",
-        "unfinished",
-        "failed",
-        "duplicated",
-        "wrong_result",
-        "early",
-        "stale",
-        "withdrawn_fired",
-        "miscounted",
-        "crashes",
-    )
-
-    def problems(self) -> dict[str, list[str]]:
-        return {name: getattr(self, name) for name in self.PROBLEMS if getattr(self, name)}
-
-
-# ---- reading daemon logs -------------------------------------------------------------
-
-
-def events(lines: Sequence[str], name: str) -> list[tuple[float, str]]:
-    """(epoch, line) of each log line of event `name` (console format: ISO time first)."""
-    found = []
-    for line in lines:
-        words = line.split()
-        if len(words) > 2 and name in words[1:3]:
-            try:
-                when = dt.datetime.fromisoformat(words[0]).timestamp()
-            except ValueError:
-                continue  # not a log line (a library's traceback)
-            found.append((when, line))
-    return found
-
-
-# ---- the bed: simulator, box, members, rows, and prebookd's incarnations --------------
-
-
-class Bed:
-    def __init__(
-        self,
-        db_dsn: str,
-        state_dir: Path,
-        *,
-        rng: random.Random,
-        members: int = 50,
-        daemon_dsn: str | None = None,
-        settings: dict[str, object] | None = None,
-    ) -> None:
-        self.db_dsn = db_dsn
-        self.daemon_dsn = daemon_dsn or db_dsn
-        self.settings = {**DAEMON_SETTINGS, **(settings or {})}
-        self.others: list[DaemonProcess] = []  # more instances, not supervised
-        self.state_dir = state_dir
-        self.rng = rng
-        self.sim = Simulator(default_capacity=1)
-        self.plans: dict[str, RowPlan] = {}  # session id -> plan
-        self.kills: list[Kill] = []
-        self.crashes: list[str] = []
-        self.incarnations: list[DaemonProcess] = []
-        self._members = [f"m{i:04d}@chaos.test" for i in range(members)]
-        self._box: uuid.UUID | None = None
-        self._conn: asyncpg.Connection | None = None
-        self._serial = 0
-        self._supervisor: asyncio.Task[None] | None = None
-        self._replacing = False
-
-    @property
-    def conn(self) -> asyncpg.Connection:
-        assert self._conn is not None
-        return self._conn
-
-    @property
-    def daemon(self) -> DaemonProcess:
-        return self.incarnations[-1]
-
-    @property
-    def lines(self) -> list[str]:
-        return [line for daemon in self.incarnations + self.others for line in daemon.lines]
-
-    async def open(self) -> None:
-        await self.sim.start()
-        self._conn = await connect(self.db_dsn)
-        self._box = await add_box(self.conn, self.sim, BOX)
-        for email in self._members:
-            await add_member(self.conn, self.sim, email)
-
-    async def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
-        for daemon in self.incarnations + self.others:
-            await daemon.kill()
-        if self._conn is not None:
-            await self._conn.close()
-        await self.sim.stop()
-
-    # ---- rows --------------------------------------------------------------------
-
-    def plan(self, instant: float) -> RowPlan:
-        """A new row's plan, its class opening at `instant` (ms-rounded: no row's
-        instant may differ from its class's by the table's rounding)."""
-        self._serial += 1
-        session_id = str(self._serial)
-        instant = round(instant, 3)
-        plan = RowPlan(self._members[self._serial % len(self._members)], session_id, [instant])
-        self.plans[session_id] = plan
-        self.sim.add_class(BOX, SimClass(session_id, DAY, capacity=1, opens_at=instant))
-        return plan
-
-    async def add_rows(
-        self, instants: Sequence[float], conn: asyncpg.Connection | None = None
-    ) -> list[RowPlan]:
-        """INSERT rows as the web app does (created_at, status from the defaults)."""
-        plans = [self.plan(t) for t in instants]
-        for start in range(0, len(plans), 1000):
-            chunk = plans[start : start + 1000]
-            records = await (conn or self.conn).fetch(
-                """INSERT INTO prebookings (user_email, box_id, booking_data, available_at)
-                   SELECT e, $1, d, a FROM unnest($2::text[], $3::jsonb[], $4::timestamptz[])
-                                      AS u(e, d, a)
-                   RETURNING id, booking_data->>'id' AS session_id""",
-                self._box,
-                [p.email for p in chunk],
-                [{"day": DAY, "familyId": "", "id": p.session_id, "insist": 0} for p in chunk],
-                [_utc(p.available_at) for p in chunk],
-            )
-            for record in records:
-                self.plans[record["session_id"]].id = record["id"]
-        return plans
-
-    def ids(self) -> list[uuid.UUID]:
-        return [p.id for p in self.plans.values() if p.id is not None]
-
-    async def wait_settled(self, timeout: float) -> None:
-        """Until every row still in the table is final (or cancelled, if cancelled)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            left = await self.conn.fetchval(
-                "SELECT count(*) FROM prebookings WHERE id = ANY($1) "
-                "AND status NOT IN ('completed', 'failed', 'cancelled')",
-                self.ids(),
-            )
-            if left == 0:
-                return
-            await asyncio.sleep(0.25)
-
-    # ---- prebookd ----------------------------------------------------------------
-
-    async def start(self, *, ready: bool = True) -> DaemonProcess:
-        daemon = await start_daemon(
-            self.daemon_dsn, self.state_dir, extra_env=None, **self.settings
-        )
-        self.incarnations.append(daemon)
-        if self._supervisor is None:
-            self._supervisor = asyncio.create_task(self._supervise())
-        if ready:
-            await daemon.wait_for("daemon_ready", timeout=60)
-        return daemon
-
-    async def start_other(self, name: str, dsn: str) -> DaemonProcess:
-        """Another instance on the same table (its own state directory), ready."""
-        settings = {**self.settings, "instance_name": name}
-        daemon = await start_daemon(dsn, self.state_dir.parent / name, extra_env=None, **settings)
-        self.others.append(daemon)
-        await daemon.wait_for("daemon_ready", timeout=60)
-        return daemon
-
-    async def kill_restart(self) -> None:
-        """SIGKILL, note what the table and the spool knew, start again at once."""
-        self._replacing = True
-        try:
-            await self.daemon.kill()
-            known = await self._known_final()
-            self.kills.append(Kill(time.time(), known))
-            await self.start(ready=False)
-        finally:
-            self._replacing = False
-
-    async def stop(self) -> int:
-        """SIGTERM every instance; the worst exit code."""
-        self._replacing = True
-        live = [d for d in self.others if d.process.returncode is None]
-        codes = [await d.stop(timeout=60) for d in [self.daemon, *live]]
-        return next((code for code in codes if code != 0), 0)
-
-    async def _known_final(self) -> frozenset[uuid.UUID]:
-        rows = await self.conn.fetch(
-            "SELECT id FROM prebookings WHERE status IN ('completed', 'failed')"
-        )
-        spooled = Spool(self.state_dir / SPOOL_FILE).load()
-        return frozenset([r["id"] for r in rows] + [u.id for u in spooled if u.status in FINAL])
-
-    async def _supervise(self) -> None:
-        """A daemon that exits by itself is a crash: note it and restart (systemd would),
-        up to MAX_CRASHES times."""
-        while len(self.crashes) < MAX_CRASHES:
-            await asyncio.sleep(0.2)
-            daemon = self.daemon
-            if self._replacing or daemon.process.returncode is None:
-                continue
-            tail = " | ".join(daemon.lines[-5:])
-            self.crashes.append(f"exit {daemon.process.returncode} at {time.time():.1f}: {tail}")
-            await self.start(ready=False)
-
-    # ---- judging -----------------------------------------------------------------
-
-    async def judge(self, name: str, faults: int) -> Verdict:
-        verdict = Verdict(name, rows=len(self.plans), faults=faults, crashes=list(self.crashes))
-        verdict.lines = self.lines
-        table = {r["id"]: r for r in await self.conn.fetch("SELECT * FROM prebookings")}
-        sent: dict[str, list[RecordedRequest]] = {}
-        for request in self.sim.requests:
-            if request.path != "/api/book" or request.box != BOX:
-                continue
-            plan = self.plans.get(request.session_id or "")
-            if plan is None or plan.email != request.email:
-                verdict.wrong_result.append(f"request for no row: {request}")
-                continue
-            sent.setdefault(plan.session_id, []).append(request)
-        lateness = []
-        for plan in self.plans.values():
-            requests = sorted(sent.get(plan.session_id, []), key=lambda r: r.arrived_at)
-            late = self._judge_row(verdict, plan, table.get(plan.id), requests)
-            if late is not None:
-                lateness.append(late)
-        if lateness:
-            verdict.late_p50_ms = statistics.median(lateness) * 1000
-            verdict.worst_late_s = max(lateness)
-        return verdict
-
-    def _judge_row(
-        self,
-        verdict: Verdict,
-        plan: RowPlan,
-        row: asyncpg.Record | None,
-        requests: list[RecordedRequest],
-    ) -> float | None:
-        """Judge one row; returns the lateness of its first request (None: not judged)."""
-        tag = f"{plan.id} (class {plan.session_id})"
-        placed = plan.email in self.sim.bookings(BOX, plan.session_id)
-        if len(self.sim.bookings(BOX, plan.session_id)) > 1:
-            verdict.duplicated.append(f"{tag}: two places in one class")
-        verdict.max_requests = max(verdict.max_requests, len(requests))
-        status = None if row is None else row["status"]
-        first = requests[0].arrived_at if requests else None
-        withdrawn = plan.withdrawn_at
-        if withdrawn is not None:
-            verdict.withdrawn += 1
-            if first is not None and first <= withdrawn + CANCEL_GRACE:
-                verdict.raced.append(first - withdrawn)
-            if first is not None and first > withdrawn + CANCEL_GRACE:
-                verdict.withdrawn_fired.append(
-                    f"{tag}: written {first - withdrawn:.3f} s after it was "
-                    f"{'cancelled' if plan.deleted_at is None else 'deleted'}"
-                )
-            if plan.deleted_at is None and status != ("completed" if first else "cancelled"):
-                verdict.wrong_result.append(
-                    f"{tag}: cancelled, {'sent' if first else 'never sent'}, status {status}"
-                )
-        elif first is None:
-            verdict.lost.append(f"{tag}: never reached the simulator, status {status}")
-        if row is not None and status not in (*FINAL, "cancelled"):
-            verdict.unfinished.append(f"{tag}: {status}")
-        if row is not None and status == "failed":
-            verdict.failed.append(f"{tag}: {row['outcome']} ({row['error_message']})")
-        if row is not None and status == "completed" and not placed:
-            verdict.wrong_result.append(f"{tag}: completed ({row['outcome']}) without a place")
-        if placed and row is not None and status != "completed":
-            verdict.wrong_result.append(f"{tag}: holds a place but is {status}")
-        if row is not None and row["attempts"] > len(requests):
-            verdict.miscounted.append(f"{tag}: attempts {row['attempts']}, {len(requests)} sent")
-        if row is not None:
-            verdict.unrecorded += max(0, len(requests) - row["attempts"])
-        self._judge_resends(verdict, plan, requests, tag)
-        if first is None:
-            return None
-        if not plan.racy:
-            if any(r.arrived_at < plan.available_at for r in requests) or any(
-                r.answer.get("errorMssgLang") == NOT_OPEN for r in requests
-            ):
-                verdict.early.append(
-                    f"{tag}: arrived {first - plan.available_at:+.3f} s from its instant"
-                )
-            late = first - plan.available_at
-            if late > 0.3 and any(0 <= first - old < 0.3 for old in plan.instants[:-1]):
-                verdict.stale.append(f"{tag}: fired at a superseded instant, {late:.3f} s late")
-        return None if withdrawn is not None else first - plan.available_at
-
-    def _judge_resends(
-        self, verdict: Verdict, plan: RowPlan, requests: list[RecordedRequest], tag: str
-    ) -> None:
-        if len(requests) > 1:
-            verdict.resent += 1
-        for before, again in itertools.pairwise(requests):
-            kills = [k for k in self.kills if before.arrived_at < k.at < again.arrived_at]
-            if not kills:
-                verdict.duplicated.append(
-                    f"{tag}: sent at {before.arrived_at:.4f} (answered {_answered(before)}) "
-                    f"and again at {again.arrived_at:.4f} with no crash in between"
-                )
-            elif plan.id in kills[-1].known_final:
-                verdict.duplicated.append(f"{tag}: sent again after its result was recorded")
-
-
-def _answered(request: RecordedRequest) -> str:
-    """What the simulator answered a request, in a few words (for the problem list)."""
-    if request.fault is not None:
-        return f"fault {request.fault}"
-    return f"{request.status} {request.answer}"
-
-
-def _utc(epoch: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC)
-
-
-def burst_instants(start: float, span: float, rows: int, burst: int = BURST) -> list[float]:
-    """`rows` rows in bursts of `burst` at evenly spaced instants over `span` seconds."""
-    bursts = max(1, -(-rows // burst))
-    gap = span / bursts
-    return [start + gap * (k // burst) for k in range(rows)]
-
-
-@contextlib.asynccontextmanager
-async def bed(db_dsn: str, state_dir: Path, **kwargs: Any) -> AsyncIterator[Bed]:
-    b = Bed(db_dsn, state_dir, **kwargs)
-    await b.open()
-    try:
-        yield b
-    finally:
-        await b.close()
-
-
-async def _sleep_until(epoch: float) -> None:
-    await asyncio.sleep(max(0.0, epoch - time.time()))
-
-
-async def _finish(b: Bed, name: str, faults: int, last_instant: float) -> Verdict:
-    await _sleep_until(last_instant + 1.0)
-    await b.wait_settled(timeout=60)
-    code = await b.stop()
-    if code != 0:
-        b.crashes.append(f"graceful stop exited {code}")
-    return await b.judge(name, faults)
-
 
 # ---- scenarios -------------------------------------------------------------------------
 
@@ -505,10 +61,10 @@ async def run_kills(
         await b.add_rows(burst_instants(start, span, rows))
         moments = sorted(rng.uniform(start, start + span) for _ in range(kills))
         for moment in moments:
-            await _sleep_until(moment)
+            await sleep_until(moment)
             await b.kill_restart()
         await b.daemon.wait_for("daemon_ready", timeout=60)
-        verdict = await _finish(b, "sigkill", len(b.kills), start + span)
+        verdict = await finish(b, "sigkill", len(b.kills), start + span)
         recovered = len(events(b.lines, "spool_recovered"))
         verdict.notes.append(f"{recovered} of {len(b.kills)} restarts replayed the result spool")
         return verdict
@@ -543,7 +99,7 @@ async def run_pg_restarts(
         injected = []
         for k in range(restarts):
             at = start + slot * k + rng.uniform(0, max(0.0, slot - down_for))
-            await _sleep_until(at)
+            await sleep_until(at)
             injected.append((time.time(), Fault("restart", at - start, down_for)))
             await stop_postgres(server)
             await asyncio.sleep(down_for)
@@ -558,10 +114,10 @@ async def _finish_faults(
     """Let the listener come back after the last fault (however slowly), then judge."""
     if injected:
         healed = max(at + fault.lasts for at, fault in injected)
-        await _sleep_until(healed)
+        await sleep_until(healed)
         with contextlib.suppress(AssertionError):  # "never" shows in the notes
             await wait_event(b, "listener_connected", after=healed, timeout=LISTENER_BACK)
-    verdict = await _finish(b, name, len(injected), last_instant)
+    verdict = await finish(b, name, len(injected), last_instant)
     verdict.injected = injected
     verdict.notes += _listener_notes(verdict.lines, injected)
     return verdict
@@ -587,7 +143,7 @@ async def run_proxy(
         await b.add_rows(burst_instants(start, span, rows))
         injected = []
         for fault in sorted(faults, key=lambda f: f.at):
-            await _sleep_until(start + fault.at)
+            await sleep_until(start + fault.at)
             injected.append((time.time(), fault))
             await _inject(proxy, fault)
         return await _finish_faults(b, name, start + span, injected)
@@ -606,13 +162,6 @@ async def _inject(proxy: PgProxy, fault: Fault) -> None:
         raise ValueError(f"unknown fault {fault.kind!r}")
     await asyncio.sleep(fault.lasts)
     proxy.pass_()
-
-
-def first_after(lines: Sequence[str], name: str, after: float | None) -> float | None:
-    """When the first `name` at or after `after` was logged; None if none was."""
-    if after is None:
-        return None
-    return next((t for t, _ in events(lines, name) if t >= after), None)
 
 
 def _listener_notes(lines: list[str], injected: list[tuple[float, Fault]]) -> list[str]:
@@ -650,229 +199,22 @@ async def run_partition(
             for _ in range(rounds):
                 instant = time.time() + arm_lead + 3.0
                 plans = await b.add_rows([instant] * rows)
-                await _held_by(b, [p.id for p in plans], "alpha", timeout=10)
+                await held_by(b, [p.id for p in plans], "alpha", timeout=10)
                 beta = await b.start_other("beta", db_dsn)
-                await _sleep_until(instant - 3.5)
+                await sleep_until(instant - 3.5)
                 proxy.blackhole()  # alpha's last renewal: its leases end before the instant
-                await _sleep_until(instant + lease + 1.0)
+                await sleep_until(instant + lease + 1.0)
                 healed = time.time()
                 proxy.pass_()
                 await wait_event(b, "listener_connected", after=healed, timeout=30)
                 await b.wait_settled(timeout=30)
                 await beta.stop(timeout=60)
-            verdict = await _finish(b, "partition", rounds, time.time())
+            verdict = await finish(b, "partition", rounds, time.time())
         verdict.notes.append(f"{len(events(verdict.lines, 'lease_taken_over'))} rows taken over")
         return verdict
 
 
-async def wait_event(b: Bed, name: str, *, after: float, timeout: float) -> float:
-    """When the first `name` logged after `after` was logged (epoch seconds)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [t for t, _ in events(b.lines, name) if t >= after]
-        if found:
-            return found[0]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no {name} within {timeout} s:\n" + "\n".join(b.lines[-30:]))
-
-
-async def _held_by(b: Bed, ids: list[uuid.UUID | None], owner: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        held = await b.conn.fetchval(
-            "SELECT count(*) FROM prebookings WHERE id = ANY($1) AND lease_owner = $2",
-            ids,
-            owner,
-        )
-        if held == len(ids):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"rows not claimed by {owner} within {timeout} s")
-
-
-# ---- writers -------------------------------------------------------------------------
-
-
-@dataclass
-class Writers:
-    """Web-app writers: insert, reschedule, cancel and delete rows at random while they
-    fire, recording when each change committed (the judge needs it)."""
-
-    bed: Bed
-    until: float
-    rate: float  # actions per second, all writers together
-    count: int
-    actions: dict[str, int] = field(default_factory=dict)
-    _busy: set[str] = field(default_factory=set)
-
-    async def run(self) -> None:
-        await asyncio.gather(*(self._writer() for _ in range(self.count)))
-
-    async def _writer(self) -> None:
-        rng = random.Random(self.bed.rng.random())
-        conn = await connect(self.bed.db_dsn)
-        try:
-            max_actions = int((self.until - time.time()) * self.rate / self.count * 2) + 1
-            for _ in range(max_actions):  # bounded in count, and in time below
-                await asyncio.sleep(rng.expovariate(self.rate / self.count))
-                if time.time() >= self.until:
-                    break
-                kind = rng.choices(["insert", "reschedule", "cancel", "delete"], [3, 3, 2, 2])[0]
-                done = await getattr(self, f"_{kind}")(conn, rng)
-                key = kind if done else f"{kind} (no-op)"
-                self.actions[key] = self.actions.get(key, 0) + 1
-        finally:
-            await conn.close()
-
-    def _pick(self, rng: random.Random, low: float, high: float) -> RowPlan | None:
-        now = time.time()
-        choices = [
-            p
-            for p in self.bed.plans.values()
-            if p.id is not None
-            and p.withdrawn_at is None
-            and p.session_id not in self._busy
-            and now + low <= p.available_at <= now + high
-        ]
-        return rng.choice(choices) if choices else None
-
-    async def _insert(self, conn: asyncpg.Connection, rng: random.Random) -> bool:
-        if self.until - time.time() < GUARD + 0.5:
-            return False
-        await self.bed.add_rows([rng.uniform(time.time() + GUARD, self.until)], conn)
-        return True
-
-    async def _reschedule(self, conn: asyncpg.Connection, rng: random.Random) -> bool:
-        plan = self._pick(rng, GUARD + 0.5, 3600)
-        if plan is None or self.until - time.time() < GUARD + 0.5:
-            return False
-        new = round(rng.uniform(time.time() + GUARD, self.until), 3)
-        if any(abs(new - old) < GUARD for old in plan.instants):
-            return False  # too close to an instant it had: the judge could not tell them apart
-        self._busy.add(plan.session_id)
-        try:
-            sent = time.time()
-            moved = await conn.fetchval(
-                "UPDATE prebookings SET available_at = $2 WHERE id = $1 "
-                "AND status IN ('pending', 'loaded') RETURNING id",
-                plan.id,
-                _utc(new),
-            )
-            if moved is None:
-                return False
-            done = time.time()
-            plan.racy |= done - sent > 0.5 or done > min(plan.available_at, new) - 1.0
-            plan.instants.append(new)
-            cls = self.bed.sim.box(BOX).classes[plan.session_id]
-            self.bed.sim.add_class(BOX, dataclasses.replace(cls, opens_at=new))
-            return True
-        finally:
-            self._busy.discard(plan.session_id)
-
-    async def _cancel(self, conn: asyncpg.Connection, rng: random.Random) -> bool:
-        return await self._withdraw(conn, rng, "cancel")
-
-    async def _delete(self, conn: asyncpg.Connection, rng: random.Random) -> bool:
-        return await self._withdraw(conn, rng, "delete")
-
-    async def _withdraw(self, conn: asyncpg.Connection, rng: random.Random, how: str) -> bool:
-        # Near the instant on purpose: some cancels race the request.
-        plan = self._pick(rng, -0.3, 6.0)
-        if plan is None:
-            return False
-        self._busy.add(plan.session_id)
-        try:
-            if how == "cancel":
-                sql = "UPDATE prebookings SET status = 'cancelled' WHERE id = $1 "
-            else:
-                sql = "DELETE FROM prebookings WHERE id = $1 "
-            sql += "AND status IN ('pending', 'loaded') RETURNING id"
-            if await conn.fetchval(sql, plan.id) is None:
-                return False  # already executing or final: the web app no longer cancels it
-            if how == "cancel":
-                plan.cancelled_at = time.time()
-            else:
-                plan.deleted_at = time.time()
-            return True
-        finally:
-            self._busy.discard(plan.session_id)
-
-
-async def run_load(
-    db_dsn: str,
-    state_dir: Path,
-    *,
-    rows: int,
-    span: float,
-    writers: int,
-    rate: float,
-    rng: random.Random,
-) -> Verdict:
-    """`rows` prebookings over `span` seconds while writers change rows under prebookd."""
-    async with bed(db_dsn, state_dir, rng=rng, members=200) as b:
-        await b.start()
-        start = time.time() + 4.0
-        await b.add_rows(burst_instants(start, span, rows))
-        team = Writers(b, until=start + span, rate=rate, count=writers)
-        await team.run()
-        changes = sum(n for kind, n in team.actions.items() if "no-op" not in kind)
-        verdict = await _finish(b, "load", changes, start + span)
-        verdict.notes.append(
-            "writers: " + ", ".join(f"{k} {v}" for k, v in sorted(team.actions.items()))
-        )
-        before = sum(1 for lag in verdict.raced if lag < 0)
-        after = [lag for lag in verdict.raced if lag >= 0]
-        verdict.notes.append(
-            f"{verdict.withdrawn} rows cancelled or deleted: {before} once their request "
-            f"was written (it stands), {len(after)} under {CANCEL_GRACE:g} s before it "
-            f"was written (at most {max(after, default=0) * 1000:.0f} ms), "
-            f"{verdict.withdrawn - len(verdict.raced)} never sent"
-        )
-        racy = sum(1 for p in b.plans.values() if p.racy)
-        if racy:
-            verdict.notes.append(f"{racy} reschedules too slow to judge their instant")
-        return verdict
-
-
 # ---- the script ------------------------------------------------------------------------
-
-
-COLUMNS = [
-    ("scenario", "name", 11),
-    ("rows", "rows", 6),
-    ("faults", "faults", 6),
-    ("lost", "lost", 4),
-    ("dup", "duplicated", 4),
-    ("wrong", "wrong_result", 5),
-    ("early", "early", 5),
-    ("stale", "stale", 5),
-    ("cxl-fired", "withdrawn_fired", 9),
-    ("failed", "failed", 6),
-    ("crash", "crashes", 5),
-    ("resent", "resent", 6),
-    ("unrec", "unrecorded", 5),
-    ("max req", "max_requests", 7),
-    ("p50 late", "late_p50_ms", 9),
-    ("worst late", "worst_late_s", 10),
-]
-
-
-def table(verdicts: Sequence[Verdict]) -> str:
-    head = " ".join(f"{title:>{width}}" for title, _, width in COLUMNS)
-    out = [head, "-" * len(head)]
-    for v in verdicts:
-        cells = []
-        for _, attr, width in COLUMNS:
-            value = getattr(v, attr)
-            if isinstance(value, list):
-                value = len(value)
-            if attr == "late_p50_ms":
-                value = f"{value:.1f} ms"
-            elif attr == "worst_late_s":
-                value = f"{value:.3f} s"
-            cells.append(f"{value!s:>{width}}")
-        out.append(" ".join(cells))
-    return "\n".join(out)
 
 
 async def _fresh_database(server: EmbeddedPostgres, name: str) -> str:

@@ -22,21 +22,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench.chaos import (
-    BOX,
-    Fault,
-    Verdict,
-    bed,
-    burst_instants,
-    events,
-    first_after,
-    run_kills,
-    run_load,
-    run_partition,
-    run_pg_restarts,
-    run_proxy,
-    wait_event,
-)
+from bench.chaos import run_kills, run_partition, run_pg_restarts, run_proxy
+from bench.chaos_bed import BOX, bed, burst_instants, wait_event
+from bench.chaos_load import run_load
+from bench.chaos_verdict import Fault, Verdict, events, first_after
 from prebookd import store
 from prebookd.daemon import SPOOL_FILE
 from prebookd.db import connect, create_pool
@@ -328,7 +317,7 @@ async def test_sigterm_while_postgres_blackholed_stops_in_time_and_truthfully(
     assert {p.id for p in plans[:10]} <= spooled, "the first burst's results wait in the spool"
     # The drain gives up at PREBOOKD_SHUTDOWN_TIMEOUT (20 s), before systemd's
     # TimeoutStopSec=30 would SIGKILL it, and says what it could not write.
-    assert took < 30.0, f"SIGTERM to exit took {took:.1f} s"
+    assert took < 30.0, f"SIGTERM to exit took {took:.1f} s:\n" + "\n".join(b.lines[-25:])
     ((_, stopped),) = events(b.lines, "daemon_stopped")
     assert "all_written=False" in stopped, f"results only in the spool: {stopped}"
 
