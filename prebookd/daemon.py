@@ -47,6 +47,7 @@ EMBEDDED_CHECK_INTERVAL = 2.0  # how often the embedded Postgres is checked to b
 # Giving claims back on the way out is a courtesy (leases expire anyway): a
 # Postgres that does not answer must not hold up the stop.
 RELEASE_TIMEOUT = 2.0
+RESULTS_LAST_WRITE = 2.0  # of the stop's budget, kept for writing the last results
 POOL_CLOSE_TIMEOUT = 3.0
 
 
@@ -281,18 +282,23 @@ class Daemon:
             in_flight=len(self.engine.firings),
             deadline_s=self.settings.shutdown_timeout,
         )
-        unsent = await self.engine.shutdown(deadline)
+        # One budget for the whole stop: requests in flight get it but for the time
+        # kept back to give claims back and write the last results. Closing the pools
+        # after it takes seconds at most: the sum stays below systemd's
+        # TimeoutStopSec (30 s) with the default 20 s.
+        kept_back = min(RELEASE_TIMEOUT + RESULTS_LAST_WRITE, self.settings.shutdown_timeout / 2)
+        unsent = await self.engine.shutdown(deadline - kept_back)
         if unsent:
             try:
                 released = await asyncio.wait_for(
                     store.release_claims(self._pool, unsent, self.settings.instance_name),
-                    timeout=RELEASE_TIMEOUT,
+                    timeout=max(0.1, min(RELEASE_TIMEOUT, deadline - loop.time())),
                 )
                 log.info("claims_released", rows=released)
             except Exception as exc:  # the lease expires by itself
                 log.warning("release_failed", rows=len(unsent), error=describe(exc))
         self._tasks_stop.set()
-        written = await self.results.drain(max(deadline, loop.time() + 2.0))
+        written = await self.results.drain(max(deadline, loop.time() + 0.5))
         await self._background.stop()
         log.info(
             "daemon_stopped",

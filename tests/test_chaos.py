@@ -315,9 +315,10 @@ async def test_sigterm_while_postgres_blackholed_stops_in_time_and_truthfully(
     spooled = {u.id for u in Spool(state / SPOOL_FILE).load() if u.status == "completed"}
     assert code == 0
     assert {p.id for p in plans[:10]} <= spooled, "the first burst's results wait in the spool"
-    # The drain gives up at PREBOOKD_SHUTDOWN_TIMEOUT (20 s), before systemd's
-    # TimeoutStopSec=30 would SIGKILL it, and says what it could not write.
-    assert took < 30.0, f"SIGTERM to exit took {took:.1f} s:\n" + "\n".join(b.lines[-25:])
+    # The stop keeps to PREBOOKD_SHUTDOWN_TIMEOUT (20 s), then closes its pools (a few
+    # seconds at most), well before systemd's TimeoutStopSec=30 would SIGKILL it, and
+    # says what it could not write.
+    assert took < 27.0, f"SIGTERM to exit took {took:.1f} s:\n" + "\n".join(b.lines[-25:])
     ((_, stopped),) = events(b.lines, "daemon_stopped")
     assert "all_written=False" in stopped, f"results only in the spool: {stopped}"
 
