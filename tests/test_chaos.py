@@ -1,7 +1,7 @@
 """Chaos, fast versions (bench/chaos.py runs the long ones): prebookd SIGKILLed at random
 moments, Postgres restarted, the network to Postgres cut, refused and blackholed, two
 instances split by a partition, and writers changing rows while they fire. Every row
-is judged against the simulator (see bench/chaos.py for what each verdict means).
+is judged against the simulator (see bench/chaos_verdict.py for what each verdict means).
 
 Faults land at random moments; the seed is in every failure message, and
 CHAOS_SEED=<seed> replays a run's choices.
