@@ -207,8 +207,6 @@ class Engine:
             else:
                 self._accept(notice.row_state(), from_table=False)
         elif notice.status == "loaded":
-            if notice.id in self._arming:
-                return  # our own claim
             firing = self._armed.get(notice.id)
             if (
                 firing is not None
@@ -216,6 +214,11 @@ class Engine:
                 and firing.instant == notice.available_at.timestamp() + self.config.fire_offset
             ):
                 return  # our own claim, instant unchanged
+            if notice.id in self._arming and notice.created_at and notice.available_at:
+                # Our own claim, or a change crossing it (the web app moving the row
+                # it just took): the claim's answer is weighed against this instant.
+                self._accept(notice.row_state(), from_table=False)
+                return
             self._fetch(notice.id)
         else:
             # executing (being sent: by us, or by the holder of its lease), or final.
@@ -548,6 +551,7 @@ class Engine:
             else:
                 self._accept(row)
         if locked:
+            log.debug("claim_skipped_locked_rows", prebooking_ids=[str(i) for i in locked])
             self._fetch_later(locked, FETCH_RETRY_DELAY)
         for row_id in ids - {r["id"] for r in records}:
             self._forget(row_id, "deleted")

@@ -144,7 +144,8 @@ class Settings(BaseSettings):
         default=0.2,
         ge=0.01,
         le=10.0,
-        description="Seconds between batched writes of results.",
+        description="Seconds a result waits at most before its batch is written "
+        "(a burst's results go 50 ms after they are reported).",
     )
     shutdown_timeout: float = Field(
         default=20.0,

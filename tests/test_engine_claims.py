@@ -68,6 +68,8 @@ class Bed:
         self.sim = sim
         self.pool = pool
         self.crashes: list[BaseException] = []
+        self.notified = 0
+        self._listener: asyncpg.Connection | None = None
         self.client = AimHarderClient(limit=20, limit_per_host=20, request_timeout=5)
         self.engine = Engine(
             EngineConfig(
@@ -103,6 +105,23 @@ class Bed:
             ids.append(await add_prebooking(self.conn, box, email, str(k), instant))
         return ids
 
+    async def listen(self) -> None:
+        """Notifications to the engine, as the daemon's listener hands them over."""
+        self._listener = await connect(self.dsn)
+        await self._listener.add_listener("prebookings", self._on_notify)
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+        self.notified += 1
+        self.engine.on_notification(str(payload))
+
+    async def notified_beyond(self, seen: int) -> None:
+        """Until more than `seen` notifications arrived."""
+        for _ in range(100):
+            if self.notified > seen:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("no notification within 2 s")
+
     def book_requests(self) -> list[Any]:
         return [r for r in self.sim.requests if r.path == "/api/book"]
 
@@ -127,6 +146,8 @@ async def bed(db_dsn: str, sim: Simulator) -> AsyncIterator[Bed]:
     try:
         yield b
     finally:
+        if b._listener is not None:
+            await b._listener.close()
         stop.set()
         await fetching
         await b.engine.shutdown(asyncio.get_running_loop().time() + 2.0)
@@ -153,22 +174,29 @@ async def test_a_resync_crossing_a_slow_claim_sends_each_row_once(bed: Bed) -> N
     assert bed.crashes == []
 
 
+@pytest.mark.parametrize("news", ["resync", "notify"])
 async def test_a_row_moved_while_its_claim_is_answered_fires_at_its_new_instant(
-    bed: Bed,
+    bed: Bed, news: str
 ) -> None:
     instant = round(time.time() + 1.5, 3)
     moved_to = round(instant + 1.0, 3)
     (row,) = await bed.add_rows(instant, 1)
     open_class(bed.sim, BOX, "0", moved_to, capacity=5)  # the class now opens later
 
+    if news == "notify":
+        await bed.listen()
     await bed.engine.resync()
     await asyncio.wait_for(bed.pool.first_claim_ran.wait(), timeout=5)
     # The web app moves the row after Postgres ran the claim; the news arrives before
     # the claim's answer does.
+    seen = bed.notified
     await bed.conn.execute(
         "UPDATE prebookings SET available_at = $2 WHERE id = $1", row, utc(moved_to)
     )
-    await bed.engine.resync()
+    if news == "resync":
+        await bed.engine.resync()
+    else:
+        await bed.notified_beyond(seen)
     bed.pool.let_go()
     await bed.settle(after=moved_to + 0.5)
 
