@@ -110,7 +110,9 @@ class Firing:
         self._slots: dict[UUID, _Slot] = {}
         self._staged = False
         self.released = False
-        self._release_order: list[_Slot] = []
+        # Set once staging is done; slots added later are placed into it by FIFO order.
+        # (Empty is a real value: every booking withdrawn before staging.)
+        self._release_order: list[_Slot] | None = None
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -130,7 +132,7 @@ class Firing:
         self._slots[booking.id] = slot
         if self.released:
             slot.gate.set_result(None)  # late arrival: the instant has come, send now
-        elif self._release_order:
+        elif self._release_order is not None:
             bisect.insort(self._release_order, slot, key=lambda s: s.booking.order)
         if self._staged:
             self._stage(slot)
@@ -196,7 +198,7 @@ class Firing:
 
     def _release(self) -> None:
         self.released = True
-        slots = self._release_order
+        slots = self._release_order if self._release_order is not None else self._ordered()
         self._open_gates(slots, 0, RELEASE_CHUNK)
         # After the gates: bookkeeping is work, and the writes come first.
         asyncio.get_running_loop().call_later(AFTER_RELEASE, self._after_release, slots)
