@@ -47,6 +47,7 @@ from prebookd.db import connect
 from prebookd.embedded import EmbeddedPostgres, start_embedded
 from prebookd.migrate import migrate
 from tests.pgproxy import PgProxy, pg_proxy
+from tests.support import start_postgres, stop_postgres
 
 # ---- scenarios -------------------------------------------------------------------------
 
@@ -68,14 +69,6 @@ async def run_kills(
         recovered = len(events(b.lines, "spool_recovered"))
         verdict.notes.append(f"{recovered} of {len(b.kills)} restarts replayed the result spool")
         return verdict
-
-
-async def stop_postgres(server: EmbeddedPostgres) -> None:
-    await asyncio.to_thread(server._server._stop)
-
-
-async def start_postgres(server: EmbeddedPostgres) -> None:
-    await asyncio.to_thread(server._server.ensure_postgres_running)
 
 
 async def run_pg_restarts(

@@ -8,6 +8,7 @@ cheap (a clone is a file copy, no migrations rerun).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -21,9 +22,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from prebookd.embedded import start_embedded
+from prebookd.db import connect
+from prebookd.embedded import EmbeddedPostgres, start_embedded
 from prebookd.migrate import migrate
 from prebookd.simulator import Simulator
+from tests.support import start_postgres
 
 
 def dsn_with_database(dsn: str, database: str) -> str:
@@ -151,3 +154,21 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     explicitly (read from Set-Cookie where it matters), as prebookd does."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         yield session
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A migrated Postgres of this test's own, to stop and start at will."""
+    folder = Path(tempfile.mkdtemp(prefix="prebookd-own-pg-"))
+    server = await asyncio.to_thread(start_embedded, folder)
+    conn = await connect(server.dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    try:
+        yield server
+    finally:
+        await start_postgres(server)  # stopped by the test, perhaps
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
+from prebookd.embedded import EmbeddedPostgres
 from prebookd.simulator import SimClass, Simulator
 
 
@@ -235,3 +236,12 @@ async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def stop_postgres(server: EmbeddedPostgres) -> None:
+    """Stop an embedded Postgres outright (fast shutdown), whoever else uses it."""
+    await asyncio.to_thread(server._server._stop)
+
+
+async def start_postgres(server: EmbeddedPostgres) -> None:
+    await asyncio.to_thread(server.start_again)

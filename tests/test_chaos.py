@@ -12,25 +12,21 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import socket
-import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from bench.chaos import run_kills, run_partition, run_pg_restarts, run_proxy
-from bench.chaos_bed import BOX, bed, burst_instants, wait_event
+from bench.chaos_bed import BOX, Bed, bed, burst_instants, wait_event
 from bench.chaos_load import run_load
-from bench.chaos_verdict import Fault, Verdict, events, first_after
+from bench.chaos_verdict import Fault, RowPlan, Verdict, events, first_after
 from prebookd import store
 from prebookd.daemon import SPOOL_FILE
 from prebookd.db import connect, create_pool
-from prebookd.embedded import EmbeddedPostgres, start_embedded
-from prebookd.migrate import migrate
+from prebookd.embedded import EmbeddedPostgres
 from prebookd.settings import Settings
 from prebookd.simulator import Faults
 from prebookd.spool import Spool
@@ -62,24 +58,6 @@ def assert_listener_came_back(verdict: Verdict) -> None:
         what = f"{fault.kind} at +{fault.at:g} s; {verdict.notes}"
         assert first_after(verdict.lines, "listener_disconnected", at) is not None, what
         assert first_after(verdict.lines, "listener_connected", at + fault.lasts), what
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own, to stop and start at will."""
-    folder = Path(tempfile.mkdtemp(prefix="prebookd-chaos-"))
-    server = await asyncio.to_thread(start_embedded, folder)
-    conn = await connect(server.dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server._server.ensure_postgres_running)
-        await asyncio.to_thread(server.stop)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def test_proxy_passes_cuts_refuses_and_blackholes(db_dsn: str) -> None:
@@ -329,22 +307,12 @@ async def test_a_request_written_before_a_kill_is_counted_after_the_restart(
     db_dsn: str, tmp_path: Path, seed: int
 ) -> None:
     async with bed(db_dsn, tmp_path / "state", rng=random.Random(seed)) as b:
-        b.sim.set_faults(BOX, Faults(latency=2.0))  # answers come 2 s after the request
-        await b.start()
-        instant = time.time() + 3.0
-        plans = await b.add_rows([instant] * 10)
-        deadline = instant + 5.0
-        while len([r for r in b.sim.requests if r.path == "/api/book"]) < 10:
-            assert time.time() < deadline, "the requests never arrived"
-            await asyncio.sleep(0.01)
+        plans = await _ten_written_unanswered(b, answer_after=2.0)
         await asyncio.sleep(0.3)  # written, recorded as written (~0.1 s), not answered
         written = await b.conn.fetch(
             "SELECT status, attempts FROM prebookings WHERE id = ANY($1)", [p.id for p in plans]
         )
-        await b.kill_restart()
-        await b.daemon.wait_for("daemon_ready", timeout=30)
-        await b.wait_settled(timeout=30)
-        verdict = await b.judge("kill-while-answering", faults=1)
+        verdict = await _killed_restarted_judged(b, "kill-while-answering")
         rows = await b.conn.fetch(
             "SELECT * FROM prebookings WHERE id = ANY($1)", [p.id for p in plans]
         )
@@ -366,18 +334,9 @@ async def test_attempts_count_a_request_cut_off_by_a_kill(
     db_dsn: str, tmp_path: Path, seed: int
 ) -> None:
     async with bed(db_dsn, tmp_path / "state", rng=random.Random(seed)) as b:
-        b.sim.set_faults(BOX, Faults(latency=1.0))  # answers come 1 s after the request
-        await b.start()
-        instant = time.time() + 3.0
-        plans = await b.add_rows([instant] * 10)
-        deadline = instant + 5.0
-        while len([r for r in b.sim.requests if r.path == "/api/book"]) < 10:
-            assert time.time() < deadline, "the requests never arrived"
-            await asyncio.sleep(0.002)
-        await b.kill_restart()  # all 10 written, none answered yet: nothing recorded
-        await b.daemon.wait_for("daemon_ready", timeout=30)
-        await b.wait_settled(timeout=30)
-        verdict = await b.judge("kill-in-flight", faults=1)
+        plans = await _ten_written_unanswered(b, answer_after=1.0)
+        # All 10 written, none answered yet: nothing recorded.
+        verdict = await _killed_restarted_judged(b, "kill-in-flight")
         rows = await b.conn.fetch(
             "SELECT * FROM prebookings WHERE id = ANY($1)", [p.id for p in plans]
         )
@@ -385,3 +344,25 @@ async def test_attempts_count_a_request_cut_off_by_a_kill(
     assert verdict.resent == 10, "each was sent again after the restart, as designed"
     assert {r["attempts"] for r in rows} == {2}, "two requests each reached AimHarder"
     assert {r["outcome"] for r in rows} == {"booked"}, "the first request got the place"
+
+
+async def _ten_written_unanswered(b: Bed, *, answer_after: float) -> list[RowPlan]:
+    """Ten rows at one instant, fired; returns once all ten requests arrived (their
+    answers come `answer_after` seconds after each request)."""
+    b.sim.set_faults(BOX, Faults(latency=answer_after))
+    await b.start()
+    instant = time.time() + 3.0
+    plans = await b.add_rows([instant] * 10)
+    deadline = instant + 5.0
+    while len([r for r in b.sim.requests if r.path == "/api/book"]) < 10:
+        assert time.time() < deadline, "the requests never arrived"
+        await asyncio.sleep(0.002)
+    return plans
+
+
+async def _killed_restarted_judged(b: Bed, name: str) -> Verdict:
+    """SIGKILL, restart at once, let every row settle, judge."""
+    await b.kill_restart()
+    await b.daemon.wait_for("daemon_ready", timeout=30)
+    await b.wait_settled(timeout=30)
+    return await b.judge(name, faults=1)

@@ -8,15 +8,14 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from prebookd.db import connect
-from prebookd.embedded import EmbeddedPostgres, start_embedded
-from prebookd.migrate import migrate
+from prebookd.embedded import EmbeddedPostgres
 from prebookd.simulator import Faults, Simulator
 from tests.support import (
     add_box,
@@ -25,6 +24,8 @@ from tests.support import (
     open_class,
     running_daemon,
     start_daemon,
+    start_postgres,
+    stop_postgres,
     wait_rows_final,
 )
 
@@ -160,39 +161,14 @@ async def test_sigterm_lets_requests_in_flight_finish_and_records_them(
         await slow.stop()
 
 
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
-    """A Postgres of this test's own, to stop and start at will."""
-    folder = Path(tempfile.mkdtemp(prefix="prebookd-outage-"))
-    server = await asyncio.to_thread(start_embedded, folder)
-    conn = await connect(server.dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
-        yield server, server.dsn
-    finally:
-        await asyncio.to_thread(server._server.ensure_postgres_running)
-        server.stop()
-
-
-async def stop_postgres(server: EmbeddedPostgres) -> None:
-    await asyncio.to_thread(server._server._stop)
-
-
-async def start_postgres(server: EmbeddedPostgres) -> None:
-    await asyncio.to_thread(server._server.ensure_postgres_running)
-
-
 @pytest.mark.parametrize("restart_prebookd", [False, True], ids=["stays-up", "restarted"])
 async def test_postgres_down_across_the_instant_loses_nothing(
-    own_postgres: tuple[EmbeddedPostgres, str],
+    own_postgres: EmbeddedPostgres,
     sim: Simulator,
     tmp_path: Path,
     restart_prebookd: bool,
 ) -> None:
-    server, dsn = own_postgres
+    server, dsn = own_postgres, own_postgres.dsn
     conn = await connect(dsn)
     box = await add_box(conn, sim, "box-o")
     emails = [f"outage{i}@x.es" for i in range(5)]
