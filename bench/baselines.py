@@ -39,8 +39,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from prebookd.aimharder.outcomes import Verdict, classify_http, transport_failure
 from prebookd.models import Booking, build_booking
-from prebookd.outcomes import Verdict, classify_http, transport_failure
 
 APPLICATION_NAME = "bench-baseline"  # as bench.infra.BASELINE_APP counts it
 SLEEPER_DELIVERY_LEAD = 5.0  # the queue delivers each message this long before the instant

@@ -43,9 +43,9 @@ from bench.chaos_bed import (
 )
 from bench.chaos_load import run_load
 from bench.chaos_verdict import Fault, Verdict, events, first_after, table
-from prebookd.db import connect
-from prebookd.embedded import EmbeddedPostgres, start_embedded
-from prebookd.migrate import migrate
+from prebookd.db.connection import connect
+from prebookd.db.embedded import EmbeddedPostgres, start_embedded
+from prebookd.db.migrate import migrate
 from tests.pgproxy import PgProxy, pg_proxy
 from tests.support import start_postgres, stop_postgres
 

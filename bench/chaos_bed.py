@@ -19,11 +19,11 @@ import asyncpg
 
 from bench import chaos_verdict
 from bench.chaos_verdict import FINAL, Kill, RowPlan, Verdict, events
-from prebookd.daemon import SPOOL_FILE
-from prebookd.db import connect
-from prebookd.sim_model import SimClass
-from prebookd.simulator import Simulator
-from prebookd.spool import Spool
+from prebookd.daemon.main import SPOOL_FILE
+from prebookd.daemon.spool import Spool
+from prebookd.db.connection import connect
+from prebookd.sim.model import SimClass
+from prebookd.sim.server import Simulator
 from tests.support import DaemonProcess, add_box, add_member, start_daemon
 
 BOX = "chaos"

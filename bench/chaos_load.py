@@ -15,7 +15,7 @@ import asyncpg
 
 from bench.chaos_bed import BOX, Bed, bed, burst_instants, finish, utc
 from bench.chaos_verdict import CANCEL_GRACE, RowPlan, Verdict
-from prebookd.db import connect
+from prebookd.db.connection import connect
 
 GUARD = 2.0  # writers move a row only while both instants are this far away
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from prebookd.sim_model import RecordedRequest
+from prebookd.sim.model import RecordedRequest
 
 FINAL = ("completed", "failed")
 NOT_OPEN = "ERROR_ANTELACION_CLIENTE"

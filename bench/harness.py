@@ -22,8 +22,8 @@ from bench.infra import (
 from bench.measure import measure
 from bench.procs import running_baseline, running_prebookd
 from bench.workload import Workload, fetch_rows, insert_rows, seed, wait_final
-from prebookd.db import connect
-from prebookd.simulator import Simulator
+from prebookd.db.connection import connect
+from prebookd.sim.server import Simulator
 from tests.support import DaemonProcess
 
 

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from prebookd.db import connect
-from prebookd.embedded import start_embedded
-from prebookd.migrate import migrate
+from prebookd.db.connection import connect
+from prebookd.db.embedded import start_embedded
+from prebookd.db.migrate import migrate
 
 # What prebookd's connections call themselves in pg_stat_activity (prebookd/db.py).
 PREBOOKD_APPS = ("prebookd-pool", "prebookd-listener", "prebookd-migrate")

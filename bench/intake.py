@@ -31,8 +31,8 @@ from bench.procs import log_fields, log_time, running_prebookd
 from bench.report import PREBOOKD_CONNECTION_LIMIT, Line, below, connections_line
 from bench.stats import fmt_ms, fmt_summary, summary
 from bench.workload import DAY, Workload, seed
-from prebookd.db import connect
-from prebookd.simulator import Simulator
+from prebookd.db.connection import connect
+from prebookd.sim.server import Simulator
 from tests.support import DaemonProcess, open_class, utc
 
 NAME = "intake"

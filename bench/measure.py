@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.stats import summary
 from bench.workload import BURST, SINGLE, Row
-from prebookd.simulator import RecordedRequest
+from prebookd.sim.server import RecordedRequest
 
 ClassKey = tuple[str, str]  # (box subdomain, class session id)
 NOT_OPEN_LANG = "ERROR_ANTELACION_CLIENTE"

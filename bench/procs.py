@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from prebookd.simulator import Simulator
+from prebookd.sim.server import Simulator
 from tests.support import DaemonProcess, daemon_env
 
 STOP_TIMEOUT = 30.0

@@ -30,7 +30,7 @@ from bench.infra import PREBOOKD_APPS, cpu_over, fresh_database, rss_mb, sample_
 from bench.procs import log_fields, log_time, running_prebookd
 from bench.report import PREBOOKD_CONNECTION_LIMIT, Line, connections_line
 from bench.workload import DAY
-from prebookd.db import connect
+from prebookd.db.connection import connect
 
 NAME = "scale"
 FIRST_AFTER = 600.0  # seconds from now to the first instant

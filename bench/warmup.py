@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from bench.precision import drop_database, fresh_database
-from prebookd.db import connect
-from prebookd.embedded import start_embedded
-from prebookd.migrate import migrate
-from prebookd.simulator import Simulator
+from prebookd.db.connection import connect
+from prebookd.db.embedded import start_embedded
+from prebookd.db.migrate import migrate
+from prebookd.sim.server import Simulator
 from tests.support import (
     add_box,
     add_member,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from prebookd.simulator import Simulator
+from prebookd.sim.server import Simulator
 from tests.support import add_box, add_member, open_class, utc
 
 SINGLE = "single"

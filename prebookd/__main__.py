@@ -1,3 +1,3 @@
-from prebookd.cli import main
+from prebookd.cli.main import main
 
 raise SystemExit(main())

@@ -22,10 +22,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from prebookd.db import connect
-from prebookd.embedded import EmbeddedPostgres, start_embedded
-from prebookd.migrate import migrate
-from prebookd.simulator import Simulator
+from prebookd.db.connection import connect
+from prebookd.db.embedded import EmbeddedPostgres, start_embedded
+from prebookd.db.migrate import migrate
+from prebookd.sim.server import Simulator
 from tests.support import start_postgres
 
 
@@ -115,7 +115,7 @@ async def empty_db_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A plain connection to this test's database (jsonb as Python objects)."""
-    from prebookd.db import connect
+    from prebookd.db.connection import connect
 
     connection = await connect(db_dsn)
     try:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import asyncpg
 
-from prebookd.embedded import EmbeddedPostgres
-from prebookd.simulator import SimClass, Simulator
+from prebookd.db.embedded import EmbeddedPostgres
+from prebookd.sim.server import SimClass, Simulator
 
 
 def utc(epoch: float) -> dt.datetime:

@@ -1,4 +1,4 @@
-"""prebookd.account: the parsing helpers against plain values, and the client against the
+"""prebookd.aimharder.account: the parsing helpers against plain values, and the client against the
 simulator over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from prebookd.account import (
+from prebookd.aimharder.account import (
     AccountError,
     ClassInfo,
     LoginFailed,
@@ -33,8 +33,8 @@ from prebookd.account import (
     set_refresh,
 )
 from prebookd.errors import PrebookdError
-from prebookd.sim_model import Faults, SimClass
-from prebookd.simulator import Simulator
+from prebookd.sim.model import Faults, SimClass
+from prebookd.sim.server import Simulator
 
 EMAIL = "jane@example.com"
 PASSWORD = "s3cret-Pa55word"

@@ -22,9 +22,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from prebookd.account import fingerprint_for
-from prebookd.sim_model import SimClass
-from prebookd.simulator import Simulator
+from prebookd.aimharder.account import fingerprint_for
+from prebookd.sim.model import SimClass
+from prebookd.sim.server import Simulator
 
 EMAIL = "jane@example.com"
 PASSWORD = "correct-Horse-9-battery"

@@ -23,14 +23,14 @@ from bench.chaos import run_kills, run_partition, run_pg_restarts, run_proxy
 from bench.chaos_bed import BOX, Bed, bed, burst_instants, wait_event
 from bench.chaos_load import run_load
 from bench.chaos_verdict import Fault, RowPlan, Verdict, events, first_after
-from prebookd import store
-from prebookd.daemon import SPOOL_FILE
-from prebookd.db import connect, create_pool
-from prebookd.embedded import EmbeddedPostgres
+from prebookd.daemon.main import SPOOL_FILE
+from prebookd.daemon.spool import Spool
+from prebookd.db import store
+from prebookd.db.connection import connect, create_pool
+from prebookd.db.embedded import EmbeddedPostgres
+from prebookd.db.store import QUERY_TIMEOUT
 from prebookd.settings import Settings
-from prebookd.simulator import Faults
-from prebookd.spool import Spool
-from prebookd.store import QUERY_TIMEOUT
+from prebookd.sim.server import Faults
 from tests.pgproxy import pg_proxy
 
 pytestmark = pytest.mark.timeout(150)

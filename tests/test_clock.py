@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from prebookd.clock import sleep_until
+from prebookd.daemon.clock import sleep_until
 
 
 class SteppedClock:

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from prebookd.aimharder import Attempt, Exchange
-from prebookd.clock import MAX_CHUNK, HotWindows
-from prebookd.firing import Firing, Timing
+from prebookd.aimharder.client import Attempt, Exchange
+from prebookd.aimharder.outcomes import classify_answer
+from prebookd.daemon.clock import MAX_CHUNK, HotWindows
+from prebookd.daemon.firing import Firing, Timing
+from prebookd.daemon.results import ResultUpdate
 from prebookd.models import Booking
-from prebookd.outcomes import classify_answer
-from prebookd.results import ResultUpdate
 
 BOOKED = {"bookState": 1}
 NOT_OPEN = {"bookState": -12, "errorMssgLang": "ERROR_ANTELACION_CLIENTE"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from prebookd.simulator import Faults, Simulator
+from prebookd.sim.server import Faults, Simulator
 from tests.support import (
     add_box,
     add_member,

@@ -14,9 +14,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from prebookd.db import connect
-from prebookd.embedded import EmbeddedPostgres
-from prebookd.simulator import Faults, Simulator
+from prebookd.db.connection import connect
+from prebookd.db.embedded import EmbeddedPostgres
+from prebookd.sim.server import Faults, Simulator
 from tests.support import (
     add_box,
     add_member,

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from prebookd.simulator import Simulator
+from prebookd.sim.server import Simulator
 from tests.support import (
     add_box,
     add_member,

@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from prebookd.demo_view import build_report, build_scenario, render_summary
+from prebookd.demo.view import build_report, build_scenario, render_summary
 from prebookd.errors import UsageError
 from prebookd.log import mask_email
-from prebookd.sim_model import RecordedRequest
+from prebookd.sim.model import RecordedRequest
 
 # A table row: member, prebooked #, written (ms), arrival #, arrival (ms), outcome.
 _ROW = re.compile(r"^  (\S+@\S+)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)$")

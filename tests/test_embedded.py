@@ -7,8 +7,8 @@ import signal
 import time
 from pathlib import Path
 
-from prebookd.db import connect
-from prebookd.simulator import Simulator
+from prebookd.db.connection import connect
+from prebookd.sim.server import Simulator
 from tests.support import (
     add_box,
     add_member,

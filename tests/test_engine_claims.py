@@ -21,14 +21,14 @@ from typing import Any, cast
 import asyncpg
 import pytest
 
-from prebookd.aimharder import AimHarderClient
-from prebookd.clock import HotWindows
-from prebookd.db import connect, create_pool
-from prebookd.engine import Engine, EngineConfig
-from prebookd.firing import Timing
-from prebookd.results import ResultWriter
+from prebookd.aimharder.client import AimHarderClient
+from prebookd.daemon.clock import HotWindows
+from prebookd.daemon.engine import Engine, EngineConfig
+from prebookd.daemon.firing import Timing
+from prebookd.daemon.results import ResultWriter
+from prebookd.db.connection import connect, create_pool
 from prebookd.settings import Settings
-from prebookd.simulator import Simulator
+from prebookd.sim.server import Simulator
 from tests.support import add_box, add_member, add_prebooking, open_class, utc
 
 BOX = "claims"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from prebookd.clock import HotWindows
-from prebookd.firing import Firing, Timing
-from prebookd.results import ResultUpdate
+from prebookd.daemon.clock import HotWindows
+from prebookd.daemon.firing import Firing, Timing
+from prebookd.daemon.results import ResultUpdate
 from tests.test_clock_steps import FakeAimHarder, SteppingClock, bookings
 
 STAGE_LEAD = 0.3

@@ -28,12 +28,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prebookd import store
-from prebookd.aimharder import MAX_ANSWER_BYTES
-from prebookd.outcomes import Verdict, classify_http
-from prebookd.results import ResultUpdate
-from prebookd.sim_faults import draw_fault, draw_variant
-from prebookd.simulator import Faults, SimClass, Simulator
+from prebookd.aimharder.client import MAX_ANSWER_BYTES
+from prebookd.aimharder.outcomes import Verdict, classify_http
+from prebookd.daemon.results import ResultUpdate
+from prebookd.db import store
+from prebookd.sim.faults import draw_fault, draw_variant
+from prebookd.sim.server import Faults, SimClass, Simulator
 from tests.support import (
     add_box,
     add_member,

@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from prebookd.db import connect
+from prebookd.db.connection import connect
 from prebookd.errors import BadRow
 from prebookd.models import BookingData, MemberSession, RowState, build_booking, parse_notice
-from prebookd.simulator import Simulator
+from prebookd.sim.server import Simulator
 from tests.support import (
     DaemonProcess,
     add_box,

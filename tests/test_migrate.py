@@ -17,10 +17,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from prebookd import migrate as migrate_module
-from prebookd.db import connect
+from prebookd.db import migrate as migrate_module
+from prebookd.db.connection import connect
+from prebookd.db.migrate import Migration, available_migrations, migrate, pending_migrations
 from prebookd.errors import MigrationError
-from prebookd.migrate import Migration, available_migrations, migrate, pending_migrations
 from tests.support import clean_env, run_prebookd
 
 WEB_APP_TABLES = ("boxes", "auth_sessions", "prebookings")

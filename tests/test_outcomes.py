@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from prebookd.outcomes import Verdict, classify_answer, classify_http, transport_failure
+from prebookd.aimharder.outcomes import Verdict, classify_answer, classify_http, transport_failure
 
 CASES = [
     ({"bookState": 1, "id": "106015104"}, Verdict.COMPLETED, "booked"),

@@ -7,8 +7,8 @@ import uuid
 
 import asyncpg
 
-from prebookd import store
-from prebookd.results import ResultUpdate, ResultWriter
+from prebookd.daemon.results import ResultUpdate, ResultWriter
+from prebookd.db import store
 
 
 async def insert_loaded(conn: asyncpg.Connection) -> uuid.UUID:

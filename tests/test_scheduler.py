@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from prebookd.scheduler import Entry, Schedule
+from prebookd.daemon.scheduler import Entry, Schedule
 
 Z, A, B, C = (uuid.UUID(int=i) for i in range(4))
 

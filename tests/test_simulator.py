@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from prebookd.simulator import Faults, SimClass, Simulator
-from prebookd.simulator_cli import parse_opens_at
+from prebookd.cli.simulate import parse_opens_at
+from prebookd.sim.server import Faults, SimClass, Simulator
 
 DAY = "20261201"
 MEMBERS = {f"m{i}@example.com": f"cookie-{i}" for i in range(12)}

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from prebookd.simulator import SimClass, Simulator
+from prebookd.sim.server import SimClass, Simulator
 from tests.test_simulator import _free_port, _simulate
 
 DAY = "20261201"

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from prebookd.metrics import LATENESS_BUCKETS, Metrics
-from prebookd.status import StatusServer, gauges_from_snapshot
+from prebookd.daemon.metrics import LATENESS_BUCKETS, Metrics
+from prebookd.daemon.status import StatusServer, gauges_from_snapshot
 
 
 def fake_snapshot() -> dict[str, Any]:

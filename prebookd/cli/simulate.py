@@ -1,0 +1,398 @@
+"""`prebookd simulate`: run the AimHarder simulator as a process of its own.
+
+For the demo, for benchmarks, and for trying the daemon without touching AimHarder.
+Setup comes from flags and/or a config file; a running simulator can be changed and
+read through its `/_sim/...` endpoints (see prebookd/simulator.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import secrets
+import signal
+import time
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prebookd.errors import UsageError
+from prebookd.settings import Settings
+from prebookd.sim.server import (
+    BoxSpec,
+    ClassSpec,
+    FaultsSpec,
+    MemberSpec,
+    Simulator,
+    apply_box,
+    apply_class,
+    apply_faults,
+    apply_member,
+    one_line_error,
+)
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = """\
+Serve a simulated AimHarder on one port. The account site is at the root, so
+PREBOOKD_AIMHARDER_URL is http://HOST:PORT (POST /api/login, GET /setrefresh,
+POST /api/tokenUpdate, GET /api/whoami). Each box is under its own path prefix, so a
+box's base URL (what goes in boxes.base_url) is http://HOST:PORT/SUBDOMAIN (GET
+/api/bookings, POST /api/book, POST /api/cancelBook). Any class id booked that was not
+configured is created with --capacity places and --waitlist waiting places, opening at
+--opens-at.
+
+Control endpoints: GET /_sim/requests (every request, with the instant its first byte
+arrived and any fault injected), GET /_sim/bookings, GET /_sim/waitlists,
+POST /_sim/reset, and POST /_sim/boxes, /_sim/classes, /_sim/members, /_sim/faults
+(JSON bodies with the fields of the config file's entries).
+Flags override the config file's [settings]. Stops on SIGINT or SIGTERM.
+"""
+
+CONFIG_HELP_EPILOG = """\
+config file (TOML when FILE ends in .toml, else JSON with the same keys):
+  [settings]                 # each optional, same meaning as the flag of that name
+  capacity = 20
+  waitlist = 0
+  session_max_age = 1800     # seconds
+  token_max_age = 1800
+  max_login_failures = 5
+  login_lock_time = 900
+  seed = 0
+  opens_at = "+5s"
+  [[boxes]]
+  subdomain = "crossfitx"
+  box_id = "1234"            # optional, like name
+  daily_limit = 2            # optional: bookings per member per day (bookState -8)
+  late_cancel_window = 7200  # optional: seconds before starts_at when cancelling is late
+  [[classes]]
+  box = "crossfitx"
+  session_id = "106015104"
+  day = "20261201"
+  capacity = 16              # default: --capacity
+  waitlist_capacity = 4      # default: --waitlist
+  opens_at = "+5s"           # or ISO time with offset, or epoch seconds; default: --opens-at
+  starts_at = "+2h"          # optional, same formats
+  [[members]]
+  email = "ana@example.com"
+  auth_cookie = "COOKIE-VALUE"   # optional (default: random)
+  token = "REFRESH-TOKEN"        # optional (default: refresh-COOKIE-VALUE)
+  password = "secret"            # optional: lets the member log in
+  issued_at = "-20m"             # optional: when cookie and token were issued (default: now)
+  no_credits = false             # true: booking answers bookState -2
+  [[faults]]
+  box = "crossfitx"
+  latency = 0.05             # seconds; also jitter, and the fractions error_rate,
+  error_rate = 0.1           # html_rate, reset_rate, truncated_rate, slow_body;
+  forbidden = false          # slow_body_seconds; forbidden answers 403 to everything
+"""
+
+_RELATIVE = re.compile(r"^([+-])(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_opens_at(value: object, now: float) -> float:
+    """Epoch seconds from `+5s`/`+1.5m`/`+250ms`/`-20m` (relative to `now`), an ISO
+    time with offset, an aware datetime (TOML), or epoch seconds. ValueError says what
+    is wrong."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        relative = _RELATIVE.match(text)
+        if relative:
+            sign = -1.0 if relative.group(1) == "-" else 1.0
+            return now + sign * float(relative.group(2)) * _UNIT_SECONDS[relative.group(3) or "s"]
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"not a time: {text!r} (use +5s, or ISO like 2026-12-01T07:00:00+01:00)"
+            ) from None
+    else:
+        raise ValueError(f"not a time: {value!r}")
+    if moment.tzinfo is None:
+        # A naive time is ambiguous between the box's zone and this machine's: refuse it.
+        raise ValueError(f"time has no UTC offset: {value!s} (add one, e.g. +01:00)")
+    return moment.timestamp()
+
+
+def _opens_at_arg(text: str) -> float:
+    try:
+        return parse_opens_at(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pair_arg(what: str) -> Any:
+    def parse(text: str) -> tuple[str, str]:
+        key, sep, value = text.partition("=")
+        if not sep or not key or not value:
+            raise argparse.ArgumentTypeError(f"expected {what}")
+        return key, value
+
+    return parse
+
+
+def _faults_arg(text: str) -> dict[str, str]:
+    box, sep, rest = text.partition(":")
+    pairs = [item.partition("=") for item in rest.split(",")]
+    if not sep or not box or not all(k and s and v for k, s, v in pairs):
+        raise argparse.ArgumentTypeError("expected SUBDOMAIN:KEY=VALUE[,KEY=VALUE...]")
+    return {"box": box, **{k.strip(): v.strip() for k, _, v in pairs}}
+
+
+def add_simulate_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "simulate",
+        help="serve a simulated AimHarder (tests, demo, benchmarks)",
+        description=DESCRIPTION,
+        epilog=CONFIG_HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    add("--port", type=int, default=8099, help="port to listen on, 0 for any (%(default)s)")
+    add("--config", type=Path, metavar="FILE", help="settings, boxes, classes, members, faults")
+    add(
+        "--box",
+        action="append",
+        default=[],
+        metavar="SUBDOMAIN",
+        help="serve this box (repeatable)",
+    )
+    # Setting flags default to None so that the config file's [settings] apply unless a
+    # flag is given; the defaults in the help are Simulator's.
+    add(
+        "--capacity",
+        type=int,
+        metavar="N",
+        help="places of classes created on the fly or configured without capacity (20)",
+    )
+    add(
+        "--waitlist",
+        type=int,
+        metavar="N",
+        help="waiting-list places of classes created on the fly or configured without (0)",
+    )
+    add(
+        "--opens-at",
+        type=_opens_at_arg,
+        metavar="TIME",
+        help="when booking opens for classes created on the fly or configured without "
+        "opens_at: ISO time with offset (2026-12-01T07:00:00+01:00) or relative to "
+        "start (+5s, +2m, +250ms); default: already open",
+    )
+    add(
+        "--session-max-age",
+        type=float,
+        metavar="SECONDS",
+        help='an amhrdrauth cookie older than this gets {"logout": 1} (default: never)',
+    )
+    add(
+        "--token-max-age",
+        type=float,
+        metavar="SECONDS",
+        help="a refresh token older than this cannot be refreshed (default: never)",
+    )
+    add(
+        "--max-login-failures",
+        type=int,
+        metavar="N",
+        help="failed logins in a row that lock an account (5)",
+    )
+    add(
+        "--login-lock-time",
+        type=float,
+        metavar="SECONDS",
+        help="how long a locked account refuses logins (900)",
+    )
+    add("--seed", type=int, metavar="N", help="seed of the fault draws (0)")
+    add(
+        "--member",
+        action="append",
+        default=[],
+        type=_pair_arg("EMAIL=COOKIE"),
+        metavar="EMAIL=COOKIE",
+        help="a member and the value of their amhrdrauth cookie (repeatable)",
+    )
+    add(
+        "--password",
+        action="append",
+        default=[],
+        type=_pair_arg("EMAIL=PASSWORD"),
+        metavar="EMAIL=PASSWORD",
+        help="let this member log in (a new e-mail is a new member; repeatable)",
+    )
+    add(
+        "--faults",
+        action="append",
+        default=[],
+        type=_faults_arg,
+        metavar="SUBDOMAIN:KEY=VALUE,...",
+        help="inject faults on a box, e.g. crossfitx:error_rate=0.1,latency=0.05 "
+        "(keys as in the config file's [[faults]]; repeatable)",
+    )
+    parser.set_defaults(handler=simulate)
+
+
+class _SettingsSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: int | None = Field(default=None, ge=0)
+    waitlist: int | None = Field(default=None, ge=0)
+    opens_at: float | None = None
+    session_max_age: float | None = Field(default=None, gt=0)
+    token_max_age: float | None = Field(default=None, gt=0)
+    max_login_failures: int | None = Field(default=None, ge=1)
+    login_lock_time: float | None = Field(default=None, ge=0)
+    seed: int | None = None
+
+
+# Flag / [settings] name -> Simulator keyword.
+_SETTING_KEYWORDS = {
+    "capacity": "default_capacity",
+    "waitlist": "default_waitlist_capacity",
+    "opens_at": "default_opens_at",
+    "session_max_age": "session_max_age",
+    "token_max_age": "token_max_age",
+    "max_login_failures": "max_login_failures",
+    "login_lock_time": "login_lock_time",
+    "seed": "seed",
+}
+
+
+class _ConfigFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, Any] = {}
+    boxes: list[dict[str, Any]] = []
+    classes: list[dict[str, Any]] = []
+    members: list[dict[str, Any]] = []
+    faults: list[dict[str, Any]] = []
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The config file as a dict; any problem is a one-line UsageError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data: Any = tomllib.loads(raw.decode("utf-8"))
+        else:
+            data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSON and TOML errors are ValueErrors
+        raise UsageError(f"config file {path} is not valid: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"config file {path}: expected an object with settings/boxes/classes/members/faults"
+        )
+    return data
+
+
+def _with_times(entry: dict[str, Any], keys: tuple[str, ...], now: float) -> dict[str, Any]:
+    """`entry` with its time fields (relative, ISO or epoch) as epoch seconds."""
+    times = {k: parse_opens_at(entry[k], now) for k in keys if entry.get(k) is not None}
+    return {**entry, **times}
+
+
+def build_simulator(args: argparse.Namespace, now: float) -> Simulator:
+    """A simulator set up from the flags and the config file; UsageError on bad input."""
+    data = read_config(args.config) if args.config else {}
+    source = f"config file {args.config}" if args.config else "arguments"
+    where = source
+    try:
+        config = _ConfigFile.model_validate(data)
+        where = f"{source}: settings"
+        section = _SettingsSection.model_validate(_with_times(config.settings, ("opens_at",), now))
+        where = "arguments"  # flags win over the config file, within the same bounds
+        flags = {name: getattr(args, name) for name in _SETTING_KEYWORDS}
+        chosen = _SettingsSection.model_validate(
+            {
+                **section.model_dump(exclude_none=True),
+                **{k: v for k, v in flags.items() if v is not None},
+            }
+        )
+        sim = Simulator(
+            **{_SETTING_KEYWORDS[k]: v for k, v in chosen.model_dump(exclude_none=True).items()}
+        )
+        for subdomain in args.box:
+            where = f"--box {subdomain}"
+            sim.add_box(subdomain)
+        for i, entry in enumerate(config.boxes):
+            where = f"{source}: boxes[{i}]"
+            apply_box(sim, BoxSpec.model_validate(entry))
+        for i, entry in enumerate(config.classes):
+            where = f"{source}: classes[{i}]"
+            spec = ClassSpec.model_validate(_with_times(entry, ("opens_at", "starts_at"), now))
+            if spec.box not in sim.boxes:
+                raise ValueError(f"unknown box {spec.box!r}: list it in boxes or pass --box")
+            apply_class(sim, spec)
+        for i, entry in enumerate(config.members):
+            where = f"{source}: members[{i}]"
+            apply_member(sim, MemberSpec.model_validate(_with_times(entry, ("issued_at",), now)))
+        where = "--member"
+        for email, cookie in args.member:
+            sim.add_member(email, cookie)
+        where = "--password"
+        for email, password in args.password:
+            member = sim.member(email)
+            if member is None:
+                sim.add_member(email, secrets.token_hex(24), password=password)
+            else:  # not add_member: that would also hand the member another cookie
+                member.password = password
+        for i, entry in enumerate(config.faults):
+            where = f"{source}: faults[{i}]"
+            apply_faults(sim, FaultsSpec.model_validate(entry))
+        for entry in args.faults:
+            where = f"--faults {entry['box']}"
+            apply_faults(sim, FaultsSpec.model_validate(entry))
+    except (ValidationError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{where}: {one_line_error(exc)}") from None
+    return sim
+
+
+async def simulate(args: argparse.Namespace, settings: Settings) -> int:
+    del settings  # the simulator needs none of the daemon's settings
+    sim = build_simulator(args, time.time())
+    try:
+        base = await sim.start(args.host, args.port)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+
+    # Signal handlers only set the event; the code below does the stopping.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _on_signal, signum, stop)
+    try:
+        log.info(
+            "simulator_listening",
+            url=base,
+            boxes={subdomain: sim.box_url(subdomain) for subdomain in sim.boxes},
+            members=len(sim.members),
+        )
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await sim.stop()
+    log.info("simulator_stopped", requests=len(sim.requests))
+    return 0
+
+
+def _on_signal(signum: signal.Signals, stop: asyncio.Event) -> None:
+    log.info("simulator_stopping", signal=signum.name)
+    stop.set()

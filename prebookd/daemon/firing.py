@@ -1,0 +1,390 @@
+"""One opening instant: stage every request before it, release them all at it.
+
+Timeline of a `Firing` for instant T:
+
+- until T - stage_lead: bookings are added (claimed rows) or withdrawn freely;
+- at T - stage_lead: each booking's request is staged (built, connection opened)
+  and parks at its own gate;
+- at T (precise wake): gates open in `(created_at, id)` order, so requests are
+  written in FIFO order; then "not open yet" answers are retried every
+  retry_interval until T + retry_window.
+
+A booking withdrawn before its gate opens is never written. Results go to the
+`report` callback (the batched writer): `executing` when written, then final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import statistics
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
+from prebookd.aimharder.outcomes import Verdict
+from prebookd.daemon.clock import HotWindows, WallClock, gc_paused, sleep_until
+from prebookd.daemon.results import ResultUpdate
+from prebookd.log import mask_email
+from prebookd.models import Booking
+
+log = structlog.get_logger(__name__)
+
+# Requests staged per loop iteration: staging 100 at once would hold the loop for
+# ~20 ms, long enough to make another instant late.
+STAGE_CHUNK = 10
+# Gates opened per loop turn (see _open_gates).
+RELEASE_CHUNK = 16
+# The burst's writes are recorded and logged this long after the release, this many
+# per loop turn.
+AFTER_RELEASE = 0.02
+REPORT_CHUNK = 64
+# Garbage collection stays off from this long before the instant to this long after.
+GC_PAUSE = 0.05
+
+
+# Given a booking whose session AimHarder says is dead, the same booking with a
+# refreshed session, or None when the session cannot be renewed.
+Renew = Callable[[Booking], Awaitable[Booking | None]]
+
+
+@dataclass(frozen=True)
+class Timing:
+    stage_lead: float
+    spin_window: float
+    retry_window: float
+    retry_interval: float
+    stage_requests: bool = True
+
+
+@dataclass
+class _Slot:
+    booking: Booking
+    attempt: Attempt
+    task: asyncio.Task[ExchangeSummary] | None = None
+    written_reported: bool = False
+
+    @property
+    def gate(self) -> asyncio.Future[None]:
+        assert self.attempt.gate is not None
+        return self.attempt.gate
+
+
+@dataclass(frozen=True)
+class ExchangeSummary:
+    booking: Booking
+    written_at: float | None
+    lateness_ms: float | None
+    outcome: str
+    verdict: Verdict
+
+
+class Firing:
+    def __init__(
+        self,
+        instant: float,
+        *,
+        client: AimHarderClient,
+        timing: Timing,
+        report: Callable[[ResultUpdate], None],
+        instance: str,
+        hot: HotWindows,
+        renew: Renew | None = None,
+        clock: WallClock = time.time,
+    ) -> None:
+        self.instant = instant
+        self._hot = hot
+        self._renew = renew
+        self._client = client
+        self._timing = timing
+        self._report = report
+        self._instance = instance
+        self._clock = clock
+        self._slots: dict[UUID, _Slot] = {}
+        self._staged = False
+        self.released = False
+        # Set once staging is done; slots added later are placed into it by FIFO order.
+        # (Empty is a real value: every booking withdrawn before staging.)
+        self._release_order: list[_Slot] | None = None
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def booking_ids(self) -> set[UUID]:
+        return set(self._slots)
+
+    def box_of(self, booking_id: UUID) -> str | None:
+        slot = self._slots.get(booking_id)
+        return None if slot is None else slot.booking.box
+
+    def add(self, booking: Booking) -> None:
+        if booking.id in self._slots:
+            return
+        loop = asyncio.get_running_loop()
+        slot = _Slot(booking, Attempt(loop.create_future()))
+        self._slots[booking.id] = slot
+        if self.released:
+            slot.gate.set_result(None)  # late arrival: the instant has come, send now
+        elif self._release_order is not None:
+            bisect.insort(self._release_order, slot, key=lambda s: s.booking.order)
+        if self._staged:
+            self._stage(slot)
+
+    def withdraw(self, booking_id: UUID) -> bool:
+        """Take a booking out; False when its request may already be on the wire."""
+        slot = self._slots.get(booking_id)
+        if slot is None or slot.gate.done():
+            return False
+        del self._slots[booking_id]
+        if slot.task is not None:
+            slot.task.cancel()
+        return True
+
+    def unsent_ids(self) -> list[UUID]:
+        return [i for i, s in self._slots.items() if not s.gate.done()]
+
+    async def run(self) -> dict[str, Any] | None:
+        """Stage, release, retry; return the instant's summary (None: nothing sent)."""
+        self._hot.add(self.instant)
+        try:
+            return await self._run()
+        finally:
+            self._hot.discard(self.instant)
+
+    async def _run(self) -> dict[str, Any] | None:
+        t = self._timing
+        if t.stage_requests:
+            await sleep_until(self.instant - t.stage_lead, clock=self._clock)
+            self._staged = True
+            await self._stage_all()
+            self._release_order = self._ordered()
+        await sleep_until(self.instant - GC_PAUSE, clock=self._clock)
+        with gc_paused(asyncio.get_running_loop(), GC_PAUSE):
+            await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)
+            if t.stage_requests:
+                self._release()
+            else:
+                self._send_unstaged()
+        summaries: list[ExchangeSummary] = []
+        waited: set[asyncio.Task[ExchangeSummary]] = set()
+        # Again while bookings keep arriving (rows inserted at the instant).
+        while batch := [s.task for s in self._slots.values() if s.task and s.task not in waited]:
+            waited.update(batch)
+            # A booking withdrawn meanwhile ends cancelled: not a summary, not an error.
+            done = await asyncio.gather(*batch, return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, ExchangeSummary):
+                    summaries.append(outcome)
+                elif not isinstance(outcome, asyncio.CancelledError):
+                    log.error("send_crashed", error=repr(outcome))  # a bug: say it loudly
+        return self._log_summary(summaries)
+
+    def cancel_unsent(self) -> list[UUID]:
+        """Shutdown: withdraw what has not been written; return those ids."""
+        ids = self.unsent_ids()
+        for booking_id in ids:
+            self.withdraw(booking_id)
+        return ids
+
+    def _ordered(self) -> list[_Slot]:
+        return sorted(self._slots.values(), key=lambda s: s.booking.order)
+
+    def _release(self) -> None:
+        self.released = True
+        slots = self._release_order if self._release_order is not None else self._ordered()
+        self._open_gates(slots, 0, RELEASE_CHUNK)
+        # After the gates: bookkeeping is work, and the writes come first.
+        asyncio.get_running_loop().call_later(AFTER_RELEASE, self._after_release, slots)
+
+    def _send_unstaged(self) -> None:
+        """Without staging (PREBOOKD_STAGE_REQUESTS=false, to measure what it buys):
+        build, connect and send everything now, in FIFO order."""
+        self.released = self._staged = True
+        for slot in self._ordered():
+            slot.gate.set_result(None)
+            self._stage(slot)
+
+    def _open_gates(self, slots: list[_Slot], start: int, count: int) -> None:
+        """Open gates [start, start + count), and all the rest in the next loop turn.
+
+        Opening a gate only schedules its request; the write happens when the loop
+        runs it, and the requests opened together are written back to back in one
+        turn. Opening all 2000 at once would delay the first write by the cost of
+        scheduling the other 1999; opening them in many small chunks would let the
+        first answers be handled between the chunks. So: the first RELEASE_CHUNK (a
+        small burst goes out whole), then everything else behind them. FIFO holds."""
+        for slot in slots[start : start + count]:
+            if not slot.gate.done():
+                slot.gate.set_result(None)
+        if start + count < len(slots):
+            asyncio.get_running_loop().call_soon(self._open_gates, slots, start + count, len(slots))
+
+    def _after_release(self, slots: list[_Slot], start: int = 0) -> None:
+        """The burst is on the wire: record which requests were written now, not when
+        their answers come (a slow AimHarder can take seconds), so that a crash
+        meanwhile leaves `executing` and the attempt in the row. Then say so.
+
+        In chunks, one per loop turn: the writes of a burst of thousands are still
+        going out, and must not wait behind this bookkeeping."""
+        end = start + REPORT_CHUNK
+        for slot in slots[start:end]:
+            self._report_written(slot)
+        if end < len(slots):
+            asyncio.get_running_loop().call_soon(self._after_release, slots, end)
+            return
+        log.info(
+            "instant_released",
+            instant=iso_instant(self.instant),
+            rows=len(slots),
+            # Ready at the gate: request built, connection open, only the write left.
+            warm=sum(1 for s in slots if s.attempt.parked),
+            new_connections=sum(1 for s in slots if s.attempt.new_connection),
+        )
+
+    async def _stage_all(self) -> None:
+        slots = self._ordered()
+        for start in range(0, len(slots), STAGE_CHUNK):
+            await self._hot.wait_clear()
+            for slot in slots[start : start + STAGE_CHUNK]:
+                if slot.task is None and self._slots.get(slot.booking.id) is slot:
+                    self._stage(slot)
+            await asyncio.sleep(0)  # these run up to their gate before the next chunk
+
+    def _stage(self, slot: _Slot) -> None:
+        slot.task = asyncio.create_task(self._send(slot), name=f"send-{slot.booking.id}")
+
+    def _report_written(self, slot: _Slot) -> None:
+        """`executing`, with the first write's time and the attempt, once per slot."""
+        written_at = slot.attempt.written_at
+        if written_at is None or slot.written_reported:
+            return
+        slot.written_reported = True
+        self._report(
+            ResultUpdate(
+                slot.booking.id,
+                "executing",
+                written_at=written_at,
+                lateness_ms=(written_at - self.instant) * 1000,
+                attempts=slot.booking.prior_attempts + 1,
+                fired_by=self._instance,
+            )
+        )
+
+    async def _send(self, slot: _Slot) -> ExchangeSummary:
+        t = self._timing
+        booking = slot.booking
+        first = await self._client.book(booking, slot.attempt)
+        await self._hot.wait_clear()
+        attempts = booking.prior_attempts + (1 if first.written_at is not None else 0)
+        written_at = first.written_at
+        lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
+        self._report_written(slot)  # if the answer came before _after_release ran
+        exchange = first
+        # The window is measured on the loop's monotonic clock: a wall-clock step after
+        # the release must not stretch (or cut) the retries.
+        loop = asyncio.get_running_loop()
+        retry_until = loop.time() + max(0.0, self.instant + t.retry_window - self._clock())
+        renewed_session = False
+        while loop.time() < retry_until:
+            if exchange.outcome.code == "session_expired" and not renewed_session:
+                # The session died since it was armed: refresh it once and try again.
+                renewed_session = True
+                renewed = await self._renew(booking) if self._renew else None
+                if renewed is None:
+                    break
+                booking = renewed
+            elif exchange.outcome.verdict is Verdict.RETRY:
+                await asyncio.sleep(t.retry_interval)
+            else:
+                break
+            exchange = await self._client.book(booking, Attempt(None))
+            await self._hot.wait_clear()
+            if exchange.written_at is not None:
+                attempts += 1
+                if written_at is None:
+                    written_at = exchange.written_at
+                    lateness_ms = (written_at - self.instant) * 1000
+        self._report(self._final_update(booking, exchange, attempts, written_at, lateness_ms))
+        log.info(
+            "booking_sent" if written_at is not None else "booking_not_sent",
+            prebooking_id=str(booking.id),
+            box=booking.box,
+            member=mask_email(booking.member),
+            lateness_ms=None if lateness_ms is None else round(lateness_ms, 3),
+            attempts=attempts,
+            outcome=exchange.outcome.code,
+        )
+        verdict = exchange.outcome.verdict
+        return ExchangeSummary(booking, written_at, lateness_ms, exchange.outcome.code, verdict)
+
+    def _final_update(
+        self,
+        booking: Booking,
+        exchange: Exchange,
+        attempts: int,
+        written_at: float | None,
+        lateness_ms: float | None,
+    ) -> ResultUpdate:
+        outcome = exchange.outcome
+        if outcome.verdict is Verdict.COMPLETED:
+            status, message = "completed", None
+        elif outcome.verdict is Verdict.RETRY:
+            status = "failed"
+            message = (
+                f"{outcome.reason}; still so {self._timing.retry_window:g} s after the "
+                f"instant ({attempts} attempts)"
+            )
+            if attempts and outcome.code in ("bad_answer", "transport_error"):
+                # The request reached AimHarder but its answer did not reach us.
+                message += "; the booking may have gone through: check AimHarder"
+        else:
+            status, message = "failed", outcome.reason
+        result = exchange.answer
+        if result is None:
+            result = {"http_status": exchange.http_status, "error": outcome.reason}
+        return ResultUpdate(
+            booking.id,
+            status,
+            outcome=outcome.code,
+            error_message=message,
+            result=result,
+            written_at=written_at,
+            lateness_ms=lateness_ms,
+            attempts=attempts,
+            executed_at=exchange.answered_at,
+            fired_by=self._instance,
+        )
+
+    def _log_summary(self, summaries: list[ExchangeSummary]) -> dict[str, Any] | None:
+        if not summaries:
+            return None
+        lateness = [s.lateness_ms for s in summaries if s.lateness_ms is not None]
+        # FIFO held if, in prebooking order, each first request was written no earlier
+        # than the one before it.
+        written = [s.written_at for s in sorted(summaries, key=lambda s: s.booking.order)]
+        sent = [w for w in written if w is not None]
+        fifo = all(a <= b for a, b in itertools.pairwise(sent))
+        summary = {
+            "instant": iso_instant(self.instant),
+            "count": len(summaries),
+            "fifo": fifo,
+            "lateness_p50_ms": round(statistics.median(lateness), 3) if lateness else None,
+            "lateness_max_ms": round(max(lateness), 3) if lateness else None,
+            "spread_ms": round((max(sent) - min(sent)) * 1000, 3) if sent else None,
+            "outcomes": dict(Counter(s.outcome for s in summaries)),
+        }
+        log.info("instant_fired", **summary)
+        return summary
+
+
+def iso_instant(epoch: float) -> str:
+    """2026-12-01T06:00:00.000Z: millisecond precision, for logs and status."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+    return f"{whole}.{int(epoch * 1000) % 1000:03d}Z"

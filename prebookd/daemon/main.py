@@ -1,0 +1,382 @@
+"""`prebookd run`: the one place that wires the daemon together.
+
+startup (schema, pools, spool recovery, listener + resync, READY=1) -> main loop
+(wait for a signal or a crashed task; SIGHUP reloads) -> shutdown (stop arming, let
+requests in flight finish and their results be written, up to `shutdown_timeout`;
+give back claims never sent). Signal handlers only log and set events; the main
+loop acts on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import time
+from typing import Any
+
+import asyncpg
+import structlog
+
+from prebookd.aimharder.client import AimHarderClient
+from prebookd.daemon.clock import HotWindows
+from prebookd.daemon.engine import Engine, EngineConfig
+from prebookd.daemon.firing import iso_instant
+from prebookd.daemon.listener import Listener
+from prebookd.daemon.metrics import Metrics
+from prebookd.daemon.results import ResultWriter
+from prebookd.daemon.sessions import SessionKeeper
+from prebookd.daemon.spool import Spool
+from prebookd.daemon.status import StatusServer
+from prebookd.daemon.supervise import Background, Signals, first_of, wait_future
+from prebookd.daemon.systemd import Notifier
+from prebookd.db import store
+from prebookd.db.connection import connect, create_pool, database
+from prebookd.db.embedded import EmbeddedPostgres
+from prebookd.db.migrate import migrate, pending_migrations
+from prebookd.errors import ConfigError, DatabaseError, EmbeddedPostgresError, describe
+from prebookd.log import configure_logging
+from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, read_settings
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_CRASHED = 1
+SPOOL_FILE = "results.spool"
+EMBEDDED_CHECK_INTERVAL = 2.0  # how often the embedded Postgres is checked to be up
+# Giving claims back on the way out is a courtesy (leases expire anyway): a
+# Postgres that does not answer must not hold up the stop.
+RELEASE_TIMEOUT = 2.0
+RESULTS_LAST_WRITE = 2.0  # of the stop's budget, kept for writing the last results
+POOL_CLOSE_TIMEOUT = 3.0
+
+
+async def run_daemon(settings: Settings) -> int:
+    log.info("daemon_starting", **settings.describe())
+    signals = Signals()
+    signals.install()
+    async with database(settings) as (dsn, embedded):
+        conn = await _connect_when_up(dsn, signals.stop)
+        if conn is None:
+            return EXIT_OK  # asked to stop before Postgres ever answered
+        try:
+            # Check first: a least-privilege role may read the migrations table but
+            # not create anything, and needs no more when the schema is current.
+            applied = await migrate(conn) if await pending_migrations(conn) else []
+        finally:
+            await conn.close()
+        if applied:
+            log.info("migrations_applied", versions=[m.version for m in applied])
+        pool = await create_pool(dsn, settings)
+        client = AimHarderClient(
+            limit=settings.http_pool_limit,
+            limit_per_host=settings.http_pool_per_host,
+            request_timeout=settings.request_timeout,
+        )
+        await client.start()
+        notifier = Notifier()
+        try:
+            daemon = Daemon(settings, dsn, pool, client, signals, notifier, embedded)
+            return await daemon.serve()
+        finally:
+            await client.close()
+            try:
+                await asyncio.wait_for(pool.close(), timeout=POOL_CLOSE_TIMEOUT)
+            except TimeoutError:
+                pool.terminate()  # connections gone silent: do not wait on them
+            notifier.close()
+
+
+async def _connect_when_up(dsn: str, stop: asyncio.Event) -> asyncpg.Connection | None:
+    """Wait for Postgres at start rather than exit: a restart during an outage must
+    come up as soon as Postgres does, and replay the result spool then."""
+    backoff = 0.5
+    while True:
+        try:
+            return await connect(dsn, role="migrate")
+        except DatabaseError as exc:
+            log.warning("database_unreachable", error=describe(exc), retry_in_s=backoff)
+        await first_of(stop.wait(), timeout=backoff)
+        if stop.is_set():
+            return None
+        backoff = min(backoff * 2, 10.0)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        dsn: str,
+        pool: asyncpg.Pool,
+        client: AimHarderClient,
+        signals: Signals,
+        notifier: Notifier,
+        embedded: EmbeddedPostgres | None = None,
+    ) -> None:
+        self.settings = settings
+        self._embedded = embedded
+        self._pool = pool
+        self._client = client
+        self._signals = signals
+        self._notifier = notifier
+        self._started_at = time.time()
+        self._crashed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._tasks_stop = asyncio.Event()
+        self._background = Background(self._on_crash)
+        self.hot = HotWindows()
+        self.spool = Spool(settings.state_dir / SPOOL_FILE)
+        self.results = ResultWriter(
+            lambda updates: store.write_results(pool, updates),
+            flush_interval=settings.result_flush_interval,
+            wait_clear=self.hot.wait_clear,
+            spool=self.spool,
+        )
+        self.sessions = SessionKeeper(
+            pool,
+            account_url=settings.aimharder_url,
+            refresh_age=settings.token_refresh_age,
+            keep_horizon=settings.session_keep_horizon,
+            wait_clear=self.hot.wait_clear,
+        )
+        self.metrics = Metrics()
+        self.engine = Engine(
+            EngineConfig.from_settings(settings),
+            pool=pool,
+            client=client,
+            results=self.results,
+            on_crash=self._on_crash,
+            hot=self.hot,
+            sessions=self.sessions,
+            metrics=self.metrics,
+        )
+        self.status_server: StatusServer | None = None
+        if settings.status_port:
+            self.status_server = StatusServer(
+                settings.status_host,
+                settings.status_port,
+                self.snapshot,
+                self.metrics,
+                wait_clear=self.hot.wait_clear,
+            )
+        self.listener = Listener(
+            dsn, on_notification=self.engine.on_notification, on_connected=self.engine.resync
+        )
+
+    def _on_crash(self, error: BaseException) -> None:
+        if not self._crashed.done():
+            self._crashed.set_result(error)
+
+    async def serve(self) -> int:
+        await self.sessions.start()
+        await self._start_status_server()
+        try:
+            return await self._serve()
+        finally:
+            if self.status_server is not None:
+                await self.status_server.stop()
+            await self.sessions.close()
+
+    async def _start_status_server(self) -> None:
+        if self.status_server is None:
+            return
+        try:
+            await self.status_server.start()
+        except OSError as exc:
+            # Bookings matter more than the status page: say so loudly and go on.
+            log.error(
+                "status_server_failed",
+                host=self.settings.status_host,
+                port=self.settings.status_port,
+                error=describe(exc),
+            )
+            self.status_server = None
+
+    async def _serve(self) -> int:
+        if not await self._recover_spool():
+            return await self.shutdown()
+        stop = self._tasks_stop
+        self._background.start(self.listener.run(stop), "listener")
+        self._background.start(self.results.run(stop), "result-writer")
+        self._background.start(self.engine.fetch_loop(stop), "row-fetcher")
+        self._background.start(self.engine.lease_loop(stop), "leases")
+        self._background.start(self._reconcile(), "reconcile")
+        self._background.start(self._watchdog(), "watchdog")
+        if self._embedded is not None:
+            self._background.start(self._keep_embedded_up(self._embedded), "embedded-postgres")
+        self._background.start(self.sessions.keep_alive(stop), "session-keeper")
+
+        await first_of(
+            self.listener.ready.wait(), self._signals.stop.wait(), wait_future(self._crashed)
+        )
+        if self.listener.ready.is_set() and not self._stopping():
+            self._notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            log.info(
+                "daemon_ready", armed=self.engine.armed_count, instance=self.settings.instance_name
+            )
+            while not self._stopping():
+                await first_of(
+                    self._signals.stop.wait(),
+                    self._signals.reload.wait(),
+                    wait_future(self._crashed),
+                )
+                if self._signals.reload.is_set() and not self._stopping():
+                    self._signals.reload.clear()
+                    await self.reload()
+        return await self.shutdown()
+
+    async def _recover_spool(self) -> bool:
+        """Write what an earlier run spooled before arming anything: a row whose result
+        is still only in the spool looks unsent in the table and would be sent again."""
+        recovered = self.results.recover(self.spool)
+        if not recovered:
+            return True
+        log.info("spool_recovered", results=recovered, path=str(self.spool.path))
+        backoff = 0.5
+        while not await self.results.flush():
+            await first_of(self._signals.stop.wait(), timeout=backoff)
+            if self._stopping():
+                return False
+            backoff = min(backoff * 2, 10.0)
+        log.info("spool_written", results=recovered)
+        return True
+
+    def _stopping(self) -> bool:
+        return self._signals.stop.is_set() or self._crashed.done()
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read settings (env file included), apply the live ones, resync."""
+        self._notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = read_settings()
+        except ConfigError as exc:
+            log.error("settings_reload_failed", error=describe(exc), action="kept the old settings")
+            new = self.settings
+        changed = changed_settings(self.settings, new)
+        live = sorted(changed & LIVE_SETTINGS)
+        need_restart = sorted(changed - LIVE_SETTINGS)
+        if live:
+            applied = {name: getattr(new, name) for name in live}
+            self.settings = self.settings.model_copy(update=applied)
+            configure_logging(self.settings.log_level, self.settings.log_format)
+            self.engine.reconfigure(EngineConfig.from_settings(self.settings))
+            self.results.flush_interval = self.settings.result_flush_interval
+            self.sessions.refresh_age = self.settings.token_refresh_age
+            self.sessions.keep_horizon = self.settings.session_keep_horizon
+        log.info("settings_reloaded", applied=live, need_restart=need_restart)
+        if need_restart:
+            log.warning("settings_need_restart", settings=need_restart)
+        try:
+            rows = await self.engine.resync()
+            log.info("resynced", rows=rows, armed=self.engine.armed_count)
+        except Exception as exc:
+            log.warning("resync_failed", error=describe(exc))
+        self._notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    async def shutdown(self) -> int:
+        exit_code = EXIT_CRASHED if self._crashed.done() else EXIT_OK
+        self._notifier.notify("STOPPING=1")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout
+        log.info(
+            "daemon_stopping",
+            in_flight=len(self.engine.firings),
+            deadline_s=self.settings.shutdown_timeout,
+        )
+        # One budget for the whole stop: requests in flight get it but for the time
+        # kept back to give claims back and write the last results. Closing the pools
+        # after it takes seconds at most: the sum stays below systemd's
+        # TimeoutStopSec (30 s) with the default 20 s.
+        kept_back = min(RELEASE_TIMEOUT + RESULTS_LAST_WRITE, self.settings.shutdown_timeout / 2)
+        unsent = await self.engine.shutdown(deadline - kept_back)
+        if unsent:
+            try:
+                released = await asyncio.wait_for(
+                    store.release_claims(self._pool, unsent, self.settings.instance_name),
+                    timeout=max(0.1, min(RELEASE_TIMEOUT, deadline - loop.time())),
+                )
+                log.info("claims_released", rows=released)
+            except Exception as exc:  # the lease expires by itself
+                log.warning("release_failed", rows=len(unsent), error=describe(exc))
+        self._tasks_stop.set()
+        written = await self.results.drain(max(deadline, loop.time() + 0.5))
+        await self._background.stop()
+        log.info(
+            "daemon_stopped",
+            results_written=self.results.written,
+            all_written=written,
+            spooled=self.results.spooled,
+        )
+        return exit_code
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything `prebookd status` and /metrics show."""
+        return {
+            "instance": self.settings.instance_name,
+            "started_at": dt.datetime.fromtimestamp(self._started_at, dt.UTC).isoformat(),
+            "listener_connected": self.listener.connected,
+            "listener_reconnects": self.listener.reconnects,
+            **self.engine.snapshot(),
+            "sessions_kept": self.sessions.refreshed,
+            "db_pool": {
+                "size": self._pool.get_size(),
+                "idle": self._pool.get_idle_size(),
+                "max": self._pool.get_max_size(),
+            },
+            "http_pool": {
+                "in_use": self._client.pool_in_use(),
+                "limit": self.settings.http_pool_limit,
+            },
+            "results_backlog": self.results.backlog,
+            "spooled": self.results.spooled,
+        }
+
+    def status_line(self) -> str:
+        """systemd's one-line STATUS=."""
+        nxt = self.engine.next_instant()
+        last = self.engine.last_firings[-1] if self.engine.last_firings else None
+        text = f"armed {self.engine.armed_count}"
+        text += ", next instant " + ("none" if nxt is None else iso_instant(nxt))
+        if last is not None and last["lateness_max_ms"] is not None:
+            text += f", last fired {last['count']} late by <= {last['lateness_max_ms']:.2f} ms"
+        return text
+
+    async def _reconcile(self) -> None:
+        """Full resync every reconcile_interval: the NOTIFY safety net."""
+        while not self._tasks_stop.is_set():
+            await first_of(self._tasks_stop.wait(), timeout=self.settings.reconcile_interval)
+            if self._tasks_stop.is_set() or not self.listener.connected:
+                continue  # the listener resyncs itself when it reconnects
+            try:
+                rows = await self.engine.resync()
+                log.debug("reconciled", rows=rows, armed=self.engine.armed_count)
+            except Exception as exc:
+                log.warning("reconcile_failed", error=describe(exc))
+            self._notifier.notify(f"STATUS={self.status_line()}")
+
+    async def _keep_embedded_up(self, embedded: EmbeddedPostgres) -> None:
+        """The embedded Postgres is this daemon's to keep: if it goes away (killed with
+        the cgroup of a command that started it first, say), start it again. Armed
+        rows fire from memory meanwhile; the listener reconnects and resyncs."""
+        while not self._tasks_stop.is_set():
+            await first_of(self._tasks_stop.wait(), timeout=EMBEDDED_CHECK_INTERVAL)
+            if self._tasks_stop.is_set() or await asyncio.to_thread(embedded.is_running):
+                continue
+            log.error("embedded_postgres_gone", data_dir=str(embedded.data_dir))
+            await self.hot.wait_clear()  # starting it takes a CPU-heavy second or two
+            try:
+                await asyncio.to_thread(embedded.start_again)
+            except EmbeddedPostgresError as exc:
+                log.error("embedded_postgres_start_failed", error=describe(exc))
+                continue  # tried again at the next check
+            log.info("embedded_postgres_started_again", data_dir=str(embedded.data_dir))
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: a blocked loop stops the pings."""
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if not self._notifier.enabled or usec <= 0:
+            await self._tasks_stop.wait()
+            return
+        interval = usec / 2_000_000
+        while not self._tasks_stop.is_set():
+            self._notifier.notify("WATCHDOG=1")
+            await first_of(self._tasks_stop.wait(), timeout=interval)

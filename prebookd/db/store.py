@@ -1,0 +1,302 @@
+"""Every SQL statement the daemon runs, as named functions. The rest never sees SQL.
+
+Claims follow the design's multi-instance rule: a row may be claimed when it is
+`pending`, or `loaded`/`executing` under this instance's lease or an expired one (its
+holder died). A holder renews its leases while it holds them. `FOR UPDATE SKIP
+LOCKED` keeps two instances from waiting on each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from prebookd.daemon.results import ResultUpdate
+
+T = TypeVar("T")
+
+# A statement that has not answered after this long is given up on, and its connection
+# closed (see _bounded).
+QUERY_TIMEOUT = 15.0
+Db = asyncpg.Connection | asyncpg.Pool
+
+
+async def _bounded(conn: asyncpg.Connection | PoolConnectionProxy, call: Awaitable[T]) -> T:
+    """`call` on `conn`, given up after QUERY_TIMEOUT. A statement given up on (timed
+    out, or cancelled by its caller: shutdown) closes its connection outright. The
+    connection may have gone silent (half-open TCP, a firewall dropping its packets),
+    and asyncpg would otherwise cancel the statement over a new connection, down the
+    same dead path, and hold the connection until that is done."""
+    try:
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            return await call
+    except (TimeoutError, asyncio.CancelledError):
+        conn.terminate()
+        raise
+
+
+async def _fetch(db: Db, query: str, *args: object) -> list[asyncpg.Record]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _bounded(conn, conn.fetch(query, *args))
+    return await db.fetch(query, *args)
+
+
+async def _execute(db: Db, query: str, *args: object) -> str:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _bounded(conn, conn.execute(query, *args))
+    return await db.execute(query, *args)
+
+
+def _clamped(column: str, alias: str | None = None) -> str:
+    """`column` kept within years 1900-9999 (NULL stays NULL). The web app may store
+    any timestamptz, but asyncpg cannot decode one past 9999 in UTC; an instant out
+    there is absurd anyway and fails as such."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE least(greatest({column}, "
+        f"'1900-01-01'::timestamptz), '9999-01-01'::timestamptz) END "
+        f"AS {alias or column.split('.')[-1]}"
+    )
+
+
+_ROW_STATE_COLUMNS = (
+    f"id, {_clamped('available_at')}, {_clamped('created_at')}, status, lease_owner, "
+    f"{_clamped('lease_expires_at')}"
+)
+
+# Rows this instance may claim: pending, or held under its own or a dead lease.
+_CLAIMABLE = """(status = 'pending'
+            OR (status IN ('loaded', 'executing')
+                AND (lease_owner = $1 OR lease_expires_at < now())))"""
+
+
+async def rows_to_schedule(
+    conn: Db, horizon_end: float, absurd_after: float
+) -> list[asyncpg.Record]:
+    """Rows to hold in memory: those opening before the horizon that are not final
+    (held by another instance too: watched, and taken over if it dies), plus broken
+    ones (no instant, or an absurd one) so that they can be failed with a reason."""
+    return list(
+        await _fetch(
+            conn,
+            f"""
+            SELECT {_ROW_STATE_COLUMNS} FROM prebookings
+            WHERE status IN ('pending', 'loaded', 'executing')
+              AND (available_at IS NULL OR available_at < $1 OR available_at > $2)
+            ORDER BY available_at NULLS FIRST, created_at, id
+            """,
+            _ts(horizon_end),
+            _ts(absurd_after),
+        )
+    )
+
+
+async def rows_by_id(conn: Db, ids: Sequence[UUID]) -> list[asyncpg.Record]:
+    return list(
+        await _fetch(
+            conn,
+            f"SELECT {_ROW_STATE_COLUMNS} FROM prebookings WHERE id = ANY($1::uuid[])",
+            list(ids),
+        )
+    )
+
+
+async def claim(
+    conn: Db,
+    ids: Sequence[UUID],
+    owner: str,
+    lease_seconds: float,
+) -> list[asyncpg.Record]:
+    """Take the lease on these rows and return them with their box and session.
+
+    Rows held by another live instance, or no longer pending, are simply absent
+    from the answer. The lease runs `lease_seconds`; the holder renews it."""
+    return list(
+        await _fetch(
+            conn,
+            f"""
+            WITH target AS (
+                SELECT id FROM prebookings
+                WHERE id = ANY($2::uuid[]) AND {_CLAIMABLE}
+                FOR UPDATE SKIP LOCKED
+            ), claimed AS (
+                UPDATE prebookings p
+                   SET status = 'loaded', loaded_at = now(), lease_owner = $1,
+                       lease_expires_at = now() + make_interval(secs => $3)
+                  FROM target
+                 WHERE p.id = target.id
+             RETURNING p.id, p.user_email, p.box_id, p.booking_data,
+                       {_clamped("p.available_at")}, {_clamped("p.created_at")}, p.attempts
+            )
+            SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
+                   s.found IS NOT NULL AS session_found, s.aimharder_cookies,
+                   s.session_id, s.aimharder_token, s.fingerprint,
+                   {_clamped("s.last_token_update_date")}
+              FROM claimed c
+              LEFT JOIN boxes b ON b.id = c.box_id
+              LEFT JOIN LATERAL (
+                   SELECT true AS found, a.aimharder_cookies, a.id AS session_id,
+                          a.aimharder_token, a.fingerprint, a.last_token_update_date
+                     FROM auth_sessions a
+                    WHERE a.user_email = c.user_email AND a.session_type = 'background'
+                    ORDER BY a.updated_at DESC NULLS LAST
+                    LIMIT 1) s ON true
+             ORDER BY c.available_at, c.created_at, c.id
+            """,
+            owner,
+            list(ids),
+            lease_seconds,
+        )
+    )
+
+
+async def renew_leases(
+    conn: Db,
+    ids: Sequence[UUID],
+    owner: str,
+    lease_seconds: float,
+) -> set[UUID]:
+    """Extend the leases this instance still holds; returns the ids it still holds."""
+    records = await _fetch(
+        conn,
+        """
+        UPDATE prebookings
+           SET lease_expires_at = now() + make_interval(secs => $3)
+         WHERE id = ANY($1::uuid[]) AND lease_owner = $2
+           AND status IN ('loaded', 'executing')
+     RETURNING id
+        """,
+        list(ids),
+        owner,
+        lease_seconds,
+    )
+    return {record["id"] for record in records}
+
+
+async def release_claims(conn: Db, ids: Sequence[UUID], owner: str) -> int:
+    """Give back rows claimed but not sent (shutdown, withdrawn): pending again."""
+    result = await _execute(
+        conn,
+        """
+        UPDATE prebookings
+           SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = ANY($1::uuid[]) AND status = 'loaded' AND lease_owner = $2
+        """,
+        list(ids),
+        owner,
+    )
+    return int(result.split()[-1])
+
+
+async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
+    """Write a batch of outcomes in one statement.
+
+    A final row (completed/failed) is never rewritten. A row cancelled while its
+    request was already on the wire still gets the truth recorded."""
+    if not updates:
+        return
+    await _execute(
+        conn,
+        """
+        UPDATE prebookings p
+           SET status        = u.status,
+               outcome       = coalesce(u.outcome, p.outcome),
+               error_message = coalesce(u.error_message, p.error_message),
+               result        = coalesce(u.result::jsonb, p.result),
+               written_at    = coalesce(u.written_at, p.written_at),
+               lateness_ms   = coalesce(u.lateness_ms, p.lateness_ms),
+               attempts      = greatest(coalesce(u.attempts, 0), p.attempts),
+               executed_at   = coalesce(u.executed_at, p.executed_at),
+               fired_by      = coalesce(u.fired_by, p.fired_by)
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                      $6::timestamptz[], $7::float8[], $8::int[], $9::timestamptz[],
+                      $10::text[])
+               AS u(id, status, outcome, error_message, result, written_at, lateness_ms,
+                    attempts, executed_at, fired_by)
+         WHERE p.id = u.id
+           AND (p.status IN ('pending', 'loaded', 'executing')
+                OR (p.status = 'cancelled' AND u.written_at IS NOT NULL))
+        """,
+        [u.id for u in updates],
+        [u.status for u in updates],
+        [u.outcome for u in updates],
+        [u.error_message for u in updates],
+        [None if u.result is None else json.dumps(u.result) for u in updates],
+        [_ts(u.written_at) for u in updates],
+        [u.lateness_ms for u in updates],
+        [u.attempts for u in updates],
+        [_ts(u.executed_at) for u in updates],
+        [u.fired_by for u in updates],
+    )
+
+
+async def sessions_to_keep(
+    conn: Db, horizon_end: float, stale_before: float
+) -> list[asyncpg.Record]:
+    """Background sessions of members with a prebooking opening before `horizon_end`
+    whose token was last refreshed before `stale_before` (or never)."""
+    return list(
+        await _fetch(
+            conn,
+            f"""
+            SELECT a.id AS session_id, a.user_email, a.aimharder_token, a.fingerprint,
+                   a.aimharder_cookies, {_clamped("a.last_token_update_date")}
+              FROM auth_sessions a
+             WHERE a.session_type = 'background'
+               AND a.aimharder_token IS NOT NULL
+               AND (a.last_token_update_date IS NULL OR a.last_token_update_date < $2)
+               AND EXISTS (SELECT 1 FROM prebookings p
+                            WHERE p.user_email = a.user_email
+                              AND p.status IN ('pending', 'loaded')
+                              AND p.available_at < $1)
+            """,
+            _ts(horizon_end),
+            _ts(stale_before),
+        )
+    )
+
+
+async def save_session_refresh(
+    conn: Db,
+    session_id: UUID,
+    token: str,
+    cookies: list[dict[str, str]],
+) -> None:
+    await _execute(
+        conn,
+        """
+        UPDATE auth_sessions
+           SET aimharder_token = $2, aimharder_cookies = $3,
+               last_token_update_date = now(),
+               token_update_count = coalesce(token_update_count, 0) + 1,
+               last_token_update_error = NULL, updated_at = now()
+         WHERE id = $1
+        """,
+        session_id,
+        token,
+        cookies,  # the pool's jsonb codec encodes it
+    )
+
+
+async def record_session_error(conn: Db, session_id: UUID, error: str) -> None:
+    await _execute(
+        conn,
+        """
+        UPDATE auth_sessions SET last_token_update_error = $2, updated_at = now()
+         WHERE id = $1
+        """,
+        session_id,
+        error[:500],
+    )
+
+
+def _ts(epoch: float | None) -> dt.datetime | None:
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC)

@@ -1,0 +1,140 @@
+"""Control routes (/_sim/...) for tests and benchmarks that run the simulator in another
+process. The same models validate `prebookd simulate --config`, so both accept the
+same fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prebookd.sim.model import Answer, Call, Faults, Reservation, Route, SimClass
+from prebookd.sim.state import SimState
+
+CONTROL_PREFIX = "/_sim"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
+_S = TypeVar("_S", bound=_Spec)
+
+
+class BoxSpec(_Spec):
+    subdomain: str = Field(min_length=1)
+    box_id: str = ""
+    name: str = ""
+    daily_limit: int | None = Field(default=None, ge=0)
+    late_cancel_window: float = Field(default=0.0, ge=0)
+
+
+class ClassSpec(_Spec):
+    box: str = Field(min_length=1)
+    session_id: str = Field(min_length=1)
+    day: str = Field(pattern=r"^\d{8}$")
+    capacity: int | None = Field(default=None, ge=0)  # None: the simulator's default
+    opens_at: float | None = None  # epoch seconds; None: the simulator's default
+    name: str = "WOD"
+    time: str = "07:00 - 08:00"
+    waitlist_capacity: int | None = Field(default=None, ge=0)  # None: the simulator's default
+    starts_at: float | None = None  # epoch seconds
+    class_id: int = 1
+    coach: str = ""
+
+
+class MemberSpec(_Spec):
+    email: str = Field(min_length=1)
+    auth_cookie: str | None = Field(default=None, min_length=1)  # None: a random one
+    token: str | None = Field(default=None, min_length=1)
+    password: str | None = None
+    issued_at: float | None = None  # epoch seconds; None: now
+    name: str | None = None
+    no_credits: bool = False
+
+
+class FaultsSpec(_Spec):
+    box: str = Field(min_length=1)
+    latency: float = Field(default=0.0, ge=0)
+    jitter: float = Field(default=0.0, ge=0)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    html_rate: float = Field(default=0.0, ge=0, le=1)
+    forbidden: bool = False
+    reset_rate: float = Field(default=0.0, ge=0, le=1)
+    truncated_rate: float = Field(default=0.0, ge=0, le=1)
+    slow_body: float = Field(default=0.0, ge=0, le=1)
+    slow_body_seconds: float = Field(default=30.0, ge=0)
+
+
+def apply_box(sim: SimState, spec: BoxSpec) -> None:
+    sim.add_box(**spec.model_dump())
+
+
+def apply_class(sim: SimState, spec: ClassSpec) -> SimClass:
+    cls = SimClass(
+        **spec.model_dump(exclude={"box", "capacity", "opens_at", "waitlist_capacity"}),
+        capacity=sim.default_capacity if spec.capacity is None else spec.capacity,
+        opens_at=sim.default_opens_at if spec.opens_at is None else spec.opens_at,
+        waitlist_capacity=(
+            sim.default_waitlist_capacity
+            if spec.waitlist_capacity is None
+            else spec.waitlist_capacity
+        ),
+    )
+    sim.add_class(spec.box, cls)
+    return cls
+
+
+def apply_member(sim: SimState, spec: MemberSpec) -> None:
+    fields = spec.model_dump(exclude={"email", "auth_cookie"})
+    sim.add_member(spec.email, spec.auth_cookie or secrets.token_hex(24), **fields)
+
+
+def apply_faults(sim: SimState, spec: FaultsSpec) -> None:
+    sim.set_faults(spec.box, Faults(**spec.model_dump(exclude={"box"})))
+
+
+async def _get_requests(sim: SimState, call: Call) -> Answer:
+    return Answer([dataclasses.asdict(r) for r in sim.requests])
+
+
+async def _get_bookings(sim: SimState, call: Call) -> Answer:
+    return Answer({name: _emails(sim.box(name).booked) for name in sim.boxes})
+
+
+async def _get_waitlists(sim: SimState, call: Call) -> Answer:
+    return Answer({name: _emails(sim.box(name).waiting) for name in sim.boxes})
+
+
+def _emails(held: dict[str, list[Reservation]]) -> dict[str, list[str]]:
+    return {session_id: [r.email for r in queue] for session_id, queue in held.items()}
+
+
+async def _reset(sim: SimState, call: Call) -> Answer:
+    sim.reset()
+    return Answer({"ok": True})
+
+
+def _setup_route(spec_type: type[_S], apply: Callable[[SimState, _S], object]) -> Route:
+    """A control route that validates a JSON body as `spec_type` and applies it."""
+
+    async def route(sim: SimState, call: Call) -> Answer:
+        apply(sim, spec_type.model_validate_json(call.body))
+        return Answer({"ok": True})
+
+    return route
+
+
+CONTROL_ROUTES: dict[tuple[str, str], Route] = {
+    ("GET", f"{CONTROL_PREFIX}/requests"): _get_requests,
+    ("GET", f"{CONTROL_PREFIX}/bookings"): _get_bookings,
+    ("GET", f"{CONTROL_PREFIX}/waitlists"): _get_waitlists,
+    ("POST", f"{CONTROL_PREFIX}/reset"): _reset,
+    ("POST", f"{CONTROL_PREFIX}/boxes"): _setup_route(BoxSpec, apply_box),
+    ("POST", f"{CONTROL_PREFIX}/classes"): _setup_route(ClassSpec, apply_class),
+    ("POST", f"{CONTROL_PREFIX}/members"): _setup_route(MemberSpec, apply_member),
+    ("POST", f"{CONTROL_PREFIX}/faults"): _setup_route(FaultsSpec, apply_faults),
+}

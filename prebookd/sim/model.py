@@ -1,0 +1,238 @@
+"""The simulator's data: classes, members, credentials, reservations, boxes, faults, and
+the answers of shared/AIMHARDER.md. No I/O here; see prebookd/simulator.py."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from prebookd.sim.state import SimState
+
+AUTH_COOKIE = "amhrdrauth"
+# `clasesContratadas` names the classes of the member's plan, not the class booked;
+# every simulated member has the same plan.
+CONTRACTED = "WOD"
+
+dumps = functools.partial(json.dumps, ensure_ascii=False)
+
+
+@dataclass
+class SimClass:
+    """One class session of a box."""
+
+    session_id: str
+    day: str  # YYYYMMDD
+    capacity: int
+    opens_at: float  # epoch seconds: booking opens at this instant
+    name: str = "WOD"
+    time: str = "07:00 - 08:00"
+    waitlist_capacity: int = 0  # places on the waiting list once the class is full
+    starts_at: float | None = None  # epoch seconds; None: no late-cancel window applies
+    class_id: int = 1  # the class *type* (bookings[].classId), shared by its sessions
+    coach: str = ""
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    seq: int  # 0, 1, 2... in the order requests were answered (= arrival order, see _handle)
+    arrived_at: float  # time.time() when the request's first byte arrived
+    handled_at: float  # time.time() at handler entry
+    box: str  # subdomain; "" for the account site (login, tokenUpdate, whoami)
+    method: str
+    path: str  # e.g. "/api/book", without the box prefix
+    email: str | None  # member resolved from the cookie, token or login; None if unknown
+    session_id: str | None
+    day: str | None
+    answer: dict[str, Any]  # the JSON body answered; {} when a fault answered instead
+    fault: str | None = None  # the fault injected (see Faults), None for a normal answer
+    status: int = 200  # HTTP status answered; 0 when the connection was reset
+    connection_opened_at: float | None = None  # when the request's connection was accepted
+    connection_served: int = 0  # requests that connection carried before this one
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What goes wrong on one box's endpoints. Rates are fractions of requests, drawn
+    from the simulator's seeded random generator; at most one fault per request.
+
+    forbidden, error, html and reset answer in front of the application (a load
+    balancer, a WAF): the request is not processed, nothing is booked. truncated,
+    slow_body, garbage, wrong_type and endless mangle the answer on its way back: the
+    request *was* processed, so a client that gives up on them may have booked
+    without knowing it.
+    """
+
+    latency: float = 0.0  # seconds added before every answer (the decision is not delayed)
+    jitter: float = 0.0  # plus up to this many seconds, drawn uniformly
+    error_rate: float = 0.0  # HTTP 5xx with an HTML body
+    html_rate: float = 0.0  # HTTP 200 with an HTML page instead of JSON
+    forbidden: bool = False  # HTTP 403 for everything (AimHarder's answer to foreign IPs)
+    reset_rate: float = 0.0  # the connection is closed without an answer
+    truncated_rate: float = 0.0  # HTTP 200, JSON cut short (Content-Length matches the cut)
+    slow_body: float = 0.0  # the answer's body trickles out over slow_body_seconds
+    slow_body_seconds: float = 30.0
+    garbage_rate: float = 0.0  # HTTP 200 "application/json", random bytes (never UTF-8)
+    # HTTP 200 "text/plain", valid JSON of the wrong shape: the answer in a list, its
+    # bookState alone, the answer encoded twice (a JSON string), null, true, or a list
+    # nested thousands deep
+    wrong_type_rate: float = 0.0
+    # HTTP 200, a chunked JSON body that never ends: a chunk every
+    # endless_chunk_interval (0: as fast as the client reads) until the client gives
+    # up, or endless_seconds have passed
+    endless_rate: float = 0.0
+    endless_chunk_interval: float = 0.01
+    endless_seconds: float = 60.0
+
+    RATES = (
+        "error_rate",
+        "html_rate",
+        "reset_rate",
+        "truncated_rate",
+        "slow_body",
+        "garbage_rate",
+        "wrong_type_rate",
+        "endless_rate",
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "forbidden" and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{f.name} must be a finite number >= 0, not {value!r}")
+        if sum(getattr(self, name) for name in self.RATES) > 1.0 + 1e-9:
+            raise ValueError(f"the fault rates ({', '.join(self.RATES)}) add up to more than 1")
+
+
+@dataclass(frozen=True)
+class Credential:
+    """An auth cookie or a refresh token: whose, and since when."""
+
+    email: str
+    issued_at: float
+    fingerprint: str | None = None  # recorded, not checked: what AimHarder checks is unknown
+
+
+@dataclass
+class Member:
+    email: str
+    name: str
+    password: str | None = None  # None: this member cannot log in
+    no_credits: bool = False
+    failed_logins: int = 0  # consecutive, reset by a successful login or when a lock ends
+    locked_until: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reservation:
+    idres: str
+    session_id: str
+    day: str
+    email: str
+
+
+@dataclass
+class Box:
+    subdomain: str
+    box_id: str
+    name: str
+    daily_limit: int | None = None  # bookings (and waits) per member per day; None: no limit
+    late_cancel_window: float = 0.0  # seconds before starts_at when cancelling costs the credit
+    classes: dict[str, SimClass] = field(default_factory=dict)
+    # session id -> reservations, in the order places were given / the queue formed
+    booked: dict[str, list[Reservation]] = field(default_factory=dict)
+    waiting: dict[str, list[Reservation]] = field(default_factory=dict)
+    # Indexes over booked + waiting, so a burst of N bookings stays O(N).
+    by_idres: dict[str, Reservation] = field(default_factory=dict)
+    by_member: dict[tuple[str, str], Reservation] = field(default_factory=dict)
+    per_day: Counter[tuple[str, str]] = field(default_factory=Counter)  # (email, day)
+    faults: Faults = Faults()
+    rng: random.Random = field(default_factory=random.Random)
+
+    def hold(self, res: Reservation, *, waiting: bool) -> None:
+        (self.waiting if waiting else self.booked).setdefault(res.session_id, []).append(res)
+        self.by_idres[res.idres] = res
+        self.by_member[(res.session_id, res.email)] = res
+        self.per_day[(res.email, res.day)] += 1
+
+    def release(self, res: Reservation) -> None:
+        for queue in (self.booked, self.waiting):
+            held = queue.get(res.session_id, [])
+            if res in held:
+                held.remove(res)
+        del self.by_idres[res.idres]
+        del self.by_member[(res.session_id, res.email)]
+        self.per_day[(res.email, res.day)] -= 1
+
+    def is_waiting(self, res: Reservation) -> bool:
+        return res in self.waiting.get(res.session_id, [])
+
+    def clear_reservations(self) -> None:
+        for index in (self.booked, self.waiting, self.by_idres, self.by_member, self.per_day):
+            index.clear()
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a route gets: the request as read, plus where the simulator stands."""
+
+    request: web.BaseRequest
+    arrived_at: float
+    now: float  # the handler's clock: ages and locks are judged by it
+    body: bytes
+    box: Box | None  # None for routes outside any box (account site, control)
+
+
+@dataclass(frozen=True)
+class Answer:
+    payload: Any
+    status: int = 200
+    cookies: dict[str, str] = field(default_factory=dict)  # Set-Cookie name -> value
+    # What to record besides the answer; control endpoints are not recorded at all.
+    email: str | None = None
+    session_id: str | None = None
+    day: str | None = None
+
+
+Route = Callable[["SimState", Call], Awaitable[Answer]]
+
+
+def one_line_error(exc: Exception) -> str:
+    """A validation or lookup error as one line, for a 400 answer or a UsageError."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+    return str(exc.args[0]) if exc.args else type(exc).__name__
+
+
+# --- answers (shared/AIMHARDER.md) --------------------------------------------------
+
+
+def refused(book_state: int, lang: str, message: str) -> dict[str, Any]:
+    return {"clasesContratadas": CONTRACTED, "bookState": book_state, "errorMssg": message,
+            "errorMssgLang": lang}  # fmt: skip
+
+
+NOT_OPEN = refused(
+    -12, "ERROR_ANTELACION_CLIENTE", "No puedes reservar clases con más de 4 días de antelación"
+)
+ALREADY_BOOKED = refused(
+    -12, "NOPUEDESRESERVAMISMAHORA", "No puedes reservar dos clases a la misma hora"
+)
+# Invented, like the -1 and -2 texts: what AimHarder answers to a booking without `id`
+# or `day` is not known, and only bookState matters for -1 and -2.
+BAD_PARAMETERS = refused(-12, "ERROR_PARAMETROS", "Faltan parámetros de la reserva")
+FULL = refused(-1, "ERROR_CLASE_LLENA", "No quedan plazas libres en esta clase")
+NO_CREDITS = refused(-2, "ERROR_SIN_CREDITOS", "No te quedan créditos para esta clase")
+BOOKED = {"clasesContratadas": CONTRACTED, "hasPublicMemberships": 1, "bookState": 1}
+LOGOUT = {"logout": 1}

@@ -1,0 +1,267 @@
+"""An AimHarder simulator: the server that tests, the demo and the benchmarks run against.
+
+It speaks shared/AIMHARDER.md on one port and records every request with the instant
+its first byte arrived:
+
+- the account site at the root: `POST /api/login`, `GET /setrefresh`,
+  `POST /api/tokenUpdate`, `GET /api/whoami` (prebookd/sim_account.py), so the
+  account base URL is the simulator's base URL;
+- many boxes, each under `{base}/{subdomain}`: `GET .../api/bookings`,
+  `POST .../api/book`, `POST .../api/cancelBook` (prebookd/sim_box.py), with
+  per-box fault injection (prebookd/sim_faults.py);
+- `/_sim/...` for a test in another process to set it up and read what it saw
+  (prebookd/sim_control.py).
+
+State and decisions live in `SimState` (prebookd/sim_state.py), which `Simulator`
+extends with the HTTP server. Built on aiohttp's low-level server (no
+`web.Application`) with route tables keyed by (method, path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web, web_protocol
+from pydantic import ValidationError
+
+from prebookd.sim.account import ACCOUNT_ROUTES
+from prebookd.sim.box import BOX_ROUTES
+from prebookd.sim.control import (
+    CONTROL_PREFIX,
+    CONTROL_ROUTES,
+    BoxSpec,
+    ClassSpec,
+    FaultsSpec,
+    MemberSpec,
+    apply_box,
+    apply_class,
+    apply_faults,
+    apply_member,
+)
+from prebookd.sim.faults import (
+    IN_FRONT,
+    MANGLED,
+    draw_delay,
+    draw_fault,
+    draw_variant,
+    front_answer,
+    mangled_answer,
+    set_cookies,
+)
+from prebookd.sim.model import (
+    AUTH_COOKIE,
+    CONTRACTED,
+    Answer,
+    Call,
+    Faults,
+    RecordedRequest,
+    Route,
+    SimClass,
+    dumps,
+    one_line_error,
+)
+from prebookd.sim.state import SimState
+
+__all__ = [
+    "ACCOUNT_SITE",
+    "AUTH_COOKIE",
+    "CONTRACTED",
+    "CONTROL_PREFIX",
+    "BoxSpec",
+    "ClassSpec",
+    "Faults",
+    "FaultsSpec",
+    "MemberSpec",
+    "RecordedRequest",
+    "SimClass",
+    "Simulator",
+    "apply_box",
+    "apply_class",
+    "apply_faults",
+    "apply_member",
+    "one_line_error",
+]
+
+ACCOUNT_SITE = ""  # RecordedRequest.box of the account site's requests
+
+
+# --- arrival stamping ---------------------------------------------------------------
+#
+# The simulator handles a burst one request at a time, so the time a handler starts
+# includes its queueing behind every request before it (a burst written within 1 ms
+# read as 26 ms late at the handler). The honest arrival time is when the bytes reach
+# the protocol, before any parsing or scheduling, so the protocol stamps it there.
+
+
+class _StampingRequestHandler(web_protocol.RequestHandler):
+    __slots__ = ("connected_at", "first_byte_at", "served")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first_byte_at: float | None = None
+        # The connection log: when this connection was accepted, and how many requests
+        # it carried before the current one (a warm connection has carried some, or was
+        # opened well before its first request).
+        self.connected_at: float | None = None
+        self.served = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connected_at = time.time()
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        # Clients do not pipeline: once the handler has read a request's body and
+        # cleared the stamp, the next bytes on this connection start the next request.
+        if self.first_byte_at is None:
+            self.first_byte_at = time.time()
+        super().data_received(data)
+
+
+class _StampingServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _StampingRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Simulator(SimState):
+    """Boxes, their classes and members, served over HTTP; see the module docstring.
+
+    Settings (all keyword arguments, see SimState): default_capacity,
+    default_opens_at, default_waitlist_capacity, session_max_age, token_max_age,
+    max_login_failures, login_lock_time, seed.
+    """
+
+    _runner: web.ServerRunner | None = None
+    _base: str = ""
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen and return the base URL, e.g. "http://127.0.0.1:PORT"."""
+        if self._runner is not None:
+            raise RuntimeError("simulator already started")
+        server = _StampingServer(self._handle, access_log=None)
+        # A short shutdown timeout: stop() must not wait on clients' idle keep-alives
+        # (nor on a slow_body answer still trickling out).
+        runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self._base = f"http://{bound_host}:{bound_port}"
+        return self._base
+
+    @property
+    def base_url(self) -> str:
+        """The account site's base URL (PREBOOKD_AIMHARDER_URL) and the boxes' prefix."""
+        if not self._base:
+            raise RuntimeError("simulator not started")
+        return self._base
+
+    def box_url(self, subdomain: str) -> str:
+        """What goes in `boxes.base_url` for this box."""
+        return f"{self.base_url}/{subdomain}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Both instants are kept: arrived_at is what the client is judged by, and
+        # handled_at - arrived_at is this server's own queueing, so a benchmark can tell
+        # a late client from a busy simulator.
+        handled_at = time.time()
+        protocol = request.protocol
+        stamped = getattr(protocol, "first_byte_at", None)
+        arrived_at = stamped if stamped is not None else handled_at
+        body = await request.read()
+        if isinstance(protocol, _StampingRequestHandler):
+            protocol.first_byte_at = None  # read in full: the next bytes are the next request
+
+        # Dispatch on (method, path): control and account-site endpoints by full path,
+        # box endpoints by the path after the box prefix.
+        path = request.path
+        if path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/"):
+            route = CONTROL_ROUTES.get((request.method, path))
+            call = Call(request, arrived_at, handled_at, body, None)
+            return _respond(await self._run(route, call, "endpoint"))  # not recorded
+        account_route = ACCOUNT_ROUTES.get((request.method, path))
+        if account_route is not None:
+            subdomain, route_path, box, route = ACCOUNT_SITE, path, None, account_route
+        else:
+            subdomain, _, rest = path.lstrip("/").partition("/")
+            route_path = "/" + rest
+            box = self.find_box(subdomain)
+            route = BOX_ROUTES.get((request.method, route_path)) if box else None
+        call = Call(request, arrived_at, handled_at, body, box)
+
+        # Faults are drawn before anything can yield, so draws follow handling order.
+        fault = draw_fault(box.faults, box.rng) if box else None
+        delay = draw_delay(box.faults, box.rng) if box else 0.0
+        variant = draw_variant(fault, box.rng) if box else 0
+        if box is not None and fault in IN_FRONT:
+            response, status = front_answer(request, fault, box.rng)
+            self._record(call, subdomain, route_path, Answer({}, status=status), fault)
+            await _hold(delay)
+            return response
+        answer = await self._run(route, call, "endpoint" if box or account_route else "box")
+        # Handlers start in the order requests arrived (one process, FIFO scheduling)
+        # and nothing from reading the body to here yields when the body came with the
+        # headers, so seq and the places given follow arrival order. Latency is added
+        # after the decision for the same reason: it delays answers, not arrivals.
+        self._record(call, subdomain, route_path, answer, fault)
+        await _hold(delay)
+        if box is not None and fault in MANGLED:
+            return await mangled_answer(request, fault, answer, box.faults, variant)
+        return _respond(answer)
+
+    async def _run(self, route: Route | None, call: Call, unknown: str) -> Answer:
+        if route is None:
+            request = call.request
+            return Answer(
+                {"error": f"unknown {unknown}: {request.method} {request.path}"}, status=404
+            )
+        try:
+            return await route(self, call)
+        except (ValidationError, ValueError, KeyError) as exc:
+            return Answer({"error": one_line_error(exc)}, status=400)
+
+    def _record(self, call: Call, box: str, path: str, answer: Answer, fault: str | None) -> None:
+        protocol = call.request.protocol
+        connected_at = getattr(protocol, "connected_at", None)
+        served = getattr(protocol, "served", 0)
+        if isinstance(protocol, _StampingRequestHandler):
+            protocol.served += 1
+        self.requests.append(
+            RecordedRequest(
+                seq=len(self.requests),
+                arrived_at=call.arrived_at,
+                handled_at=call.now,
+                box=box,
+                method=call.request.method,
+                path=path,
+                email=answer.email,
+                session_id=answer.session_id,
+                day=answer.day,
+                answer=dict(answer.payload),  # a copy: not the shared constants
+                fault=fault,
+                status=answer.status,
+                connection_opened_at=connected_at,
+                connection_served=served,
+            )
+        )
+
+
+def _respond(answer: Answer) -> web.Response:
+    response = web.json_response(answer.payload, status=answer.status, dumps=dumps)
+    set_cookies(response, answer.cookies)
+    return response
+
+
+async def _hold(delay: float) -> None:
+    if delay > 0:
+        await asyncio.sleep(delay)

@@ -1,0 +1,220 @@
+"""What the simulator knows and decides: boxes, members, sessions, logins. No I/O.
+
+Every decision that depends on time takes `now`, so the HTTP layer passes its clock
+and a test can age a session by backdating `issued_at` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+import secrets
+import time
+
+from prebookd.sim.model import Box, Credential, Faults, Member, RecordedRequest, SimClass
+
+# Paths the account site serves at the root of the port; a box cannot be named after
+# their first segment, or its URLs would be ambiguous.
+RESERVED_SUBDOMAINS = frozenset({"_sim", "api", "setrefresh"})
+
+
+class LoginOutcome(enum.Enum):
+    OK = "ok"
+    WRONG = "wrong"  # unknown e-mail or wrong password
+    LOCKED = "locked"  # too many failures: refused even with the right password
+
+
+class SimState:
+    """Boxes, their classes and members, and the sessions the account site issued."""
+
+    def __init__(
+        self,
+        *,
+        default_capacity: int = 20,
+        default_opens_at: float = 0.0,
+        default_waitlist_capacity: int = 0,
+        session_max_age: float | None = None,
+        token_max_age: float | None = None,
+        max_login_failures: int = 5,
+        login_lock_time: float = 900.0,
+        seed: int = 0,
+    ) -> None:
+        self.default_capacity = default_capacity
+        self.default_opens_at = default_opens_at
+        self.default_waitlist_capacity = default_waitlist_capacity
+        self.session_max_age = session_max_age  # seconds a cookie works; None: forever
+        self.token_max_age = token_max_age  # seconds a refresh token can be used; None: forever
+        self.max_login_failures = max_login_failures
+        self.login_lock_time = login_lock_time
+        self.seed = seed
+        self.requests: list[RecordedRequest] = []
+        self._boxes: dict[str, Box] = {}
+        self._members: dict[str, Member] = {}  # e-mail -> member
+        self._cookies: dict[str, Credential] = {}  # amhrdrauth value -> whose, since when
+        self._tokens: dict[str, Credential] = {}  # refresh token -> whose, since when
+        self._reservation_ids = itertools.count(90_000_001)
+
+    # --- setup ----------------------------------------------------------------------
+
+    def add_box(
+        self,
+        subdomain: str,
+        box_id: str = "",
+        name: str = "",
+        *,
+        daily_limit: int | None = None,
+        late_cancel_window: float = 0.0,
+    ) -> None:
+        """Serve a box under `{base}/{subdomain}`. Adding it again replaces its settings
+        (id, name, limits); its classes, bookings and faults are kept."""
+        if not subdomain or "/" in subdomain or subdomain in RESERVED_SUBDOMAINS:
+            raise ValueError(f"invalid box subdomain: {subdomain!r}")
+        box = self._boxes.get(subdomain)
+        if box is None:
+            box = self._boxes[subdomain] = Box(subdomain, box_id, name or subdomain)
+            box.rng = self._rng_for(subdomain)
+        box.box_id, box.name = box_id, name or subdomain
+        box.daily_limit, box.late_cancel_window = daily_limit, late_cancel_window
+
+    def add_class(self, subdomain: str, cls: SimClass) -> None:
+        """Add or replace a class of a known box; bookings made so far are kept."""
+        self.box(subdomain).classes[cls.session_id] = cls
+
+    def add_member(
+        self,
+        email: str,
+        auth_cookie: str,
+        *,
+        token: str | None = None,
+        password: str | None = None,
+        issued_at: float | None = None,
+        name: str | None = None,
+        no_credits: bool = False,
+    ) -> None:
+        """A member whose `amhrdrauth` cookie is `auth_cookie` and whose refresh token is
+        `token` (default `refresh-{auth_cookie}`), both issued at `issued_at` (default now).
+        `password` lets the member log in. Adding the same e-mail again adds a cookie and
+        updates the rest (a None password or name keeps the one set before)."""
+        issued = Credential(email, time.time() if issued_at is None else issued_at)
+        member = self._members.get(email)
+        if member is None:
+            member = self._members[email] = Member(email, name or email.split("@")[0])
+        member.name = name or member.name
+        member.password = password if password is not None else member.password
+        member.no_credits = no_credits
+        self._cookies[auth_cookie] = issued
+        self._tokens[token if token is not None else f"refresh-{auth_cookie}"] = issued
+
+    def set_faults(self, subdomain: str, faults: Faults) -> None:
+        """Inject `faults` on a box's endpoints (Faults() for none). The box's random
+        sequence restarts from the seed, so the same requests meet the same faults."""
+        box = self.box(subdomain)
+        box.faults = faults
+        box.rng = self._rng_for(subdomain)
+
+    def _rng_for(self, subdomain: str) -> random.Random:
+        # One sequence per box: traffic to one box does not shift another's faults.
+        return random.Random(f"{self.seed}:{subdomain}")
+
+    # --- reading --------------------------------------------------------------------
+
+    @property
+    def boxes(self) -> list[str]:
+        return list(self._boxes)
+
+    @property
+    def members(self) -> list[str]:
+        return sorted(self._members)
+
+    def bookings(self, subdomain: str, session_id: str) -> list[str]:
+        """Emails booked in a class, in the order places were given."""
+        return [r.email for r in self.box(subdomain).booked.get(session_id, [])]
+
+    def waitlist(self, subdomain: str, session_id: str) -> list[str]:
+        """Emails on a class's waiting list, first to be promoted first."""
+        return [r.email for r in self.box(subdomain).waiting.get(session_id, [])]
+
+    def reservation_id(self, subdomain: str, session_id: str, email: str) -> str | None:
+        """The `idres` of a member's place or wait in a class, None if they hold none."""
+        res = self.box(subdomain).by_member.get((session_id, email))
+        return res.idres if res else None
+
+    def reset(self) -> None:
+        """Forget recorded requests, bookings, waiting lists and login failures, and
+        restart every box's fault sequence; boxes, classes, members, sessions and fault
+        settings stay."""
+        self.requests.clear()
+        for box in self._boxes.values():
+            box.clear_reservations()
+            box.rng = self._rng_for(box.subdomain)
+        for member in self._members.values():
+            member.failed_logins, member.locked_until = 0, 0.0
+
+    def box(self, subdomain: str) -> Box:
+        try:
+            return self._boxes[subdomain]
+        except KeyError:
+            raise KeyError(f"unknown box {subdomain!r}") from None
+
+    def find_box(self, subdomain: str) -> Box | None:
+        return self._boxes.get(subdomain)
+
+    def member(self, email: str) -> Member | None:
+        return self._members.get(email)
+
+    def next_reservation_id(self) -> str:
+        return str(next(self._reservation_ids))
+
+    # --- sessions -------------------------------------------------------------------
+
+    def member_for_cookie(self, cookie: str | None, now: float) -> Member | None:
+        """The member an `amhrdrauth` value logs in, None if unknown or too old."""
+        issued = self._cookies.get(cookie or "")
+        if issued is None or _expired(issued, self.session_max_age, now):
+            return None
+        return self._members.get(issued.email)
+
+    def member_for_token(self, token: str) -> Member | None:
+        """Whose refresh token this is, however old (for recording who asked)."""
+        issued = self._tokens.get(token)
+        return self._members.get(issued.email) if issued else None
+
+    def login(self, username: str, password: str, now: float) -> tuple[LoginOutcome, Member | None]:
+        """Check credentials, counting failures: after `max_login_failures` in a row the
+        account is locked for `login_lock_time` seconds, right password or not."""
+        wanted = username.lower()
+        member = next((m for m in self._members.values() if m.email.lower() == wanted), None)
+        if member is None:
+            return LoginOutcome.WRONG, None
+        if member.locked_until > now:
+            return LoginOutcome.LOCKED, member
+        if member.locked_until:  # the lock is over: a fresh count
+            member.failed_logins, member.locked_until = 0, 0.0
+        if member.password is not None and secrets.compare_digest(member.password, password):
+            member.failed_logins = 0
+            return LoginOutcome.OK, member
+        member.failed_logins += 1
+        if member.failed_logins >= self.max_login_failures:
+            member.locked_until = now + self.login_lock_time
+        return LoginOutcome.WRONG, member
+
+    def open_session(self, email: str, now: float, fingerprint: str | None) -> tuple[str, str]:
+        """A new (auth cookie, refresh token) pair for a member, as login issues."""
+        cookie, token = secrets.token_hex(24), secrets.token_hex(32)
+        self._cookies[cookie] = Credential(email, now, fingerprint)
+        self._tokens[token] = Credential(email, now, fingerprint)
+        return cookie, token
+
+    def refresh(self, token: str, now: float, fingerprint: str | None) -> tuple[str, str] | None:
+        """Swap a live refresh token for a new (cookie, token) pair; the old token dies.
+        Cookies issued before keep working until they age out. None: the token is unknown
+        or older than `token_max_age`, and a new login is needed."""
+        issued = self._tokens.pop(token, None)
+        if issued is None or _expired(issued, self.token_max_age, now):
+            return None
+        return self.open_session(issued.email, now, fingerprint or issued.fingerprint)
+
+
+def _expired(issued: Credential, max_age: float | None, now: float) -> bool:
+    return max_age is not None and now - issued.issued_at > max_age
