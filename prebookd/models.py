@@ -354,3 +354,33 @@ def parse_notice(payload: str) -> Notice:
         where = ".".join(map(str, first["loc"])) or "payload"
         # pydantic quotes the offending character: it may be a control character.
         raise ValueError(_shown(f"{where}: {first['msg']}", 250)) from None
+
+
+FINAL_STATUSES = frozenset({"completed", "failed"})
+
+
+@dataclass(frozen=True)
+class ResultUpdate:
+    id: UUID
+    status: str  # executing | completed | failed
+    outcome: str | None = None
+    error_message: str | None = None
+    result: Any = None
+    written_at: float | None = None
+    lateness_ms: float | None = None
+    attempts: int | None = None
+    executed_at: float | None = None
+    fired_by: str | None = None
+
+    def merged_with(self, newer: ResultUpdate) -> ResultUpdate:
+        """`newer` wins field by field, except that a final status is never undone."""
+        if self.status in FINAL_STATUSES and newer.status not in FINAL_STATUSES:
+            newer, older = self, newer
+        else:
+            older = self
+        changes = {
+            f.name: getattr(newer, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(newer, f.name) is not None
+        }
+        return dataclasses.replace(older, **changes)

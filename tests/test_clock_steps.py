@@ -24,8 +24,7 @@ from prebookd.aimharder.client import Attempt, Exchange
 from prebookd.aimharder.outcomes import classify_answer
 from prebookd.daemon.clock import MAX_CHUNK, HotWindows
 from prebookd.daemon.firing import Firing, Timing
-from prebookd.daemon.results import ResultUpdate
-from prebookd.models import Booking
+from prebookd.models import Booking, ResultUpdate
 
 BOOKED = {"bookState": 1}
 NOT_OPEN = {"bookState": -12, "errorMssgLang": "ERROR_ANTELACION_CLIENTE"}

@@ -17,10 +17,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from prebookd.daemon.results import ResultUpdate
 from prebookd.db import store
 from prebookd.db.connection import connect
 from prebookd.db.migrate import pending_migrations
+from prebookd.models import ResultUpdate
 from prebookd.settings import LIVE_SETTINGS, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

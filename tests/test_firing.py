@@ -8,7 +8,7 @@ import asyncio
 
 from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.firing import Firing, Timing
-from prebookd.daemon.results import ResultUpdate
+from prebookd.models import ResultUpdate
 from tests.test_clock_steps import FakeAimHarder, SteppingClock, bookings
 
 STAGE_LEAD = 0.3

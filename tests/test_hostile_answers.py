@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from prebookd.aimharder.client import MAX_ANSWER_BYTES
 from prebookd.aimharder.outcomes import Verdict, classify_http
-from prebookd.daemon.results import ResultUpdate
 from prebookd.db import store
+from prebookd.models import ResultUpdate
 from prebookd.sim.faults import draw_fault, draw_variant
 from prebookd.sim.server import Faults, SimClass, Simulator
 from tests.support import (

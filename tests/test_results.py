@@ -7,8 +7,9 @@ import uuid
 
 import asyncpg
 
-from prebookd.daemon.results import ResultUpdate, ResultWriter
+from prebookd.daemon.results import ResultWriter
 from prebookd.db import store
+from prebookd.models import ResultUpdate
 
 
 async def insert_loaded(conn: asyncpg.Connection) -> uuid.UUID:

@@ -31,9 +31,8 @@ import structlog
 from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
 from prebookd.aimharder.outcomes import Verdict
 from prebookd.daemon.clock import HotWindows, WallClock, gc_paused, sleep_until
-from prebookd.daemon.results import ResultUpdate
 from prebookd.log import mask_email
-from prebookd.models import Booking
+from prebookd.models import Booking, ResultUpdate
 
 log = structlog.get_logger(__name__)
 

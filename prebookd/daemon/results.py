@@ -13,51 +13,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
 import structlog
 
+from prebookd.daemon.spool import Spool
 from prebookd.errors import describe
-
-if TYPE_CHECKING:
-    from prebookd.daemon.spool import Spool
+from prebookd.models import ResultUpdate
 
 log = structlog.get_logger(__name__)
 
-FINAL_STATUSES = frozenset({"completed", "failed"})
 # Once woken by a report, the writer waits this long for the rest of the burst's
 # reports (written 20 ms after the release, answers a few ms later), then writes.
 GATHER = 0.05
-
-
-@dataclass(frozen=True)
-class ResultUpdate:
-    id: UUID
-    status: str  # executing | completed | failed
-    outcome: str | None = None
-    error_message: str | None = None
-    result: Any = None
-    written_at: float | None = None
-    lateness_ms: float | None = None
-    attempts: int | None = None
-    executed_at: float | None = None
-    fired_by: str | None = None
-
-    def merged_with(self, newer: ResultUpdate) -> ResultUpdate:
-        """`newer` wins field by field, except that a final status is never undone."""
-        if self.status in FINAL_STATUSES and newer.status not in FINAL_STATUSES:
-            newer, older = self, newer
-        else:
-            older = self
-        changes = {
-            f.name: getattr(newer, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(newer, f.name) is not None
-        }
-        return dataclasses.replace(older, **changes)
 
 
 Writer = Callable[[Sequence[ResultUpdate]], Awaitable[None]]

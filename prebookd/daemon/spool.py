@@ -17,8 +17,8 @@ from uuid import UUID
 
 import structlog
 
-from prebookd.daemon.results import ResultUpdate
 from prebookd.errors import describe
+from prebookd.models import ResultUpdate
 
 log = structlog.get_logger(__name__)
 

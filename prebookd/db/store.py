@@ -18,7 +18,7 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from prebookd.daemon.results import ResultUpdate
+from prebookd.models import ResultUpdate
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ import secrets
 from typing import Any
 
 from prebookd.sim.box import form_of
-from prebookd.sim.model import AUTH_COOKIE, LOGOUT, Answer, Call, Route
-from prebookd.sim.state import LoginOutcome, SimState
+from prebookd.sim.model import AUTH_COOKIE, LOGOUT, Answer, Call
+from prebookd.sim.state import LoginOutcome, Route, SimState
 
 
 def _login_error(code: int, message: str, email: str | None = None) -> Answer:

@@ -24,10 +24,9 @@ from prebookd.sim.model import (
     Box,
     Call,
     Reservation,
-    Route,
     SimClass,
 )
-from prebookd.sim.state import SimState
+from prebookd.sim.state import Route, SimState
 
 _DAY = re.compile(r"^\d{8}$")
 _TIME_RANGE = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")

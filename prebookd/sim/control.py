@@ -11,8 +11,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from prebookd.sim.model import Answer, Call, Faults, Reservation, Route, SimClass
-from prebookd.sim.state import SimState
+from prebookd.sim.model import Answer, Call, Faults, Reservation, SimClass
+from prebookd.sim.state import Route, SimState
 
 CONTROL_PREFIX = "/_sim"
 

@@ -1,5 +1,5 @@
 """The simulator's data: classes, members, credentials, reservations, boxes, faults, and
-the answers of shared/AIMHARDER.md. No I/O here; see prebookd/simulator.py."""
+the answers of shared/AIMHARDER.md. No I/O here; see prebookd/sim/server.py."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ import json
 import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
-
-if TYPE_CHECKING:
-    from prebookd.sim.state import SimState
 
 AUTH_COOKIE = "amhrdrauth"
 # `clasesContratadas` names the classes of the member's plan, not the class booked;
@@ -201,9 +197,6 @@ class Answer:
     email: str | None = None
     session_id: str | None = None
     day: str | None = None
-
-
-Route = Callable[["SimState", Call], Awaitable[Answer]]
 
 
 def one_line_error(exc: Exception) -> str:

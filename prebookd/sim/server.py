@@ -57,12 +57,11 @@ from prebookd.sim.model import (
     Call,
     Faults,
     RecordedRequest,
-    Route,
     SimClass,
     dumps,
     one_line_error,
 )
-from prebookd.sim.state import SimState
+from prebookd.sim.state import Route, SimState
 
 __all__ = [
     "ACCOUNT_SITE",

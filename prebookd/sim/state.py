@@ -11,8 +11,18 @@ import itertools
 import random
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
-from prebookd.sim.model import Box, Credential, Faults, Member, RecordedRequest, SimClass
+from prebookd.sim.model import (
+    Answer,
+    Box,
+    Call,
+    Credential,
+    Faults,
+    Member,
+    RecordedRequest,
+    SimClass,
+)
 
 # Paths the account site serves at the root of the port; a box cannot be named after
 # their first segment, or its URLs would be ambiguous.
@@ -218,3 +228,7 @@ class SimState:
 
 def _expired(issued: Credential, max_age: float | None, now: float) -> bool:
     return max_age is not None and now - issued.issued_at > max_age
+
+
+# A handler of the simulated AimHarder: the state, the parsed request, the answer.
+Route = Callable[[SimState, Call], Awaitable[Answer]]

@@ -1,0 +1,78 @@
+"""Leases: renewed while this instance holds rows; rows other instances hold are
+watched, and taken over when their lease runs out (their holder died)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+
+from prebookd.daemon.core import ACTIVE, EngineCore
+from prebookd.db import store
+from prebookd.errors import describe
+from prebookd.models import RowState
+
+log = structlog.get_logger(__name__)
+
+WATCH_INTERVAL = 1.0
+
+
+class Leases(EngineCore):
+    async def lease_loop(self, stop: asyncio.Event) -> None:
+        """Renew the leases of rows held (every third of a lease); every second, look
+        at rows other instances hold, to take over those whose lease ran out."""
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=WATCH_INTERVAL)
+            except TimeoutError:
+                pass
+            if stop.is_set():
+                break
+            try:
+                if loop.time() >= renew_at:
+                    renew_at = loop.time() + self.config.lease_seconds / 3
+                    await self._renew_leases()
+                await self._check_watched()
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("lease_upkeep_failed", error=describe(exc))
+
+    async def _renew_leases(self) -> None:
+        held = list(self._armed)
+        if not held:
+            return
+        await self.hot.wait_clear()
+        kept = await store.renew_leases(
+            self._pool, held, self.config.instance, self.config.lease_seconds
+        )
+        for row_id in set(held) - kept:
+            firing = self._armed.get(row_id)
+            # Lost while we could not renew (Postgres away longer than a lease): the
+            # row may be another instance's now; never send what it will send.
+            if firing is not None and firing.withdraw(row_id):
+                del self._armed[row_id]
+                log.warning("lease_lost", prebooking_id=str(row_id))
+
+    async def _check_watched(self) -> None:
+        now = self._clock()
+        expired = [
+            row_id
+            for row_id, row in self._watched.items()
+            if row.lease_expires_at is None or row.lease_expires_at <= now
+        ]
+        if not expired:
+            return
+        await self.hot.wait_clear()
+        records = await store.rows_by_id(self._pool, expired)
+        found = {r["id"] for r in records}
+        for record in records:
+            row = RowState.from_record(record)
+            if not self._held_elsewhere(row) and row.status in ACTIVE:
+                log.info(
+                    "lease_taken_over", prebooking_id=str(row.id), previous_owner=row.lease_owner
+                )
+            self._accept(row)
+        for row_id in set(expired) - found:
+            self._forget(row_id, "deleted")
