@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from yarl import URL
 
 from prebookd.errors import BadRow
+from prebookd.text import clip, one_line
 
 # What a browser sends; AimHarder's front end posts forms through XMLHttpRequest.
 USER_AGENT = (
@@ -216,7 +217,7 @@ def _parse_booking_data(raw: Any) -> BookingData:
             f"{'.'.join(map(str, e['loc']))} {e['msg'].lower()}"
             for e in exc.errors(include_input=False, include_url=False)
         )
-        raise BadRow(_clip(f"booking_data is invalid: {problems}")) from None
+        raise BadRow(clip(f"booking_data is invalid: {problems}", 250)) from None
 
 
 def _json_text(raw: str, problem: str) -> Any:
@@ -224,10 +225,6 @@ def _json_text(raw: str, problem: str) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than it reads
         raise BadRow(problem) from None
-
-
-def _clip(reason: str, limit: int = 250) -> str:
-    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
 
 
 # A box's subdomain is one DNS label: anything else would send the member's cookies
@@ -240,9 +237,9 @@ def _box_base_url(base_url: Any, subdomain: Any) -> str:
         if not subdomain:
             raise BadRow("box has neither base_url nor subdomain")
         if not isinstance(subdomain, str) or not _DNS_LABEL.fullmatch(subdomain):
-            raise BadRow(f"box subdomain is not a host name: {_shown(subdomain)}")
+            raise BadRow(f"box subdomain is not a host name: {one_line(subdomain, 100)}")
         base_url = f"https://{subdomain}.aimharder.com"
-    problem = f"box base_url is not an http(s) URL: {_shown(base_url)}"
+    problem = f"box base_url is not an http(s) URL: {one_line(base_url, 100)}"
     # It goes in the Origin and Referer headers as it is: no whitespace (a CR or LF
     # would end the header) and nothing unprintable.
     if not isinstance(base_url, str) or not base_url.isprintable() or " " in base_url:
@@ -255,13 +252,6 @@ def _box_base_url(base_url: Any, subdomain: Any) -> str:
     if not valid:
         raise BadRow(problem)
     return base_url.rstrip("/")
-
-
-def _shown(value: Any, limit: int = 100) -> str:
-    """A value from a row, as one printable line for an error_message."""
-    text = value if isinstance(value, str) else repr(value)
-    text = text if len(text) <= limit else text[:limit] + "..."
-    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 def _cookie_header(raw: Any, session_found: bool) -> str:
@@ -353,7 +343,7 @@ def parse_notice(payload: str) -> Notice:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(map(str, first["loc"])) or "payload"
         # pydantic quotes the offending character: it may be a control character.
-        raise ValueError(_shown(f"{where}: {first['msg']}", 250)) from None
+        raise ValueError(one_line(f"{where}: {first['msg']}", 250)) from None
 
 
 FINAL_STATUSES = frozenset({"completed", "failed"})

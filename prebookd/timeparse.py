@@ -153,6 +153,18 @@ def iso_utc(instant: datetime) -> str:
     return instant.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
+def read_iso(value: object) -> datetime | None:
+    """An ISO 8601 time as JSON carries it (`prebookd status`, its snapshot), aware;
+    a naive one is taken as UTC (the daemon's instants are). Anything else: None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 # --- booking windows -----------------------------------------------------------------
 #
 # A box opens booking a fixed time before each class (shared/AIMHARDER.md, "When booking

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from prebookd.errors import PrebookdError
 from prebookd.log import mask_email, redact_text
 from prebookd.models import AUTH_COOKIE, USER_AGENT, cookie_header
+from prebookd.text import one_line
 
 log = structlog.get_logger(__name__)
 
@@ -311,8 +312,7 @@ def _error_code(error: Any) -> str:
     """AimHarder's error code as one short, printable line."""
     if isinstance(error, dict):
         error = error.get("message") or error.get("code") or "unknown error"
-    text = " ".join(str(error).split())
-    return text[:120] or "unknown error"
+    return one_line(str(error), 120) or "unknown error"
 
 
 def parse_refresh_answer(status: int, raw: bytes) -> str | SessionDead:

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from prebookd.text import TOO_DEEP, one_line
+
 
 class Verdict(enum.Enum):
     COMPLETED = "completed"
@@ -72,30 +74,30 @@ def classify_answer(answer: Any) -> Outcome:
     # An answer of the wrong shape may come after the booking was made: like an
     # unreadable one it is tried again, and a repeat then hears "already booked".
     if not isinstance(answer, dict):
-        return _retry("bad_answer", f"unexpected answer: {_excerpt(answer)}")
+        return _retry("bad_answer", f"unexpected answer: {one_line(answer, 120)}")
     if answer.get("logout") in (1, "1", True):
         return SESSION_EXPIRED
     raw_state: Any = answer.get("bookState")
     try:
         state = int(raw_state)
     except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
-        return _retry("bad_answer", f"answer without a bookState: {_excerpt(answer)}")
+        return _retry("bad_answer", f"answer without a bookState: {one_line(answer, 120)}")
     if state == -8:
         return _failed(
             "daily_limit",
-            f"per-day limit for this class reached (max {_excerpt(answer.get('max'), 20)})",
+            f"per-day limit for this class reached (max {one_line(answer.get('max'), 20)})",
         )
     if state == -12:
         lang = str(answer.get("errorMssgLang") or "")
         known = ERROR_LANGS.get(lang)
         if known is not None:
             return known
-        shown = _one_line(lang, 60) if lang else "no errorMssgLang"
+        shown = one_line(lang, 60) if lang else "no errorMssgLang"
         return _failed("refused", f"refused by AimHarder ({shown})")
     known = BOOK_STATES.get(state)
     if known is not None:
         return known
-    return _failed("unknown_state", f"unknown bookState {_excerpt(state, 40)}")
+    return _failed("unknown_state", f"unknown bookState {one_line(state, 40)}")
 
 
 def classify_http(status: int, body: bytes) -> tuple[Outcome, Any]:
@@ -111,14 +113,14 @@ def classify_http(status: int, body: bytes) -> tuple[Outcome, Any]:
     except (ValueError, RecursionError):  # RecursionError: nested deeper than it reads
         # A maintenance page, or an answer cut short after the booking was made: worth
         # another try (a repeat of a booking made answers "already booked").
-        return _retry("bad_answer", f"unreadable answer: {_excerpt(body)}"), None
+        return _retry("bad_answer", f"unreadable answer: {one_line(body, 120)}"), None
     return classify_answer(answer), storable(answer)
 
 
 def transport_failure(error: BaseException) -> Outcome:
     """Timeouts, resets, refused connections: transient, retried inside the window."""
     name = type(error).__name__
-    detail = _one_line(str(error), 200)
+    detail = one_line(str(error), 200)
     return _retry("transport_error", f"{name}: {detail}" if detail else name)
 
 
@@ -131,28 +133,6 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # two levels deep, and json.dumps or repr of one nested as deep as json.loads allows
 # can exhaust the stack.
 MAX_KEPT_DEPTH = 32
-_TOO_DEEP = "(nested too deeply)"
-
-
-def _excerpt(value: Any, limit: int = 120) -> str:
-    if isinstance(value, bytes):
-        text = value.decode("utf-8", "replace")
-    else:
-        try:
-            text = repr(value)
-        except RecursionError:
-            text = _TOO_DEEP
-    return _one_line(text, limit)
-
-
-def _one_line(text: str, limit: int) -> str:
-    """One printable line of at most `limit` (+3) characters, fit for error_message:
-    what an answer holds (NUL, escape sequences, newlines) never reaches the row raw."""
-    text = " ".join(text.split())
-    text = text if len(text) <= limit else text[:limit] + "..."
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else "\N{REPLACEMENT CHARACTER}" for c in text)
-    return text
 
 
 def _storable_text(text: str) -> str:
@@ -168,7 +148,7 @@ def storable(answer: Any) -> Any:
     while stack:
         parent, key, item, depth = stack.pop()
         if depth > MAX_KEPT_DEPTH and isinstance(item, list | dict):
-            parent[key] = _TOO_DEEP
+            parent[key] = TOO_DEEP
         elif isinstance(item, str):
             parent[key] = _storable_text(item)
         elif isinstance(item, float) and not math.isfinite(item):

@@ -29,11 +29,11 @@ from prebookd.cli.common import (
     parse_token,
     print_json,
     print_table,
-    shorten,
 )
 from prebookd.db import admin_store
 from prebookd.errors import UsageError
 from prebookd.settings import Settings
+from prebookd.text import clip
 
 STATUSES = ("pending", "loaded", "executing", "completed", "failed", "cancelled")
 DEFAULT_LIMIT = 100
@@ -248,7 +248,7 @@ def _prebooking_row(row: admin_store.PrebookingView) -> tuple[object, ...]:
         local,
         utc,
         row.status,
-        shorten(problem, 60),
+        clip(problem, 60),
     )
 
 

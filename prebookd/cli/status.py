@@ -16,6 +16,8 @@ import aiohttp
 
 from prebookd.errors import PrebookdError
 from prebookd.settings import Settings
+from prebookd.text import one_line
+from prebookd.timeparse import read_iso
 
 TIMEOUT = 5.0
 
@@ -62,7 +64,7 @@ async def fetch_status(host: str, port: int) -> dict[str, Any]:
             session.get(url) as response,
         ):
             if response.status != 200:
-                text = " ".join((await response.text()).split())[:200]
+                text = one_line(await response.text(), 200)
                 raise PrebookdError(
                     f"prebookd on {address} answered HTTP {response.status}: {text}"
                 )
@@ -90,7 +92,7 @@ def _connect_host(host: str) -> str:
 def format_status(snapshot: dict[str, Any], *, now: dt.datetime) -> str:
     """The snapshot as a few aligned lines, for a person at a terminal."""
     lines = []
-    started = _parse_time(snapshot.get("started_at"))
+    started = read_iso(snapshot.get("started_at"))
     up = f", up {_duration((now - started).total_seconds())}" if started else ""
     lines.append(f"prebookd {snapshot.get('instance', '?')}{up}")
     connected = "connected" if snapshot.get("listener_connected") else "NOT CONNECTED"
@@ -103,7 +105,7 @@ def format_status(snapshot: dict[str, Any], *, now: dt.datetime) -> str:
         lines.append("  next       none")
     for index, item in enumerate(upcoming):
         label = "next" if index == 0 else ""
-        moment = _parse_time(item.get("instant"))
+        moment = read_iso(item.get("instant"))
         when = _when(moment, now) if moment else str(item.get("instant"))
         lines.append(f"  {label:<10} {when}  {item.get('rows', '?')} rows")
 
@@ -112,7 +114,7 @@ def format_status(snapshot: dict[str, Any], *, now: dt.datetime) -> str:
         lines.append("  fired      nothing yet")
     for index, firing in enumerate(firings):
         label = "fired" if index == 0 else ""
-        moment = _parse_time(firing.get("instant"))
+        moment = read_iso(firing.get("instant"))
         when = _when(moment, now) if moment else str(firing.get("instant"))
         order = "FIFO" if firing.get("fifo") else "NOT FIFO"
         lateness = (
@@ -141,16 +143,6 @@ def format_status(snapshot: dict[str, Any], *, now: dt.datetime) -> str:
         f"{snapshot.get('spooled', 0)} spooled"
     )
     return "\n".join(lines)
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _when(moment: dt.datetime, now: dt.datetime) -> str:

@@ -12,6 +12,7 @@ from prebookd.daemon.core import ARM_RETRY_DELAY, EngineCore
 from prebookd.db import store
 from prebookd.errors import describe
 from prebookd.models import RowState, parse_notice
+from prebookd.text import one_line
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +57,7 @@ class Intake(EngineCore):
         try:
             notice = parse_notice(payload)
         except ValueError as exc:
-            log.error("notification_malformed", error=describe(exc), payload=payload[:200])
+            log.error("notification_malformed", error=describe(exc), payload=one_line(payload, 200))
             return
         self._touched[notice.id] = self._clock()
         if notice.op == "delete":

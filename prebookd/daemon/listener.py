@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from prebookd.daemon.supervise import Backoff
 from prebookd.db.connection import connect
 from prebookd.errors import DatabaseError, describe
 
@@ -44,23 +45,24 @@ class Listener:
         self._had_connection = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = BACKOFF_FIRST
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while not stop.is_set():
             self._had_connection = False
+            wait = backoff.next()
             try:
                 await self._session(stop)
             except (TimeoutError, DatabaseError, OSError, asyncpg.PostgresError) as exc:
                 if self._had_connection:
-                    backoff = BACKOFF_FIRST  # it worked until now: come back at once
-                log.warning("listener_disconnected", error=describe(exc), retry_in_s=backoff)
+                    backoff.reset()  # it worked until now: come back at once
+                    wait = backoff.next()
+                log.warning("listener_disconnected", error=describe(exc), retry_in_s=round(wait, 2))
             self.connected = False
             if stop.is_set():
                 break
             try:
-                await asyncio.wait_for(stop.wait(), timeout=backoff)
+                await asyncio.wait_for(stop.wait(), timeout=wait)
             except TimeoutError:
                 pass
-            backoff = min(backoff * 2, BACKOFF_MAX)
             self.reconnects += 1
 
     async def _session(self, stop: asyncio.Event) -> None:

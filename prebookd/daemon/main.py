@@ -28,7 +28,7 @@ from prebookd.daemon.results import ResultWriter
 from prebookd.daemon.sessions import SessionKeeper
 from prebookd.daemon.spool import Spool
 from prebookd.daemon.status import StatusServer
-from prebookd.daemon.supervise import Background, Signals, first_of, wait_future
+from prebookd.daemon.supervise import Background, Backoff, Signals, first_of, wait_future
 from prebookd.daemon.systemd import Notifier
 from prebookd.db import store
 from prebookd.db.connection import connect, create_pool, database
@@ -90,16 +90,16 @@ async def run_daemon(settings: Settings) -> int:
 async def _connect_when_up(dsn: str, stop: asyncio.Event) -> asyncpg.Connection | None:
     """Wait for Postgres at start rather than exit: a restart during an outage must
     come up as soon as Postgres does, and replay the result spool then."""
-    backoff = 0.5
+    backoff = Backoff(0.5, 10.0)
     while True:
         try:
             return await connect(dsn, role="migrate")
         except DatabaseError as exc:
-            log.warning("database_unreachable", error=describe(exc), retry_in_s=backoff)
-        await first_of(stop.wait(), timeout=backoff)
+            wait = backoff.next()
+            log.warning("database_unreachable", error=describe(exc), retry_in_s=round(wait, 2))
+        await first_of(stop.wait(), timeout=wait)
         if stop.is_set():
             return None
-        backoff = min(backoff * 2, 10.0)
 
 
 class Daemon:
@@ -231,12 +231,11 @@ class Daemon:
         if not recovered:
             return True
         log.info("spool_recovered", results=recovered, path=str(self.spool.path))
-        backoff = 0.5
+        backoff = Backoff(0.5, 10.0)
         while not await self.results.flush():
-            await first_of(self._signals.stop.wait(), timeout=backoff)
+            await first_of(self._signals.stop.wait(), timeout=backoff.next())
             if self._stopping():
                 return False
-            backoff = min(backoff * 2, 10.0)
         log.info("spool_written", results=recovered)
         return True
 

@@ -19,8 +19,10 @@ import asyncpg
 import structlog
 
 from prebookd.daemon.spool import Spool
+from prebookd.daemon.supervise import Backoff
 from prebookd.errors import describe
 from prebookd.models import ResultUpdate
+from prebookd.text import clip
 
 log = structlog.get_logger(__name__)
 
@@ -69,10 +71,11 @@ class ResultWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush until `stop` is set; the caller flushes what remains (`drain`)."""
-        backoff = self.flush_interval
+        backoff = Backoff(self.flush_interval * 2, 5.0)
+        wait = self.flush_interval
         while not stop.is_set():
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
+                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
             except TimeoutError:
                 pass
             # Let a burst finish reporting before writing: one batch, not one per row.
@@ -80,9 +83,10 @@ class ResultWriter:
             await self._wait_clear()
             self._wakeup.clear()
             if await self.flush():
-                backoff = self.flush_interval
+                backoff.reset()
+                wait = self.flush_interval
             else:
-                backoff = min(backoff * 2, 5.0)
+                wait = backoff.next()
 
     async def flush(self) -> bool:
         """Write what is pending; False (and everything kept) if the write failed."""
@@ -179,5 +183,5 @@ def _without_answer(update: ResultUpdate) -> ResultUpdate:
     """The update Postgres refused, without the raw answer it could not store."""
     note = " (AimHarder's answer could not be stored)"
     return dataclasses.replace(
-        update, result=None, error_message=(update.error_message or "")[:200] + note
+        update, result=None, error_message=clip(update.error_message or "", 200) + note
     )

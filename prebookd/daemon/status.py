@@ -12,7 +12,6 @@ uses): a Prometheus scrape never delays a burst.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from prebookd.daemon.metrics import CONTENT_TYPE, Metrics
+from prebookd.timeparse import read_iso
 
 log = structlog.get_logger(__name__)
 
@@ -147,15 +147,8 @@ def gauges_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, float]:
 def _epoch(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)  # the daemon's instants are UTC
-    return moment.timestamp()
+    moment = read_iso(value)
+    return moment.timestamp() if moment is not None else None
 
 
 def _json(payload: Any, *, status: int = 200) -> web.Response:

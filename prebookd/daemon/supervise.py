@@ -1,10 +1,12 @@
 """Supervision for `prebookd run`: signals that only set events, named background
-tasks whose death stops the daemon, and small waits on several things at once."""
+tasks whose death stops the daemon, small waits on several things at once, and the
+backoff between tries of something that failed."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -12,6 +14,28 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger(__name__)
+
+
+class Backoff:
+    """Waits between tries of something that keeps failing (Postgres away): doubling from
+    `first` up to `cap`, each drawn within +-`jitter` of that, so that two instances
+    that lost Postgres together do not come back to it in step."""
+
+    def __init__(self, first: float, cap: float, *, jitter: float = 0.2) -> None:
+        self.first = first
+        self.cap = cap
+        self.jitter = jitter
+        self._next = first
+
+    def next(self) -> float:
+        """The wait before the next try; the one after it is twice as long."""
+        wait = self._next
+        self._next = min(self._next * 2, self.cap)
+        return wait * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def reset(self) -> None:
+        """It worked: the next failure waits `first` again."""
+        self._next = self.first
 
 
 class Signals:

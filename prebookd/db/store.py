@@ -19,6 +19,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from prebookd.models import ResultUpdate
+from prebookd.text import clip
 
 T = TypeVar("T")
 
@@ -294,7 +295,7 @@ async def record_session_error(conn: Db, session_id: UUID, error: str) -> None:
          WHERE id = $1
         """,
         session_id,
-        error[:500],
+        clip(error, 500),
     )
 
 
