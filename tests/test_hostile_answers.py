@@ -268,10 +268,15 @@ FACED = {
     # Now and then: the retry hears "already booked" and the row is completed.
     "garbage-sometimes": (Faults(garbage_rate=0.5), 2),
 }
-# box -> (status, outcome, words every error_message has)
-EXPECTED: dict[str, tuple[str, str, tuple[str, ...]]] = {
+# box -> (status, outcome, words every error_message has; a tuple: one of them)
+EXPECTED: dict[str, tuple[str, str, tuple[str | tuple[str, ...], ...]]] = {
     "garbage": ("failed", "bad_answer", ("unreadable answer", "may have gone through")),
-    "wrong-type": ("failed", "bad_answer", ("unexpected answer", "may have gone through")),
+    # One wrong type in six is nested deeper than json reads: unreadable, not unexpected.
+    "wrong-type": (
+        "failed",
+        "bad_answer",
+        (("unexpected answer", "unreadable answer"), "may have gone through"),
+    ),
     "endless-fast": ("failed", "bad_answer", ("unreadable answer", "may have gone through")),
     "endless-slow": ("failed", "transport_error", ("TimeoutError", "may have gone through")),
 }
@@ -334,7 +339,9 @@ async def test_the_daemon_faces_each_hostile_answer_and_books_on(
         else:
             status, outcome, words = EXPECTED[name]
             assert (row["status"], row["outcome"]) == (status, outcome), where
-            assert all(w in row["error_message"] for w in words), where
+            for word in words:
+                choices = (word,) if isinstance(word, str) else word
+                assert any(c in row["error_message"] for c in choices), where
             assert row["error_message"].isprintable(), where
             assert row["attempts"] >= 1, where
             assert row["result"] is not None, where
