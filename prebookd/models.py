@@ -361,6 +361,7 @@ class ResultUpdate:
     attempts: int | None = None
     executed_at: float | None = None
     fired_by: str | None = None
+    send_note: str | None = None  # how the request went out, when not from its gate
 
     def merged_with(self, newer: ResultUpdate) -> ResultUpdate:
         """`newer` wins field by field, except that a final status is never undone."""

@@ -16,6 +16,11 @@ first one is written (100 requests: the first written ~10 ms late).
 Which gate to wait on travels in a context variable (the body task copies the
 context), so no aiohttp internals are touched. A request withdrawn while parked is
 cancelled before anything is written; aiohttp then closes its connection.
+
+That hook is also the one place where the rule "no byte before its instant" is kept:
+every `Attempt` carries `not_before`, and the hook waits for it after the gate, whatever
+the path that led there (first try, retry, re-stage, a row added late). A caller cannot
+forget it: there is no Attempt without it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +45,12 @@ MAX_ANSWER_BYTES = 256 * 1024  # an answer is a few hundred bytes; refuse endles
 
 @dataclass
 class Attempt:
-    """One request's staging gate and when it was really written."""
+    """One request: its staging gate, the instant before which none of its bytes may be
+    written, and when it was really written."""
 
     gate: asyncio.Future[None] | None
+    not_before: float  # wall-clock epoch, read with `clock`
+    clock: Callable[[], float] = time.time
     written_at: float | None = None
     parked: bool = False  # reached its gate before it opened: only the write was left
     new_connection: bool | None = None  # None until a connection was had
@@ -61,9 +70,16 @@ async def _hold_then_stamp(
         return
     if attempt.gate is not None and not attempt.gate.done():
         attempt.parked = True
-        await attempt.gate
+        # Shielded: aiohttp cancels this wait when the connection is lost while parked
+        # (an idle timeout), and the gate is the booking's, not this connection's: it
+        # must stay open to a request staged again, and to a withdrawal.
+        await asyncio.shield(attempt.gate)
+    # The gate opens at the instant; a path without one (a retry, a late row) is held
+    # here too. The wall clock is read again after each sleep: a sleep may end early.
+    while (left := attempt.not_before - attempt.clock()) > 0:  # noqa: ASYNC110 (a clock, no event)
+        await asyncio.sleep(left)
     if attempt.written_at is None:
-        attempt.written_at = time.time()
+        attempt.written_at = attempt.clock()
 
 
 async def _connection_created(

@@ -104,6 +104,10 @@ def classify_http(status: int, body: bytes) -> tuple[Outcome, Any]:
     """Classify a whole HTTP answer; returns the outcome and what to keep in `result`."""
     if status == 403:
         return _failed("blocked", "HTTP 403: AimHarder refused the request (blocked?)"), None
+    if status == 408:
+        # AimHarder's load balancer answers 408 on a connection it closes as idle: no
+        # booking was processed, so it is worth another try.
+        return _retry("idle_timeout", "HTTP 408: the connection was closed as idle"), None
     if status >= 500:
         return _retry("server_error", f"HTTP {status} from AimHarder"), None
     if status != 200:

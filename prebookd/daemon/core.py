@@ -110,7 +110,12 @@ class EngineCore:
         self._stopping = False
         self.hot = hot
         self.last_firings: deque[dict[str, Any]] = deque(maxlen=20)
-        self._done: dict[UUID, float] = {}  # id -> clock() when sent or failed
+        # id -> clock() when sent or failed. Kept until Postgres has confirmed the final
+        # result and a resync has read the table since (see `resync`): until then the
+        # table may still offer the row, and arming it again would send it twice.
+        self._done: dict[UUID, float] = {}
+        self._confirmed: dict[UUID, float] = {}  # id -> clock() when its result was in
+        results.on_confirmed(self._results_confirmed)
         self._watched: dict[UUID, RowState] = {}  # rows another instance holds
 
     # ---- rows in and out -----------------------------------------------------
@@ -217,6 +222,11 @@ class EngineCore:
                 box=(firing.box_of(update.id) if firing else None) or "",
             )
         self._results.report(update)
+
+    def _results_confirmed(self, updates: Sequence[ResultUpdate]) -> None:
+        now = self._clock()
+        for update in updates:
+            self._confirmed[update.id] = now
 
     def _fail(self, row_id: UUID, code: str, reason: str) -> None:
         self.schedule.remove(row_id)

@@ -9,8 +9,14 @@ Timeline of a `Firing` for instant T:
   written in FIFO order; then "not open yet" answers are retried every
   retry_interval until T + retry_window.
 
-A booking withdrawn before its gate opens is never written. Results go to the
-`report` callback (the batched writer): `executing` when written, then final.
+A booking withdrawn before its gate opens is never written. A staged request whose
+connection is lost before its gate opens (a load balancer closing it as idle, with or
+without a 408; a reset; a connection that cannot be opened) was never written: it is
+staged again, at the same gate, and a request never written is retried while the retry
+window is open. No byte goes out before the instant on any of these paths: every
+`Attempt` carries it, and the client's write hook waits for it (aimharder/client.py).
+Results go to the `report` callback (the batched writer): `executing` when written,
+then final.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ AFTER_RELEASE = 0.02
 REPORT_CHUNK = 64
 # Garbage collection stays off from this long before the instant to this long after.
 GC_PAUSE = 0.05
+# A staged request that lost its connection is staged again after at most this long
+# (sooner if its gate opens): a box refusing connections is not asked in a tight loop.
+RESTAGE_DELAY = 0.1
 
 
 # Given a booking whose session AimHarder says is dead, the same booking with a
@@ -66,9 +75,13 @@ class Timing:
 @dataclass
 class _Slot:
     booking: Booking
-    attempt: Attempt
+    attempt: Attempt  # the latest staging of its first request
     task: asyncio.Task[ExchangeSummary] | None = None
     written_reported: bool = False
+    # Stagings lost before the gate opened, and the last reason why.
+    restaged: int = 0
+    lost_because: str | None = None
+    sent_cold: bool = False  # its first write was not a request waiting at its gate
 
     @property
     def gate(self) -> asyncio.Future[None]:
@@ -127,7 +140,7 @@ class Firing:
         if booking.id in self._slots:
             return
         loop = asyncio.get_running_loop()
-        slot = _Slot(booking, Attempt(loop.create_future()))
+        slot = _Slot(booking, self._attempt(loop.create_future()))
         self._slots[booking.id] = slot
         if self.released:
             slot.gate.set_result(None)  # late arrival: the instant has come, send now
@@ -191,6 +204,9 @@ class Firing:
         for booking_id in ids:
             self.withdraw(booking_id)
         return ids
+
+    def _attempt(self, gate: asyncio.Future[None] | None) -> Attempt:
+        return Attempt(gate, not_before=self.instant, clock=self._clock)
 
     def _ordered(self) -> list[_Slot]:
         return sorted(self._slots.values(), key=lambda s: s.booking.order)
@@ -276,10 +292,36 @@ class Firing:
             )
         )
 
+    async def _first_exchange(self, slot: _Slot) -> Exchange:
+        """The booking's first request, staged at its gate, and staged again on a fresh
+        connection each time the one it waits on is lost while the gate is shut.
+
+        Lost before its gate opened, it was never written: whatever answered (a 408,
+        a reset, a close) answered no request of ours, and nothing is retried early.
+        The gate is the slot's, so a withdrawal still reaches a request staged again."""
+        while True:
+            exchange = await self._client.book(slot.booking, slot.attempt)
+            if exchange.written_at is not None or slot.gate.done():
+                return exchange
+            slot.restaged += 1
+            slot.lost_because = exchange.outcome.reason
+            log.info(
+                "staged_request_lost",
+                prebooking_id=str(slot.booking.id),
+                box=slot.booking.box,
+                reason=exchange.outcome.reason,
+                http_status=exchange.http_status,
+                restaged=slot.restaged,
+                before_instant_s=round(self.instant - self._clock(), 3),
+            )
+            await asyncio.wait({slot.gate}, timeout=RESTAGE_DELAY)
+            slot.attempt = self._attempt(slot.gate)
+
     async def _send(self, slot: _Slot) -> ExchangeSummary:
         t = self._timing
         booking = slot.booking
-        first = await self._client.book(booking, slot.attempt)
+        first = await self._first_exchange(slot)
+        slot.sent_cold = first.written_at is None or not slot.attempt.parked
         await self._hot.wait_clear()
         attempts = booking.prior_attempts + (1 if first.written_at is not None else 0)
         written_at = first.written_at
@@ -291,8 +333,15 @@ class Firing:
         loop = asyncio.get_running_loop()
         retry_until = loop.time() + max(0.0, self.instant + t.retry_window - self._clock())
         renewed_session = False
+        unwritten_retries = 0
         while loop.time() < retry_until:
-            if exchange.outcome.code == "session_expired" and not renewed_session:
+            if exchange.written_at is None:
+                # Never written (its connection was lost at the gate, or none could be
+                # had): not an answer to anything. Sent again, at once the first time.
+                if unwritten_retries:
+                    await asyncio.sleep(t.retry_interval)
+                unwritten_retries += 1
+            elif exchange.outcome.code == "session_expired" and not renewed_session:
                 # The session died since it was armed: refresh it once and try again.
                 renewed_session = True
                 renewed = await self._renew(booking) if self._renew else None
@@ -303,14 +352,14 @@ class Firing:
                 await asyncio.sleep(t.retry_interval)
             else:
                 break
-            exchange = await self._client.book(booking, Attempt(None))
+            exchange = await self._client.book(booking, self._attempt(None))
             await self._hot.wait_clear()
             if exchange.written_at is not None:
                 attempts += 1
                 if written_at is None:
                     written_at = exchange.written_at
                     lateness_ms = (written_at - self.instant) * 1000
-        self._report(self._final_update(booking, exchange, attempts, written_at, lateness_ms))
+        self._report(self._final_update(booking, exchange, attempts, written_at, lateness_ms, slot))
         log.info(
             "booking_sent" if written_at is not None else "booking_not_sent",
             prebooking_id=str(booking.id),
@@ -330,6 +379,7 @@ class Firing:
         attempts: int,
         written_at: float | None,
         lateness_ms: float | None,
+        slot: _Slot,
     ) -> ResultUpdate:
         outcome = exchange.outcome
         if outcome.verdict is Verdict.COMPLETED:
@@ -359,6 +409,7 @@ class Firing:
             attempts=attempts,
             executed_at=exchange.answered_at,
             fired_by=self._instance,
+            send_note=_send_note(slot, written_at),
         )
 
     def _log_summary(self, summaries: list[ExchangeSummary]) -> dict[str, Any] | None:
@@ -387,3 +438,16 @@ def iso_instant(epoch: float) -> str:
     """2026-12-01T06:00:00.000Z: millisecond precision, for logs and status."""
     whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
     return f"{whole}.{int(epoch * 1000) % 1000:03d}Z"
+
+
+def _send_note(slot: _Slot, written_at: float | None) -> str | None:
+    """What the row says of how its request went out, when not simply from its gate."""
+    notes = []
+    if slot.restaged:
+        notes.append(
+            f"staged again {slot.restaged} time(s): the connection it waited on was lost "
+            f"before the instant ({slot.lost_because})"
+        )
+    if written_at is not None and slot.sent_cold and slot.restaged:
+        notes.append("not staged again in time: built and sent at the instant")
+    return "; ".join(notes) or None

@@ -4,6 +4,7 @@ could not tell enough about."""
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -16,10 +17,6 @@ from prebookd.text import one_line
 
 log = structlog.get_logger(__name__)
 
-# Rows sent (or failed) by this instance are not armed again for this long, whatever
-# the table says: their results may not be in it yet (Postgres down, a batch in
-# flight), and sending twice would book twice.
-DONE_MEMORY = 900.0
 RESYNC_CHUNK = 1000  # rows accepted per loop turn during a resync
 
 
@@ -34,7 +31,14 @@ class Intake(EngineCore):
             horizon_end=now + self.config.horizon,
             absurd_after=now + self.config.max_lead,
         )
-        self._done = {i: t for i, t in self._done.items() if t > started - DONE_MEMORY}
+        # Rows sent here are forgotten once the table itself says they are done: their
+        # final result was confirmed before this snapshot was read. Not sooner, however
+        # long Postgres was away (a booked row armed again would be sent twice, or
+        # marked missed).
+        settled = [i for i, at in self._confirmed.items() if at < started]
+        for row_id in settled:
+            self._done.pop(row_id, None)
+            del self._confirmed[row_id]
         seen = set()
         for index, record in enumerate(records):
             if index and index % RESYNC_CHUNK == 0:
@@ -42,15 +46,18 @@ class Intake(EngineCore):
                 await asyncio.sleep(0)
             row = RowState.from_record(record)
             seen.add(row.id)
-            self._accept(row)
+            if not self._heard_since(row.id, started):
+                self._accept(row)
         # Known rows the table no longer offers us were cancelled, deleted, or taken,
         # unless a notification about them arrived after the query began.
         unsent = set().union(*(f.unsent_ids() for f in self.firings.values()))
         known = self.schedule.ids() | unsent | set(self._watched) | self._arming
         for row_id in known - seen:
-            if self._touched.get(row_id, 0.0) < started:
+            if not self._heard_since(row_id, started):
                 self._forget(row_id, "gone from the table")
-        self._touched = {i: t for i, t in self._touched.items() if t >= started}
+        self._touched = {
+            i: t for i, t in self._touched.items() if t >= started - store.QUERY_TIMEOUT * 2
+        }
         return len(records)
 
     def on_notification(self, payload: str) -> None:
@@ -96,6 +103,7 @@ class Intake(EngineCore):
             ids, self._to_fetch = list(self._to_fetch), set()
             if not ids:
                 continue
+            started = self._clock()
             try:
                 records = await store.rows_by_id(self._pool, ids)
             except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
@@ -105,6 +113,13 @@ class Intake(EngineCore):
                 continue
             found = {r["id"] for r in records}
             for record in records:
-                self._accept(RowState.from_record(record))
+                if not self._heard_since(record["id"], started):
+                    self._accept(RowState.from_record(record))
             for row_id in set(ids) - found:
-                self._forget(row_id, "deleted")
+                if not self._heard_since(row_id, started):
+                    self._forget(row_id, "deleted")
+
+    def _heard_since(self, row_id: UUID, started: float) -> bool:
+        """A notification about the row arrived after a read of the table began: it is
+        newer than what that read returns, which must not undo it."""
+        return self._touched.get(row_id, 0.0) >= started

@@ -6,12 +6,18 @@ meanwhile), and at least every `flush_interval`. Updates for the same row are me
 `executing` and a `completed` that meet in one batch become one write. Each batch
 goes to the spool file first (see spool.py); if Postgres is unreachable the batch
 stays there and in memory and is retried with backoff.
+
+Postgres refusing a row (a value it cannot store, a CHECK constraint, a missing grant)
+is not Postgres being away: the batch is then written row by row, and a row refused
+alone is kept (in memory and in the spool) and tried again alone every REFUSED_RETRY,
+while every other result goes through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
 
@@ -21,7 +27,7 @@ import structlog
 from prebookd.daemon.spool import Spool
 from prebookd.daemon.supervise import Backoff
 from prebookd.errors import describe
-from prebookd.models import ResultUpdate
+from prebookd.models import FINAL_STATUSES, ResultUpdate
 from prebookd.text import clip
 
 log = structlog.get_logger(__name__)
@@ -29,10 +35,33 @@ log = structlog.get_logger(__name__)
 # Once woken by a report, the writer waits this long for the rest of the burst's
 # reports (written 20 ms after the release, answers a few ms later), then writes.
 GATHER = 0.05
+# A result Postgres refused is tried again, alone, after this long.
+REFUSED_RETRY = 60.0
+
+# Errors that say nothing about the rows: Postgres away, restarting, overloaded, a
+# lock or a transaction to retry. The same batch may go through later.
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Postgres refused the statement itself: the same rows would be refused again."""
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _TRANSIENT)
 
 
 Writer = Callable[[Sequence[ResultUpdate]], Awaitable[None]]
 WaitClear = Callable[[], Awaitable[None]]
+# Told of the final results Postgres now holds (the engine forgets rows only then).
+Confirmed = Callable[[Sequence[ResultUpdate]], None]
 
 
 async def _never_wait() -> None:
@@ -47,16 +76,30 @@ class ResultWriter:
         flush_interval: float,
         wait_clear: WaitClear = _never_wait,
         spool: Spool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._write = write
         self._spool = spool
-        self.spooled = 0  # updates in the spool file, not yet confirmed by Postgres
         self.flush_interval = flush_interval
         self._wait_clear = wait_clear  # keeps batch writes out of an instant's way
+        self._clock = clock
         self._pending: dict[UUID, ResultUpdate] = {}
+        # What the spool file holds, by row: an update already there is not appended
+        # again at each retry (an outage must not grow the file with every flush).
+        self._in_spool: dict[UUID, ResultUpdate] = {}
+        self._refused_until: dict[UUID, float] = {}  # id -> clock() of the next try
+        self._confirmed: list[Confirmed] = []
         self._flush_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self.written = 0
+
+    @property
+    def spooled(self) -> int:
+        """Updates in the spool file, not yet confirmed by Postgres."""
+        return len(self._in_spool)
+
+    def on_confirmed(self, listener: Confirmed) -> None:
+        self._confirmed.append(listener)
 
     def report(self, update: ResultUpdate) -> None:
         known = self._pending.get(update.id)
@@ -89,76 +132,124 @@ class ResultWriter:
                 wait = backoff.next()
 
     async def flush(self) -> bool:
-        """Write what is pending; False (and everything kept) if the write failed."""
+        """Write what is pending; False (and everything kept) if Postgres could not be
+        reached. Results Postgres refused stay pending, and do not make it False."""
         async with self._flush_lock:  # one batch at a time: drain waits for the last
             return await self._flush()
 
     async def _flush(self) -> bool:
-        if not self._pending:
+        now = self._clock()
+        batch = [u for u in self._pending.values() if self._refused_until.get(u.id, 0.0) <= now]
+        if not batch:
             return True
-        batch, self._pending = self._pending, {}
-        updates = list(batch.values())
-        if self._spool is not None:
-            try:
-                # In a thread: an fsync may take milliseconds, the loop has better to do.
-                await asyncio.to_thread(self._spool.append, updates)
-                self.spooled += len(updates)
-            except OSError as exc:
-                log.error("spool_write_failed", path=str(self._spool.path), error=describe(exc))
+        for update in batch:
+            del self._pending[update.id]
+        written: list[ResultUpdate] = []
         try:
-            await self._write(updates)
-        except asyncpg.DataError as exc:
-            # Postgres refused a value (not the connection): one row's result must not
-            # hold back the batch forever. Write them one by one; one refused alone is
-            # written without its raw answer.
+            await self._to_spool(batch)
+            reachable = await self._write_batch(batch, written)
+        except BaseException:  # cancelled (shutdown): what was not written stays ours
+            self._keep_unwritten(batch, written)
+            raise
+        self._keep_unwritten(batch, written)
+        if written:
+            self.written += len(written)
+            log.debug("results_written", rows=len(written))
+            await self._spool_only_pending()
+            final = [u for u in written if u.status in FINAL_STATUSES]
+            for listener in self._confirmed:
+                listener(final)
+        return reachable
+
+    async def _write_batch(self, batch: list[ResultUpdate], written: list[ResultUpdate]) -> bool:
+        """Write `batch`, appending to `written` what Postgres took; False when it could
+        not be reached."""
+        try:
+            await self._write(batch)
+        except Exception as exc:
+            if not _refused(exc):
+                log.warning("results_write_failed", rows=len(batch), error=describe(exc))
+                return False
             log.warning("results_batch_refused", rows=len(batch), error=describe(exc))
-            if not await self._write_one_by_one(updates):
-                return False  # some kept for later; the spool still holds them
-        except BaseException as exc:  # cancelled too: the batch stays ours
-            for update in updates:
-                self._keep(update)
-            if not isinstance(exc, Exception):
-                raise
-            log.warning("results_write_failed", rows=len(batch), error=describe(exc))
-            return False
-        self.written += len(batch)
-        log.debug("results_written", rows=len(batch))
-        if self._spool is not None and self.spooled:
-            # Whatever the spool held was in this batch, or merged into it.
-            try:
-                await asyncio.to_thread(self._spool.clear)
-                self.spooled = 0
-            except OSError as exc:
-                log.error("spool_clear_failed", path=str(self._spool.path), error=describe(exc))
+            return await self._write_one_by_one(batch, written)
+        written.extend(batch)
         return True
 
-    async def _write_one_by_one(self, updates: list[ResultUpdate]) -> bool:
-        """True when every update was written (some perhaps without their answer)."""
-        all_written = True
+    async def _write_one_by_one(
+        self, updates: list[ResultUpdate], written: list[ResultUpdate]
+    ) -> bool:
         for update in updates:
             try:
                 try:
                     await self._write([update])
                 except asyncpg.DataError as exc:
+                    # A value in the raw answer it cannot store: the rest of the result
+                    # is worth more than waiting for a fix.
                     log.error("result_refused", prebooking_id=str(update.id), error=describe(exc))
                     await self._write([_without_answer(update)])
-            except Exception as exc:  # the connection this time: keep it for later
+            except Exception as exc:
+                if not _refused(exc):
+                    log.warning("results_write_failed", rows=1, error=describe(exc))
+                    return False
+                self._refused_until[update.id] = self._clock() + REFUSED_RETRY
+                log.error(
+                    "result_refused",
+                    prebooking_id=str(update.id),
+                    error=describe(exc),
+                    retry_in_s=REFUSED_RETRY,
+                )
+                continue
+            written.append(update)
+            self._refused_until.pop(update.id, None)
+        return True
+
+    def _keep_unwritten(self, batch: list[ResultUpdate], written: list[ResultUpdate]) -> None:
+        taken = {u.id for u in written}
+        for update in batch:
+            if update.id not in taken:
                 self._keep(update)
-                all_written = False
-                log.warning("results_write_failed", rows=1, error=describe(exc))
-        return all_written
 
     def _keep(self, update: ResultUpdate) -> None:
         """Put an unwritten update back under anything reported since (which is newer)."""
         newer = self._pending.get(update.id)
         self._pending[update.id] = update if newer is None else update.merged_with(newer)
 
+    async def _to_spool(self, batch: list[ResultUpdate]) -> None:
+        """Append to the spool what it does not hold yet (in a thread: an fsync may take
+        milliseconds, and the loop has better to do)."""
+        if self._spool is None:
+            return
+        new = [u for u in batch if self._in_spool.get(u.id) != u]
+        if not new:
+            return
+        try:
+            await asyncio.to_thread(self._spool.append, new)
+        except OSError as exc:
+            log.error("spool_write_failed", path=str(self._spool.path), error=describe(exc))
+            return
+        self._in_spool.update((u.id, u) for u in new)
+
+    async def _spool_only_pending(self) -> None:
+        """Postgres holds what was written: the spool keeps only what is still pending."""
+        if self._spool is None or not self._in_spool:
+            return
+        keep = [u for u in self._in_spool.values() if u.id in self._pending]
+        try:
+            if keep:
+                await asyncio.to_thread(self._spool.rewrite, keep)
+            else:
+                await asyncio.to_thread(self._spool.clear)
+        except OSError as exc:
+            log.error("spool_clear_failed", path=str(self._spool.path), error=describe(exc))
+            return
+        self._in_spool = {u.id: u for u in keep}
+
     def recover(self, spool: Spool) -> int:
         """Queue what an earlier run spooled but never wrote; returns how many."""
         updates = spool.load()
         for update in updates:
             self.report(update)
-        self.spooled = len(updates)
+            self._in_spool[update.id] = self._pending[update.id]
         return len(updates)
 
     async def drain(self, deadline: float) -> bool:
@@ -172,6 +263,8 @@ class ResultWriter:
                     return True
             except TimeoutError:
                 break
+            if self._pending.keys() <= self._refused_until.keys():
+                break  # only results Postgres refuses are left: waiting will not help
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(min(0.5, deadline - loop.time()))

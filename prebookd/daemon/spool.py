@@ -38,6 +38,17 @@ class Spool:
             spool.flush()
             os.fsync(spool.fileno())
 
+    def rewrite(self, updates: Iterable[ResultUpdate]) -> None:
+        """Replace the file with these updates, atomically (blocking): a crash leaves
+        the old file or the new one, never a part of either."""
+        scratch = self.path.with_name(self.path.name + ".new")
+        with open(scratch, "w", encoding="utf-8") as spool:
+            spool.write("".join(json.dumps(_encode(u)) + "\n" for u in updates))
+            spool.flush()
+            os.fsync(spool.fileno())
+        os.replace(scratch, self.path)
+        _fsync_dir(self.path.parent)
+
     def clear(self) -> None:
         """Everything spooled is in Postgres now (blocking)."""
         if self.path.exists() and self.path.stat().st_size:
@@ -74,3 +85,12 @@ def _decode(fields: dict[str, object]) -> ResultUpdate:
     values = {k: v for k, v in fields.items() if k in known}
     values["id"] = UUID(str(values["id"]))
     return ResultUpdate(**values)  # type: ignore[arg-type]
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -216,12 +216,13 @@ async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
                lateness_ms   = coalesce(u.lateness_ms, p.lateness_ms),
                attempts      = greatest(coalesce(u.attempts, 0), p.attempts),
                executed_at   = coalesce(u.executed_at, p.executed_at),
-               fired_by      = coalesce(u.fired_by, p.fired_by)
+               fired_by      = coalesce(u.fired_by, p.fired_by),
+               send_note     = coalesce(u.send_note, p.send_note)
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                       $6::timestamptz[], $7::float8[], $8::int[], $9::timestamptz[],
-                      $10::text[])
+                      $10::text[], $11::text[])
                AS u(id, status, outcome, error_message, result, written_at, lateness_ms,
-                    attempts, executed_at, fired_by)
+                    attempts, executed_at, fired_by, send_note)
          WHERE p.id = u.id
            AND (p.status IN ('pending', 'loaded', 'executing')
                 OR (p.status = 'cancelled' AND u.written_at IS NOT NULL))
@@ -236,6 +237,7 @@ async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
         [u.attempts for u in updates],
         [_ts(u.executed_at) for u in updates],
         [u.fired_by for u in updates],
+        [u.send_note for u in updates],
     )
 
 
