@@ -93,9 +93,11 @@ if [ ! -x "$PREFIX/venv/bin/python" ]; then
 fi
 "$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
 # A plain (not editable) install: the service never runs code from the checkout.
+# Dependencies at the versions CI tested (deploy/constraints.txt), also on upgrade.
 # --force-reinstall --no-deps afterwards: a local directory with an unchanged version
 # number must still replace the installed copy on upgrade.
-"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check "$SOURCE"
+"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check \
+    -c "$SOURCE/deploy/constraints.txt" "$SOURCE"
 "$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps \
     --force-reinstall "$SOURCE"
 install -d -m 0755 "$PREFIX/deploy"

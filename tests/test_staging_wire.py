@@ -1,0 +1,225 @@
+"""A staged request puts no byte on the wire before its gate opens, seen from the server.
+
+The server here is a raw TCP listener, not aiohttp: it notes when each connection
+arrives and when each chunk of bytes comes in, so "nothing before the gate" is checked
+on the socket, not on the client's idea of when it wrote. aiohttp 3.10 and 3.11 wrote
+the request line and headers (the member's cookies included) before the trace hook the
+gate parks in; these tests fail there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from prebookd.aimharder.client import AimHarderClient, Attempt
+from prebookd.models import Booking, build_booking
+
+HOLD = 0.5  # how long a gate stays closed once every request is staged
+STAGED = 5
+COOKIE = "amhrdrauth=member-secret"
+ANSWER_BODY = b'{"bookState": 1, "id": "1"}'
+ANSWER = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: application/json; charset=UTF-8\r\n"
+    b"Content-Length: " + str(len(ANSWER_BODY)).encode() + b"\r\n"
+    b"Connection: keep-alive\r\n"
+    b"\r\n" + ANSWER_BODY
+)
+
+
+def staged(gate: asyncio.Future[None] | None) -> Attempt:
+    """Every Attempt in this file is made here, so a change to its signature is one edit.
+
+    When Attempt takes `not_before` (the wall-clock instant before which no byte may
+    go), pass `time.time()`: already passed when the gate opens, so the gate alone
+    holds the request, which is what these tests look at.
+    """
+    return Attempt(gate)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    connection: int  # the order in which its TCP connection arrived, from 0
+    at: float  # time.monotonic() when the server read it
+    wall: float  # time.time() then
+    data: bytes
+
+
+@dataclass
+class RecordingServer:
+    """HTTP/1.1 on a raw socket: every request is answered `bookState: 1`, keep-alive."""
+
+    port: int = 0
+    connections: list[float] = field(default_factory=list)  # monotonic arrival times
+    chunks: list[Chunk] = field(default_factory=list)
+    requests: list[tuple[int, bytes]] = field(default_factory=list)  # (connection, request)
+
+    def bytes_received(self) -> int:
+        return sum(len(chunk.data) for chunk in self.chunks)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = len(self.connections)
+        self.connections.append(time.monotonic())
+        pending = b""
+        try:
+            while data := await reader.read(65_536):
+                self.chunks.append(Chunk(connection, time.monotonic(), time.time(), data))
+                pending += data
+                while (split := _one_request(pending)) is not None:
+                    request, pending = split
+                    self.requests.append((connection, request))
+                    writer.write(ANSWER)
+                    await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+def _one_request(pending: bytes) -> tuple[bytes, bytes] | None:
+    """The first whole request in `pending` and what follows it, or None if incomplete."""
+    end = pending.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    length = 0
+    for line in pending[:end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    stop = end + 4 + length
+    if len(pending) < stop:
+        return None
+    return pending[:stop], pending[stop:]
+
+
+@pytest.fixture
+async def wire() -> AsyncIterator[RecordingServer]:
+    recorder = RecordingServer()
+    server = await asyncio.start_server(recorder.serve, "127.0.0.1", 0)
+    recorder.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield recorder
+
+
+@pytest.fixture
+async def client(wire: RecordingServer) -> AsyncIterator[AimHarderClient]:
+    # Depends on `wire` so that it is closed first: the server's handlers then end.
+    client = AimHarderClient(limit=20, limit_per_host=20, request_timeout=5.0)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def booking_for(wire: RecordingServer) -> Booking:
+    """A claimed row of a box whose base URL is the recording server."""
+    return build_booking(
+        {
+            "id": uuid.uuid4(),
+            "user_email": "member@x.es",
+            "box_id": uuid.uuid4(),
+            "booking_data": {"day": "20301201", "familyId": "", "id": "1", "insist": 0},
+            "available_at": dt.datetime(2030, 11, 27, 6, tzinfo=dt.UTC),
+            "created_at": dt.datetime(2030, 11, 1, tzinfo=dt.UTC),
+            "box_found": True,
+            "subdomain": "box-a",
+            "base_url": f"http://127.0.0.1:{wire.port}",
+            "session_found": True,
+            "aimharder_cookies": [{"name": "amhrdrauth", "value": "member-secret"}],
+        }
+    )
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.005)
+
+
+def assert_booking_request(request: bytes) -> None:
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /api/book HTTP/1.1"
+    assert b"Cookie: " + COOKIE.encode() in lines
+    assert body == b"id=1&day=20301201&insist=0&familyId="
+
+
+async def test_staged_requests_write_nothing_until_the_gate_opens(
+    wire: RecordingServer, client: AimHarderClient
+) -> None:
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    attempts = [staged(gate) for _ in range(STAGED)]
+    tasks = [asyncio.create_task(client.book(booking_for(wire), a)) for a in attempts]
+    try:
+        await until(
+            lambda: len(wire.connections) == STAGED and all(a.parked for a in attempts),
+            f"{STAGED} connections open and every request parked at its gate",
+        )
+        assert all(a.new_connection for a in attempts)
+        await asyncio.sleep(HOLD)
+        early = wire.chunks
+        assert not early, f"bytes reached the server while the gate was closed: {early[0].data!r}"
+
+        opened_at, opened_wall = time.monotonic(), time.time()
+        gate.set_result(None)
+        exchanges = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert [e.outcome.code for e in exchanges] == ["booked"] * STAGED
+    assert min(chunk.at for chunk in wire.chunks) >= opened_at
+    for exchange in exchanges:
+        assert exchange.written_at is not None and exchange.written_at >= opened_wall
+    assert sorted(connection for connection, _ in wire.requests) == list(range(STAGED))
+    for _, request in wire.requests:
+        assert_booking_request(request)
+
+
+async def test_a_request_staged_on_a_kept_alive_connection_waits_for_its_gate(
+    wire: RecordingServer, client: AimHarderClient
+) -> None:
+    first = staged(None)
+    answered = await client.book(booking_for(wire), first)
+    assert answered.outcome.code == "booked"
+    assert first.new_connection is True
+    received_before = wire.bytes_received()
+    assert received_before > 0
+    chunks_before = len(wire.chunks)
+
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    second = staged(gate)
+    task = asyncio.create_task(client.book(booking_for(wire), second))
+    try:
+        await until(lambda: second.parked, "the second request parked at its gate")
+        assert second.new_connection is False, "the kept-alive connection was not reused"
+        await asyncio.sleep(HOLD)
+        early = wire.chunks[chunks_before:]
+        assert not early, f"bytes reached the server while the gate was closed: {early[0].data!r}"
+
+        opened_at, opened_wall = time.monotonic(), time.time()
+        gate.set_result(None)
+        exchange = await task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    assert exchange.outcome.code == "booked"
+    assert exchange.written_at is not None and exchange.written_at >= opened_wall
+    assert wire.bytes_received() > received_before
+    assert all(chunk.at >= opened_at for chunk in wire.chunks[chunks_before:])
+    assert len(wire.connections) == 1
+    assert [connection for connection, _ in wire.requests] == [0, 0]
+    for _, request in wire.requests:
+        assert_booking_request(request)
