@@ -35,13 +35,8 @@ ANSWER = (
 
 
 def staged(gate: asyncio.Future[None] | None) -> Attempt:
-    """Every Attempt in this file is made here, so a change to its signature is one edit.
-
-    When Attempt takes `not_before` (the wall-clock instant before which no byte may
-    go), pass `time.time()`: already passed when the gate opens, so the gate alone
-    holds the request, which is what these tests look at.
-    """
-    return Attempt(gate)
+    """An attempt held by its gate alone: its instant (`not_before`) has passed already."""
+    return Attempt(gate, not_before=time.time())
 
 
 @dataclass(frozen=True)
@@ -223,3 +218,23 @@ async def test_a_request_staged_on_a_kept_alive_connection_waits_for_its_gate(
     assert [connection for connection, _ in wire.requests] == [0, 0]
     for _, request in wire.requests:
         assert_booking_request(request)
+
+
+async def test_a_request_with_no_gate_writes_nothing_before_its_instant(
+    wire: RecordingServer, client: AimHarderClient
+) -> None:
+    """A retry, or a request staged again, carries no gate: its instant holds it, on a
+    fresh connection and on a kept-alive one alike."""
+    warm = await client.book(booking_for(wire), staged(None))  # a connection to reuse
+    assert warm.outcome.code == "booked"
+    before = wire.bytes_received()
+    instant = time.time() + HOLD
+    attempts = [Attempt(None, not_before=instant) for _ in range(3)]
+    exchanges = await asyncio.gather(*(client.book(booking_for(wire), a) for a in attempts))
+
+    assert [e.outcome.code for e in exchanges] == ["booked"] * 3
+    late_chunks = [c for c in wire.chunks if c.wall >= instant]
+    early = wire.bytes_received() - before - sum(len(c.data) for c in late_chunks)
+    assert early == 0, "bytes of a request reached the server before its instant"
+    for attempt in attempts:
+        assert attempt.written_at is not None and attempt.written_at >= instant

@@ -9,6 +9,10 @@ step, aiohttp's `on_request_chunk_sent` trace, which is awaited right before the
 headers and body go to the socket in one write. When the gate opens only that write
 is left.
 
+This needs aiohttp >= 3.12: 3.10 and 3.11 write the request line and headers (the
+member's cookies included) before that hook, so a staged request's head reached the
+server at staging (tests/test_staging_wire.py fails there). pyproject pins the range.
+
 Parking any earlier is not enough on Python 3.11: aiohttp writes the body from a
 task of its own, so requests released together would each be prepared before the
 first one is written (100 requests: the first written ~10 ms late).
