@@ -195,7 +195,8 @@ class ResultWriter:
                 log.error(
                     "result_refused",
                     prebooking_id=str(update.id),
-                    error=describe(exc),
+                    # Postgres's own words, without the DETAIL that repeats the row.
+                    error=getattr(exc, "message", None) or describe(exc),
                     retry_in_s=REFUSED_RETRY,
                 )
                 continue
