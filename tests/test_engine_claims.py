@@ -27,6 +27,7 @@ from prebookd.daemon.engine import Engine, EngineConfig
 from prebookd.daemon.firing import Timing
 from prebookd.daemon.results import ResultWriter
 from prebookd.db.connection import connect, create_pool
+from prebookd.models import FINAL_STATUSES, ResultUpdate
 from prebookd.settings import Settings
 from prebookd.sim.server import Simulator
 from tests.support import add_box, add_member, add_prebooking, open_class, utc
@@ -43,11 +44,25 @@ class HeldClaims:
         self.first_claim_ran = asyncio.Event()
         self._gate = asyncio.Event()
 
+        self.resync_ran = asyncio.Event()
+        self._resync_gate: asyncio.Event | None = None
+
     def let_go(self) -> None:
         self._gate.set()
 
+    def hold_resyncs(self) -> None:
+        """From now on, the answer of a resync's read waits for `let_resyncs_go`."""
+        self._resync_gate = asyncio.Event()
+
+    def let_resyncs_go(self) -> None:
+        assert self._resync_gate is not None
+        self._resync_gate.set()
+
     async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
         records: list[asyncpg.Record] = await self._pool.fetch(query, *args, **kwargs)
+        if "NULLS FIRST" in query and self._resync_gate is not None:
+            self.resync_ran.set()
+            await self._resync_gate.wait()
         if "claimed AS" in query:
             self.claims += 1
             if self.claims == 1:
@@ -57,6 +72,25 @@ class HeldClaims:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
+
+
+class RecordingResults(ResultWriter):
+    """The engine's result writer, never flushed here: what it was told is kept."""
+
+    def __init__(self) -> None:
+        super().__init__(self._never_written, flush_interval=3600.0)
+        self.reported: list[ResultUpdate] = []
+
+    def report(self, update: ResultUpdate) -> None:
+        self.reported.append(update)
+        super().report(update)
+
+    def finals(self, row: uuid.UUID) -> list[str | None]:
+        return [u.outcome for u in self.reported if u.id == row and u.status in FINAL_STATUSES]
+
+    @staticmethod
+    async def _never_written(updates: Any) -> None:
+        raise AssertionError("the writer is never flushed here")
 
 
 class Bed:
@@ -70,6 +104,8 @@ class Bed:
         self.crashes: list[BaseException] = []
         self.notified = 0
         self._listener: asyncpg.Connection | None = None
+        self.results = RecordingResults()
+        self.clock_offset = 0.0  # the engine's wall clock runs this far ahead of time.time()
         self.client = AimHarderClient(limit=20, limit_per_host=20, request_timeout=5)
         self.engine = Engine(
             EngineConfig(
@@ -86,14 +122,11 @@ class Bed:
             ),
             pool=cast(asyncpg.Pool, pool),
             client=self.client,
-            results=ResultWriter(self._never_written, flush_interval=3600.0),
+            results=self.results,
             on_crash=self.crashes.append,
             hot=HotWindows(),
+            clock=lambda: time.time() + self.clock_offset,
         )
-
-    @staticmethod
-    async def _never_written(updates: Any) -> None:
-        raise AssertionError("the writer is never flushed here")
 
     async def add_rows(self, instant: float, count: int) -> list[uuid.UUID]:
         box = await add_box(self.conn, self.sim, BOX)
@@ -259,3 +292,48 @@ async def test_a_row_locked_by_the_web_app_when_due_is_armed_once_the_lock_goes(
     assert len(requests) == 1
     assert instant <= requests[0].arrived_at < instant + 0.05
     assert 2 <= bed.pool.claims <= 10, f"{bed.pool.claims} claims while the row was locked"
+
+
+async def test_a_row_sent_stays_sent_however_long_postgres_keeps_its_result_waiting(
+    bed: Bed,
+) -> None:
+    """Postgres away longer than any timer: the result is not in the table, which still
+    says `loaded`. A resync then neither sends the row again nor fails it as missed."""
+    bed.pool.let_go()
+    instant = round(time.time() + 1.0, 3)
+    (row,) = await bed.add_rows(instant, 1)
+    await bed.engine.resync()
+    await bed.settle(after=instant + 0.5)
+    assert bed.results.finals(row) == ["booked"]
+
+    bed.clock_offset = 3600.0  # an hour on, and the result is still only in memory
+    await bed.engine.resync()
+    await asyncio.sleep(0.5)  # a claim, if the row were armed again, would run now
+    await bed.settle(after=time.time())
+
+    assert len(bed.book_requests()) == 1
+    assert bed.results.finals(row) == ["booked"]
+    assert bed.crashes == []
+
+
+async def test_a_resync_read_before_a_notification_does_not_undo_it(bed: Bed) -> None:
+    """The web app moves a row while a resync's read of the table is on its way back
+    (a slow Postgres): the row stays at its new instant, not the one the read saw."""
+    first = round(time.time() + 30.0, 3)
+    (row,) = await bed.add_rows(first, 1)
+    await bed.listen()
+    await bed.engine.resync()
+
+    bed.pool.hold_resyncs()
+    resync = asyncio.create_task(bed.engine.resync())
+    await asyncio.wait_for(bed.pool.resync_ran.wait(), timeout=5)
+    seen = bed.notified
+    moved = first + 10.0
+    await bed.conn.execute(
+        "UPDATE prebookings SET available_at = $2 WHERE id = $1", row, utc(moved)
+    )
+    await bed.notified_beyond(seen)
+    bed.pool.let_resyncs_go()
+    await resync
+
+    assert [e.available_at for e in bed.engine.schedule.entries() if e.id == row] == [moved]
