@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
 
 from prebookd.db import migrate as migrate_module
+from prebookd.db import store
 from prebookd.db.connection import connect
 from prebookd.db.migrate import Migration, available_migrations, migrate, pending_migrations
 from prebookd.errors import MigrationError
@@ -536,3 +538,42 @@ async def test_trigger_payload_stays_small_with_large_rows(
     # next_payload asserts each is under 300 bytes.
     ops = [(await next_payload(notifications))["op"] for _ in range(3)]
     assert ops == ["insert", "update", "delete"]
+
+
+class Explained:
+    """Runs a store query under EXPLAIN instead, and keeps the plan."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self.plan = ""
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        rows = await self._conn.fetch("EXPLAIN " + query, *args)
+        self.plan = "\n".join(r[0] for r in rows)
+        return []
+
+
+async def test_the_resync_reads_active_rows_through_an_index_not_the_whole_table(
+    conn: asyncpg.Connection,
+) -> None:
+    """Rows that are done pile up for ever; the periodic resync must not read them."""
+    await conn.execute(
+        """INSERT INTO prebookings (user_email, booking_data, available_at, status)
+           SELECT 'm' || n || '@x.es', '{}', now() - interval '1 day',
+                  CASE WHEN n % 2 = 0 THEN 'completed' ELSE 'failed' END
+             FROM generate_series(1, 20000) n"""
+    )
+    await conn.execute(
+        """INSERT INTO prebookings (user_email, booking_data, available_at, status)
+           SELECT 'a' || n || '@x.es', '{}', now() + interval '1 hour',
+                  (ARRAY['pending', 'loaded', 'executing'])[n % 3 + 1]
+             FROM generate_series(1, 30) n"""
+    )
+    await conn.execute("ANALYZE prebookings")
+    explained = Explained(conn)
+    now = time.time()
+    await store.rows_to_schedule(
+        cast(asyncpg.Connection, explained), horizon_end=now + 86_400, absurd_after=now + 3e7
+    )
+    assert "prebookings_to_fire_idx" in explained.plan, explained.plan
+    assert "Seq Scan" not in explained.plan, explained.plan
