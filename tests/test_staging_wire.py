@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from prebookd.aimharder.client import AimHarderClient, Attempt
-from prebookd.models import Booking, build_booking
+from prebookd.daemon.clock import HotWindows
+from prebookd.daemon.firing import Firing, Timing
+from prebookd.models import Booking, ResultUpdate, build_booking
 
 HOLD = 0.5  # how long a gate stays closed once every request is staged
 STAGED = 5
@@ -49,9 +51,15 @@ class Chunk:
 
 @dataclass
 class RecordingServer:
-    """HTTP/1.1 on a raw socket: every request is answered `bookState: 1`, keep-alive."""
+    """HTTP/1.1 on a raw socket: every request is answered `bookState: 1`, keep-alive.
+
+    With `idle_timeout`, it acts as AWS's load balancer does on a connection that moved
+    no byte for that long: closes it (`idle_action` "close"), or answers 408 first."""
 
     port: int = 0
+    idle_timeout: float | None = None
+    idle_action: str = "close"
+    idle_closed: int = 0
     connections: list[float] = field(default_factory=list)  # monotonic arrival times
     chunks: list[Chunk] = field(default_factory=list)
     requests: list[tuple[int, bytes]] = field(default_factory=list)  # (connection, request)
@@ -64,7 +72,7 @@ class RecordingServer:
         self.connections.append(time.monotonic())
         pending = b""
         try:
-            while data := await reader.read(65_536):
+            while data := await self._read(reader, writer):
                 self.chunks.append(Chunk(connection, time.monotonic(), time.time(), data))
                 pending += data
                 while (split := _one_request(pending)) is not None:
@@ -76,6 +84,21 @@ class RecordingServer:
             pass
         finally:
             writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """The next bytes; b"" once the connection is closed (by either side)."""
+        if self.idle_timeout is None:
+            return await reader.read(65_536)
+        try:
+            return await asyncio.wait_for(reader.read(65_536), self.idle_timeout)
+        except TimeoutError:
+            self.idle_closed += 1
+            if self.idle_action == "408":
+                writer.write(
+                    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+            return b""
 
 
 def _one_request(pending: bytes) -> tuple[bytes, bytes] | None:
@@ -238,3 +261,35 @@ async def test_a_request_with_no_gate_writes_nothing_before_its_instant(
     assert early == 0, "bytes of a request reached the server before its instant"
     for attempt in attempts:
         assert attempt.written_at is not None and attempt.written_at >= instant
+
+
+@pytest.mark.parametrize("idle_action", ["close", "408"])
+async def test_a_staged_request_whose_connection_is_closed_as_idle_goes_at_its_instant(
+    wire: RecordingServer, client: AimHarderClient, idle_action: str
+) -> None:
+    """A load balancer closes connections idle for 0.3 s, with a 408 or without; the
+    requests wait 1 s at their gate. Each is staged again, none is written before the
+    instant, and each reaches the server just after it."""
+    wire.idle_timeout, wire.idle_action = 0.3, idle_action
+    reports: list[ResultUpdate] = []
+    instant = time.time() + 1.3
+    firing = Firing(
+        instant,
+        client=client,
+        timing=Timing(stage_lead=1.0, spin_window=0.003, retry_window=1.0, retry_interval=0.05),
+        report=reports.append,
+        instance="test",
+        hot=HotWindows(),
+    )
+    for _ in range(3):
+        firing.add(booking_for(wire))
+    await firing.run()
+
+    assert wire.idle_closed >= 3
+    assert min(chunk.wall for chunk in wire.chunks) >= instant
+    assert len(wire.requests) == 3
+    final = [u for u in reports if u.status in ("completed", "failed")]
+    assert [u.outcome for u in final] == ["booked"] * 3
+    for update in final:
+        assert update.lateness_ms is not None and 0 <= update.lateness_ms < 250
+        assert update.send_note is not None and "staged again" in update.send_note
