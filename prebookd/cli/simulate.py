@@ -10,26 +10,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import secrets
 import signal
 import time
 import tomllib
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from prebookd.errors import UsageError
 from prebookd.settings import Settings
+from prebookd.sim.config import (
+    SETTING_KEYWORDS,
+    ConfigFile,
+    SettingsSection,
+    parse_opens_at,
+    with_times,
+)
 from prebookd.sim.server import (
+    BalancerSpec,
     BoxSpec,
     ClassSpec,
     FaultsSpec,
     MemberSpec,
     Simulator,
+    apply_balancer,
     apply_box,
     apply_class,
     apply_faults,
@@ -50,8 +57,10 @@ configured is created with --capacity places and --waitlist waiting places, open
 
 Control endpoints: GET /_sim/requests (every request, with the instant its first byte
 arrived and any fault injected), GET /_sim/bookings, GET /_sim/waitlists,
-POST /_sim/reset, and POST /_sim/boxes, /_sim/classes, /_sim/members, /_sim/faults
-(JSON bodies with the fields of the config file's entries).
+POST /_sim/reset, and POST /_sim/boxes, /_sim/classes, /_sim/members, /_sim/faults,
+/_sim/balancer (JSON bodies with the fields of the config file's entries); GET
+/_sim/balancer says what the load balancer is set to and how many idle connections it
+closed (idle_closed), answered 408 (idle_408) or reset (idle_reset).
 Flags override the config file's [settings]. Stops on SIGINT or SIGTERM.
 """
 
@@ -91,40 +100,14 @@ config file (TOML when FILE ends in .toml, else JSON with the same keys):
   latency = 0.05             # seconds; also jitter, and the fractions error_rate,
   error_rate = 0.1           # html_rate, reset_rate, truncated_rate, slow_body;
   forbidden = false          # slow_body_seconds; forbidden answers 403 to everything
+  [balancer]                 # in front of every box and the account site
+  idle_timeout = 60          # seconds a connection may sit idle, before its first
+                             # request or between two (default: forever)
+  idle_action = "408"        # then: "close" (FIN, the default), "408" (a 408 answer,
+                             # then FIN) or "reset" (RST)
+  connect_delay = 0.5        # seconds a new connection is left unread (the client's
+                             # connect returns at once; its request waits); default 0
 """
-
-_RELATIVE = re.compile(r"^([+-])(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_opens_at(value: object, now: float) -> float:
-    """Epoch seconds from `+5s`/`+1.5m`/`+250ms`/`-20m` (relative to `now`), an ISO
-    time with offset, an aware datetime (TOML), or epoch seconds. ValueError says what
-    is wrong."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a time: {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        text = value.strip()
-        relative = _RELATIVE.match(text)
-        if relative:
-            sign = -1.0 if relative.group(1) == "-" else 1.0
-            return now + sign * float(relative.group(2)) * _UNIT_SECONDS[relative.group(3) or "s"]
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(
-                f"not a time: {text!r} (use +5s, or ISO like 2026-12-01T07:00:00+01:00)"
-            ) from None
-    else:
-        raise ValueError(f"not a time: {value!r}")
-    if moment.tzinfo is None:
-        # A naive time is ambiguous between the box's zone and this machine's: refuse it.
-        raise ValueError(f"time has no UTC offset: {value!s} (add one, e.g. +01:00)")
-    return moment.timestamp()
 
 
 def _opens_at_arg(text: str) -> float:
@@ -144,12 +127,27 @@ def _pair_arg(what: str) -> Any:
     return parse
 
 
+def _pairs(text: str) -> dict[str, str] | None:
+    """`KEY=VALUE,KEY=VALUE` as a dict, None if it is not that."""
+    pairs = [item.partition("=") for item in text.split(",")]
+    if not all(k and s and v for k, s, v in pairs):
+        return None
+    return {k.strip(): v.strip() for k, _, v in pairs}
+
+
 def _faults_arg(text: str) -> dict[str, str]:
     box, sep, rest = text.partition(":")
-    pairs = [item.partition("=") for item in rest.split(",")]
-    if not sep or not box or not all(k and s and v for k, s, v in pairs):
+    pairs = _pairs(rest)
+    if not sep or not box or pairs is None:
         raise argparse.ArgumentTypeError("expected SUBDOMAIN:KEY=VALUE[,KEY=VALUE...]")
-    return {"box": box, **{k.strip(): v.strip() for k, _, v in pairs}}
+    return {"box": box, **pairs}
+
+
+def _balancer_arg(text: str) -> dict[str, str]:
+    pairs = _pairs(text)
+    if pairs is None:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE[,KEY=VALUE...]")
+    return pairs
 
 
 def add_simulate_parser(commands: Any) -> None:
@@ -243,43 +241,15 @@ def add_simulate_parser(commands: Any) -> None:
         help="inject faults on a box, e.g. crossfitx:error_rate=0.1,latency=0.05 "
         "(keys as in the config file's [[faults]]; repeatable)",
     )
+    add(
+        "--balancer",
+        type=_balancer_arg,
+        metavar="KEY=VALUE,...",
+        help="what the load balancer in front of every box does to idle connections, "
+        "e.g. idle_timeout=60,idle_action=408 (keys as in the config file's [balancer], "
+        "which these override)",
+    )
     parser.set_defaults(handler=simulate)
-
-
-class _SettingsSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    capacity: int | None = Field(default=None, ge=0)
-    waitlist: int | None = Field(default=None, ge=0)
-    opens_at: float | None = None
-    session_max_age: float | None = Field(default=None, gt=0)
-    token_max_age: float | None = Field(default=None, gt=0)
-    max_login_failures: int | None = Field(default=None, ge=1)
-    login_lock_time: float | None = Field(default=None, ge=0)
-    seed: int | None = None
-
-
-# Flag / [settings] name -> Simulator keyword.
-_SETTING_KEYWORDS = {
-    "capacity": "default_capacity",
-    "waitlist": "default_waitlist_capacity",
-    "opens_at": "default_opens_at",
-    "session_max_age": "session_max_age",
-    "token_max_age": "token_max_age",
-    "max_login_failures": "max_login_failures",
-    "login_lock_time": "login_lock_time",
-    "seed": "seed",
-}
-
-
-class _ConfigFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    settings: dict[str, Any] = {}
-    boxes: list[dict[str, Any]] = []
-    classes: list[dict[str, Any]] = []
-    members: list[dict[str, Any]] = []
-    faults: list[dict[str, Any]] = []
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -297,15 +267,10 @@ def read_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} is not valid: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(
-            f"config file {path}: expected an object with settings/boxes/classes/members/faults"
+            f"config file {path}: expected an object with "
+            "settings/boxes/classes/members/faults/balancer"
         )
     return data
-
-
-def _with_times(entry: dict[str, Any], keys: tuple[str, ...], now: float) -> dict[str, Any]:
-    """`entry` with its time fields (relative, ISO or epoch) as epoch seconds."""
-    times = {k: parse_opens_at(entry[k], now) for k in keys if entry.get(k) is not None}
-    return {**entry, **times}
 
 
 def build_simulator(args: argparse.Namespace, now: float) -> Simulator:
@@ -314,20 +279,26 @@ def build_simulator(args: argparse.Namespace, now: float) -> Simulator:
     source = f"config file {args.config}" if args.config else "arguments"
     where = source
     try:
-        config = _ConfigFile.model_validate(data)
+        config = ConfigFile.model_validate(data)
         where = f"{source}: settings"
-        section = _SettingsSection.model_validate(_with_times(config.settings, ("opens_at",), now))
+        section = SettingsSection.model_validate(with_times(config.settings, ("opens_at",), now))
         where = "arguments"  # flags win over the config file, within the same bounds
-        flags = {name: getattr(args, name) for name in _SETTING_KEYWORDS}
-        chosen = _SettingsSection.model_validate(
+        flags = {name: getattr(args, name) for name in SETTING_KEYWORDS}
+        chosen = SettingsSection.model_validate(
             {
                 **section.model_dump(exclude_none=True),
                 **{k: v for k, v in flags.items() if v is not None},
             }
         )
         sim = Simulator(
-            **{_SETTING_KEYWORDS[k]: v for k, v in chosen.model_dump(exclude_none=True).items()}
+            **{SETTING_KEYWORDS[k]: v for k, v in chosen.model_dump(exclude_none=True).items()}
         )
+        where = f"{source}: balancer"
+        balancer = BalancerSpec.model_validate(config.balancer)
+        if args.balancer:
+            where = "--balancer"
+            balancer = BalancerSpec.model_validate({**config.balancer, **args.balancer})
+        apply_balancer(sim, balancer)
         for subdomain in args.box:
             where = f"--box {subdomain}"
             sim.add_box(subdomain)
@@ -336,13 +307,13 @@ def build_simulator(args: argparse.Namespace, now: float) -> Simulator:
             apply_box(sim, BoxSpec.model_validate(entry))
         for i, entry in enumerate(config.classes):
             where = f"{source}: classes[{i}]"
-            spec = ClassSpec.model_validate(_with_times(entry, ("opens_at", "starts_at"), now))
+            spec = ClassSpec.model_validate(with_times(entry, ("opens_at", "starts_at"), now))
             if spec.box not in sim.boxes:
                 raise ValueError(f"unknown box {spec.box!r}: list it in boxes or pass --box")
             apply_class(sim, spec)
         for i, entry in enumerate(config.members):
             where = f"{source}: members[{i}]"
-            apply_member(sim, MemberSpec.model_validate(_with_times(entry, ("issued_at",), now)))
+            apply_member(sim, MemberSpec.model_validate(with_times(entry, ("issued_at",), now)))
         where = "--member"
         for email, cookie in args.member:
             sim.add_member(email, cookie)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from prebookd.sim.model import Answer, Call, Faults, Reservation, SimClass
+from prebookd.sim.model import Answer, Balancer, Call, Faults, IdleAction, Reservation, SimClass
 from prebookd.sim.state import Route, SimState
 
 CONTROL_PREFIX = "/_sim"
@@ -69,6 +69,19 @@ class FaultsSpec(_Spec):
     slow_body_seconds: float = Field(default=30.0, ge=0)
 
 
+class BalancerSpec(_Spec):
+    """The whole Balancer: a field left out is set to its default."""
+
+    idle_timeout: float | None = Field(default=None, ge=0)
+    idle_action: IdleAction = "close"
+    connect_delay: float = Field(default=0.0, ge=0)
+
+    @field_validator("idle_action", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value  # idle_action = 408
+
+
 def apply_box(sim: SimState, spec: BoxSpec) -> None:
     sim.add_box(**spec.model_dump())
 
@@ -95,6 +108,16 @@ def apply_member(sim: SimState, spec: MemberSpec) -> None:
 
 def apply_faults(sim: SimState, spec: FaultsSpec) -> None:
     sim.set_faults(spec.box, Faults(**spec.model_dump(exclude={"box"})))
+
+
+def apply_balancer(sim: SimState, spec: BalancerSpec) -> None:
+    sim.set_balancer(Balancer(**spec.model_dump()))
+
+
+async def _get_balancer(sim: SimState, call: Call) -> Answer:
+    """What the balancer is set to, and what it did (see BalancerStats)."""
+    done = dataclasses.asdict(sim.balancer_stats)
+    return Answer({**dataclasses.asdict(sim.balancer), **done})
 
 
 async def _get_requests(sim: SimState, call: Call) -> Answer:
@@ -137,4 +160,6 @@ CONTROL_ROUTES: dict[tuple[str, str], Route] = {
     ("POST", f"{CONTROL_PREFIX}/classes"): _setup_route(ClassSpec, apply_class),
     ("POST", f"{CONTROL_PREFIX}/members"): _setup_route(MemberSpec, apply_member),
     ("POST", f"{CONTROL_PREFIX}/faults"): _setup_route(FaultsSpec, apply_faults),
+    ("GET", f"{CONTROL_PREFIX}/balancer"): _get_balancer,
+    ("POST", f"{CONTROL_PREFIX}/balancer"): _setup_route(BalancerSpec, apply_balancer),
 }

@@ -79,7 +79,8 @@ def front_answer(
 ) -> tuple[web.Response, int]:
     """The answer of a fault in IN_FRONT, and the HTTP status to record (0: none)."""
     if fault == RESET:
-        _reset_connection(request)
+        if request.transport is not None:
+            reset_transport(request.transport)
         # Never written: the transport is gone, and aiohttp drops a response it
         # cannot send without complaint.
         return web.Response(status=500), 0
@@ -94,13 +95,11 @@ def front_answer(
     return web.Response(status=status, text=page, content_type="text/html"), status
 
 
-def _reset_connection(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is None:
-        return
+def reset_transport(transport: asyncio.Transport) -> None:
+    """Close a connection with an RST, as a crashed proxy does, not an orderly FIN."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        # Linger 0: close with an RST, as a crashed proxy does, not an orderly FIN.
+        # Linger 0: closing the socket sends an RST and drops what is unsent.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
 

@@ -9,7 +9,7 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -107,6 +107,59 @@ class Faults:
                 raise ValueError(f"{f.name} must be a finite number >= 0, not {value!r}")
         if sum(getattr(self, name) for name in self.RATES) > 1.0 + 1e-9:
             raise ValueError(f"the fault rates ({', '.join(self.RATES)}) add up to more than 1")
+
+
+# What the balancer does to a connection idle for too long: an orderly close (FIN), an
+# answer nobody asked for then a close, or an abortive close (RST).
+IdleAction = Literal["close", "408", "reset"]
+IDLE_ACTIONS: tuple[IdleAction, ...] = ("close", "408", "reset")
+
+
+@dataclass(frozen=True)
+class Balancer:
+    """The load balancer in front of the whole simulator (AWS's, in front of AimHarder):
+    it acts on connections, and before a request's first byte arrives a connection
+    belongs to no box. The default does nothing.
+
+    idle_timeout: seconds a connection may stay idle, no byte moving either way, whether
+    it is fresh (no request yet) or kept alive between requests; then idle_action is done
+    to it. Never while a request is being received or answered. None or 0: never.
+
+    idle_action: "close" closes the connection in order (FIN); "408" writes the
+    `408 Request Timeout` an AWS load balancer sends, then closes; "reset" aborts the
+    connection (RST).
+
+    connect_delay: seconds the simulator leaves a new connection unread. Not a slow TCP
+    handshake (that needs root and netem): the kernel accepts at once, so the client's
+    connect returns at once, and whatever it sends waits in the socket until the delay is
+    over; a request is stamped as arriving when it is read, after the delay. The idle
+    clock starts after the delay too.
+    """
+
+    idle_timeout: float | None = None
+    idle_action: IdleAction = "close"
+    connect_delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout", "connect_delay"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+        if self.idle_action not in IDLE_ACTIONS:
+            raise ValueError(f"idle_action must be one of {', '.join(IDLE_ACTIONS)}")
+
+
+@dataclass
+class BalancerStats:
+    """What the balancer did, since the simulator started or was last reset."""
+
+    idle_closed: int = 0  # idle connections closed (idle_action "close")
+    idle_408: int = 0  # idle connections answered 408 and closed
+    idle_reset: int = 0  # idle connections reset
+
+    def count(self, action: IdleAction) -> None:
+        name = {"close": "idle_closed", "408": "idle_408", "reset": "idle_reset"}[action]
+        setattr(self, name, getattr(self, name) + 1)
 
 
 @dataclass(frozen=True)

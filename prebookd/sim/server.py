@@ -4,15 +4,17 @@ It speaks shared/AIMHARDER.md on one port and records every request with the ins
 its first byte arrived:
 
 - the account site at the root: `POST /api/login`, `GET /setrefresh`,
-  `POST /api/tokenUpdate`, `GET /api/whoami` (prebookd/sim_account.py), so the
+  `POST /api/tokenUpdate`, `GET /api/whoami` (prebookd/sim/account.py), so the
   account base URL is the simulator's base URL;
 - many boxes, each under `{base}/{subdomain}`: `GET .../api/bookings`,
-  `POST .../api/book`, `POST .../api/cancelBook` (prebookd/sim_box.py), with
-  per-box fault injection (prebookd/sim_faults.py);
+  `POST .../api/book`, `POST .../api/cancelBook` (prebookd/sim/box.py), with
+  per-box fault injection (prebookd/sim/faults.py);
+- a load balancer in front of them all, which may close, answer 408 on, or reset
+  idle connections (Balancer; prebookd/sim/connection.py);
 - `/_sim/...` for a test in another process to set it up and read what it saw
-  (prebookd/sim_control.py).
+  (prebookd/sim/control.py).
 
-State and decisions live in `SimState` (prebookd/sim_state.py), which `Simulator`
+State and decisions live in `SimState` (prebookd/sim/state.py), which `Simulator`
 extends with the HTTP server. Built on aiohttp's low-level server (no
 `web.Application`) with route tables keyed by (method, path).
 """
@@ -21,20 +23,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-from aiohttp import web, web_protocol
+from aiohttp import web
 from pydantic import ValidationError
 
 from prebookd.sim.account import ACCOUNT_ROUTES
 from prebookd.sim.box import BOX_ROUTES
+from prebookd.sim.connection import Connection, ConnectionServer
 from prebookd.sim.control import (
     CONTROL_PREFIX,
     CONTROL_ROUTES,
+    BalancerSpec,
     BoxSpec,
     ClassSpec,
     FaultsSpec,
     MemberSpec,
+    apply_balancer,
     apply_box,
     apply_class,
     apply_faults,
@@ -54,6 +58,8 @@ from prebookd.sim.model import (
     AUTH_COOKIE,
     CONTRACTED,
     Answer,
+    Balancer,
+    BalancerStats,
     Call,
     Faults,
     RecordedRequest,
@@ -68,6 +74,9 @@ __all__ = [
     "AUTH_COOKIE",
     "CONTRACTED",
     "CONTROL_PREFIX",
+    "Balancer",
+    "BalancerSpec",
+    "BalancerStats",
     "BoxSpec",
     "ClassSpec",
     "Faults",
@@ -76,6 +85,7 @@ __all__ = [
     "RecordedRequest",
     "SimClass",
     "Simulator",
+    "apply_balancer",
     "apply_box",
     "apply_class",
     "apply_faults",
@@ -86,59 +96,24 @@ __all__ = [
 ACCOUNT_SITE = ""  # RecordedRequest.box of the account site's requests
 
 
-# --- arrival stamping ---------------------------------------------------------------
-#
-# The simulator handles a burst one request at a time, so the time a handler starts
-# includes its queueing behind every request before it (a burst written within 1 ms
-# read as 26 ms late at the handler). The honest arrival time is when the bytes reach
-# the protocol, before any parsing or scheduling, so the protocol stamps it there.
-
-
-class _StampingRequestHandler(web_protocol.RequestHandler):
-    __slots__ = ("connected_at", "first_byte_at", "served")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.first_byte_at: float | None = None
-        # The connection log: when this connection was accepted, and how many requests
-        # it carried before the current one (a warm connection has carried some, or was
-        # opened well before its first request).
-        self.connected_at: float | None = None
-        self.served = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.connected_at = time.time()
-        super().connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        # Clients do not pipeline: once the handler has read a request's body and
-        # cleared the stamp, the next bytes on this connection start the next request.
-        if self.first_byte_at is None:
-            self.first_byte_at = time.time()
-        super().data_received(data)
-
-
-class _StampingServer(web.Server):
-    def __call__(self) -> web_protocol.RequestHandler:
-        return _StampingRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
 class Simulator(SimState):
     """Boxes, their classes and members, served over HTTP; see the module docstring.
 
     Settings (all keyword arguments, see SimState): default_capacity,
     default_opens_at, default_waitlist_capacity, session_max_age, token_max_age,
-    max_login_failures, login_lock_time, seed.
+    max_login_failures, login_lock_time, seed, balancer (a Balancer: what happens to
+    idle connections, see prebookd/sim/model.py).
     """
 
     _runner: web.ServerRunner | None = None
+    _server: ConnectionServer | None = None
     _base: str = ""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen and return the base URL, e.g. "http://127.0.0.1:PORT"."""
         if self._runner is not None:
             raise RuntimeError("simulator already started")
-        server = _StampingServer(self._handle, access_log=None)
+        server = ConnectionServer(self._handle, sim=self, access_log=None)
         # A short shutdown timeout: stop() must not wait on clients' idle keep-alives
         # (nor on a slow_body answer still trickling out).
         runner = web.ServerRunner(server, shutdown_timeout=1.0)
@@ -148,7 +123,7 @@ class Simulator(SimState):
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
+        self._runner, self._server = runner, server
         bound_host, bound_port = runner.addresses[0][:2]
         self._base = f"http://{bound_host}:{bound_port}"
         return self._base
@@ -166,10 +141,24 @@ class Simulator(SimState):
 
     async def stop(self) -> None:
         if self._runner is not None:
-            runner, self._runner = self._runner, None
+            runner, self._runner, self._server = self._runner, None, None
             await runner.cleanup()
 
+    def set_balancer(self, balancer: Balancer) -> None:
+        super().set_balancer(balancer)
+        for connection in self._server.connections if self._server else []:
+            if isinstance(connection, Connection):
+                connection.watch_idle()
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await self._answer(request)
+        finally:
+            # The answer is written next: for the balancer, the connection is idle again.
+            if isinstance(request.protocol, Connection):
+                request.protocol.answered()
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         # Both instants are kept: arrived_at is what the client is judged by, and
         # handled_at - arrived_at is this server's own queueing, so a benchmark can tell
         # a late client from a busy simulator.
@@ -178,7 +167,7 @@ class Simulator(SimState):
         stamped = getattr(protocol, "first_byte_at", None)
         arrived_at = stamped if stamped is not None else handled_at
         body = await request.read()
-        if isinstance(protocol, _StampingRequestHandler):
+        if isinstance(protocol, Connection):
             protocol.first_byte_at = None  # read in full: the next bytes are the next request
 
         # Dispatch on (method, path): control and account-site endpoints by full path,
@@ -233,7 +222,7 @@ class Simulator(SimState):
         protocol = call.request.protocol
         connected_at = getattr(protocol, "connected_at", None)
         served = getattr(protocol, "served", 0)
-        if isinstance(protocol, _StampingRequestHandler):
+        if isinstance(protocol, Connection):
             protocol.served += 1
         self.requests.append(
             RecordedRequest(

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from prebookd.sim.model import (
     Answer,
+    Balancer,
+    BalancerStats,
     Box,
     Call,
     Credential,
@@ -49,6 +51,7 @@ class SimState:
         max_login_failures: int = 5,
         login_lock_time: float = 900.0,
         seed: int = 0,
+        balancer: Balancer | None = None,
     ) -> None:
         self.default_capacity = default_capacity
         self.default_opens_at = default_opens_at
@@ -58,6 +61,8 @@ class SimState:
         self.max_login_failures = max_login_failures
         self.login_lock_time = login_lock_time
         self.seed = seed
+        self.balancer = balancer or Balancer()  # see set_balancer
+        self.balancer_stats = BalancerStats()
         self.requests: list[RecordedRequest] = []
         self._boxes: dict[str, Box] = {}
         self._members: dict[str, Member] = {}  # e-mail -> member
@@ -123,6 +128,12 @@ class SimState:
         box.faults = faults
         box.rng = self._rng_for(subdomain)
 
+    def set_balancer(self, balancer: Balancer) -> None:
+        """Put `balancer` in front of every box and the account site (Balancer() for
+        none). New connections meet it at once; the idle clock of a connection already
+        idle restarts now (Simulator does that)."""
+        self.balancer = balancer
+
     def _rng_for(self, subdomain: str) -> random.Random:
         # One sequence per box: traffic to one box does not shift another's faults.
         return random.Random(f"{self.seed}:{subdomain}")
@@ -151,10 +162,11 @@ class SimState:
         return res.idres if res else None
 
     def reset(self) -> None:
-        """Forget recorded requests, bookings, waiting lists and login failures, and
-        restart every box's fault sequence; boxes, classes, members, sessions and fault
-        settings stay."""
+        """Forget recorded requests, bookings, waiting lists, login failures and what
+        the balancer did, and restart every box's fault sequence; boxes, classes,
+        members, sessions, fault and balancer settings stay."""
         self.requests.clear()
+        self.balancer_stats = BalancerStats()
         for box in self._boxes.values():
             box.clear_reservations()
             box.rng = self._rng_for(box.subdomain)
