@@ -293,3 +293,32 @@ async def test_a_staged_request_whose_connection_is_closed_as_idle_goes_at_its_i
     for update in final:
         assert update.lateness_ms is not None and 0 <= update.lateness_ms < 250
         assert update.send_note is not None and "staged again" in update.send_note
+
+
+async def test_requests_on_connections_soon_closed_as_idle_are_staged_again_before_it(
+    wire: RecordingServer, client: AimHarderClient
+) -> None:
+    """Connections last 0.8 s idle here. Staged 1.5 s ahead, lost at -0.7 s and staged
+    again at -0.6 s, a request would wait on a connection that could be closed at the
+    instant itself (a handshake then, instead of a write). Just before the instant it is
+    staged once more, on a fresh connection."""
+    wire.idle_timeout = 0.8
+    reports: list[ResultUpdate] = []
+    lead = 1.55
+    instant, instant_mono = time.time() + lead, time.monotonic() + lead
+    firing = Firing(
+        instant,
+        client=client,
+        timing=Timing(stage_lead=1.5, spin_window=0.003, retry_window=1.0, retry_interval=0.05),
+        report=reports.append,
+        instance="test",
+        hot=HotWindows(),
+    )
+    for _ in range(2):
+        firing.add(booking_for(wire))
+    await firing.run()
+
+    assert [u.outcome for u in reports if u.status == "completed"] == ["booked"] * 2
+    for connection, _ in wire.requests:
+        opened = wire.connections[connection] - instant_mono
+        assert -0.35 < opened < 0, f"the request went out on a connection opened {opened:.2f} s"

@@ -57,6 +57,7 @@ class Attempt:
     clock: Callable[[], float] = time.time
     written_at: float | None = None
     parked: bool = False  # reached its gate before it opened: only the write was left
+    parked_at: float | None = None  # by `clock`: since then its connection has been idle
     new_connection: bool | None = None  # None until a connection was had
 
 
@@ -74,6 +75,7 @@ async def _hold_then_stamp(
         return
     if attempt.gate is not None and not attempt.gate.done():
         attempt.parked = True
+        attempt.parked_at = attempt.clock()
         # Shielded: aiohttp cancels this wait when the connection is lost while parked
         # (an idle timeout), and the gate is the booking's, not this connection's: it
         # must stay open to a request staged again, and to a withdrawal.

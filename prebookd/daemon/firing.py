@@ -56,6 +56,10 @@ GC_PAUSE = 0.05
 # A staged request that lost its connection is staged again after at most this long
 # (sooner if its gate opens): a box refusing connections is not asked in a tight loop.
 RESTAGE_DELAY = 0.1
+# This long before the instant, requests parked on connections as old as those a load
+# balancer closed as idle (seen in this firing) are staged again on fresh ones: a close
+# that lands just before the instant would cost a handshake at the instant.
+RECHECK_LEAD = 0.25
 
 
 # Given a booking whose session AimHarder says is dead, the same booking with a
@@ -77,6 +81,7 @@ class _Slot:
     booking: Booking
     attempt: Attempt  # the latest staging of its first request
     task: asyncio.Task[ExchangeSummary] | None = None
+    staging: asyncio.Future[Exchange] | None = None  # the request of `attempt`, in flight
     written_reported: bool = False
     # Stagings lost before the gate opened, and the last reason why.
     restaged: int = 0
@@ -125,6 +130,8 @@ class Firing:
         # Set once staging is done; slots added later are placed into it by FIFO order.
         # (Empty is a real value: every booking withdrawn before staging.)
         self._release_order: list[_Slot] | None = None
+        # The shortest time a parked request's connection lasted before it was lost.
+        self._idle_limit: float | None = None
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -177,6 +184,9 @@ class Firing:
             self._staged = True
             await self._stage_all()
             self._release_order = self._ordered()
+            if t.stage_lead > RECHECK_LEAD:
+                await sleep_until(self.instant - RECHECK_LEAD, clock=self._clock)
+                self._recheck()
         await sleep_until(self.instant - GC_PAUSE, clock=self._clock)
         with gc_paused(asyncio.get_running_loop(), GC_PAUSE):
             await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)
@@ -207,6 +217,26 @@ class Firing:
 
     def _attempt(self, gate: asyncio.Future[None] | None) -> Attempt:
         return Attempt(gate, not_before=self.instant, clock=self._clock)
+
+    def _recheck(self) -> None:
+        """Requests parked on a connection that may be closed as idle before the instant
+        (as old, by then, as the shortest-lived one lost in this firing) are staged again
+        now, on fresh connections the instant finds young."""
+        limit = self._idle_limit
+        if limit is None:
+            return
+        by_then = self.instant + RECHECK_LEAD  # the answer must come back on it too
+        for slot in self._slots.values():
+            parked_at = slot.attempt.parked_at
+            staging = slot.staging
+            if parked_at is None or staging is None or staging.done() or slot.gate.done():
+                continue
+            if by_then - parked_at >= 0.8 * limit:
+                slot.restaged += 1
+                slot.lost_because = (
+                    f"its connection was older than those closed as idle ({limit:.1f} s)"
+                )
+                staging.cancel()
 
     def _ordered(self) -> list[_Slot]:
         return sorted(self._slots.values(), key=lambda s: s.booking.order)
@@ -300,9 +330,23 @@ class Firing:
         a reset, a close) answered no request of ours, and nothing is retried early.
         The gate is the slot's, so a withdrawal still reaches a request staged again."""
         while True:
-            exchange = await self._client.book(slot.booking, slot.attempt)
+            staging = asyncio.ensure_future(self._client.book(slot.booking, slot.attempt))
+            slot.staging = staging
+            try:
+                await asyncio.wait({staging})
+            except asyncio.CancelledError:  # withdrawn, or shutdown
+                staging.cancel()
+                raise
+            if staging.cancelled():  # by _recheck: staged again at once, on a fresh one
+                slot.attempt = self._attempt(slot.gate)
+                continue
+            exchange = staging.result()
             if exchange.written_at is not None or slot.gate.done():
                 return exchange
+            lost = slot.attempt
+            if lost.parked_at is not None:
+                lasted = self._clock() - lost.parked_at
+                self._idle_limit = min(lasted, self._idle_limit or lasted)
             slot.restaged += 1
             slot.lost_because = exchange.outcome.reason
             log.info(
