@@ -7,11 +7,12 @@ when it exits by itself, as systemd would) against a database of its own and the
 simulator (in this process, on loopback), then judges every row (bench/chaos_verdict.py
 says what each column of the table means).
 
-Usage: .venv/bin/python -m bench.chaos [--quick] [--only kills,pg,proxy,partition,load]
-                                      [--seed N] [--logs DIR]
-Default: the long runs (about 20 minutes: 20 kills; 5 Postgres restarts; 9 proxy
-faults; 5 partitions; 10,000 rows over 10 minutes with 10 writers); --quick: short
-versions of each (about 4 minutes). Exits 1 when any scenario found a problem.
+Usage: .venv/bin/python -m bench.chaos [--quick]
+                      [--only kills,pg,proxy,partition,load,balancer] [--seed N] [--logs DIR]
+Default: the long runs (about 22 minutes: 20 kills; 5 Postgres restarts; 9 proxy
+faults; 5 partitions; 10,000 rows over 10 minutes with 10 writers; 1,000 rows behind a
+load balancer closing idle connections); --quick: short versions of each (about 5
+minutes). Exits 1 when any scenario found a problem.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from bench.chaos_verdict import Fault, Verdict, events, first_after, table
 from prebookd.db.connection import connect
 from prebookd.db.embedded import EmbeddedPostgres, start_embedded
 from prebookd.db.migrate import migrate
+from prebookd.sim.server import Balancer
 from tests.pgproxy import PgProxy, pg_proxy
 from tests.support import start_postgres, stop_postgres
 
@@ -210,6 +212,30 @@ async def run_partition(
 # ---- the script ------------------------------------------------------------------------
 
 
+async def run_balancer(
+    db_dsn: str, state_dir: Path, *, rows: int, span: float, rng: random.Random
+) -> Verdict:
+    """AimHarder's load balancer closes connections idle for 1.2 s while requests wait
+    3 s at their gates (the default stage_lead): with a FIN, then a 408, then a reset,
+    a third of the run each."""
+    idle = 1.2
+    async with bed(db_dsn, state_dir, rng=rng, balancer=Balancer(idle_timeout=idle)) as b:
+        await b.start()
+        start = time.time() + 3.0
+        await b.add_rows(burst_instants(start, span, rows))
+        for k, action in enumerate(("close", "408", "reset")):
+            await sleep_until(start + span * k / 3)
+            b.sim.set_balancer(Balancer(idle_timeout=idle, idle_action=action))
+        verdict = await finish(b, "balancer", 3, start + span)
+        stats = b.sim.balancer_stats
+        restaged = len(events(b.lines, "staged_request_lost"))
+        verdict.notes.append(
+            f"idle connections closed {stats.idle_closed}, answered 408 {stats.idle_408}, "
+            f"reset {stats.idle_reset}; staged requests lost and staged again {restaged}"
+        )
+        return verdict
+
+
 async def _fresh_database(server: EmbeddedPostgres, name: str) -> str:
     database = f"chaos_{name.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
     admin = await connect(server.dsn)
@@ -226,7 +252,7 @@ async def _fresh_database(server: EmbeddedPostgres, name: str) -> str:
     return dsn
 
 
-SCENARIOS = ("kills", "pg", "proxy", "partition", "load")
+SCENARIOS = ("kills", "pg", "proxy", "partition", "load", "balancer")
 
 
 async def main_async(args: argparse.Namespace) -> list[Verdict]:
@@ -261,6 +287,10 @@ async def main_async(args: argparse.Namespace) -> list[Verdict]:
                     dsn, state, rows=1000 if quick else 10_000, span=30 if quick else 600,
                     writers=4 if quick else 10, rate=10 if quick else 5, rng=rng,
                 )  # fmt: skip
+            elif name == "balancer":
+                verdict = await run_balancer(
+                    dsn, state, rows=150 if quick else 1000, span=30 if quick else 120, rng=rng
+                )
             else:
                 raise ValueError(f"unknown scenario {name!r}")
             verdicts.append(verdict)
@@ -292,7 +322,7 @@ def main() -> None:
         "--only",
         type=lambda s: s.split(","),
         default=list(SCENARIOS),
-        help="comma-separated scenarios: kills,pg,proxy,partition,load",
+        help="comma-separated scenarios: " + ",".join(SCENARIOS),
     )
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--logs", type=Path, help="write each scenario's daemon log here")

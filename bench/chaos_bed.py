@@ -23,7 +23,7 @@ from prebookd.daemon.main import SPOOL_FILE
 from prebookd.daemon.spool import Spool
 from prebookd.db.connection import connect
 from prebookd.sim.model import SimClass
-from prebookd.sim.server import Simulator
+from prebookd.sim.server import Balancer, Simulator
 from tests.support import DaemonProcess, add_box, add_member, start_daemon
 
 BOX = "chaos"
@@ -53,6 +53,7 @@ class Bed:
         members: int = 50,
         daemon_dsn: str | None = None,
         settings: dict[str, object] | None = None,
+        balancer: Balancer | None = None,
     ) -> None:
         self.db_dsn = db_dsn
         self.daemon_dsn = daemon_dsn or db_dsn
@@ -60,7 +61,7 @@ class Bed:
         self.others: list[DaemonProcess] = []  # more instances, not supervised
         self.state_dir = state_dir
         self.rng = rng
-        self.sim = Simulator(default_capacity=1)
+        self.sim = Simulator(default_capacity=1, balancer=balancer or Balancer())
         self.plans: dict[str, RowPlan] = {}  # session id -> plan
         self.kills: list[Kill] = []
         self.crashes: list[str] = []
