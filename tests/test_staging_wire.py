@@ -322,3 +322,32 @@ async def test_requests_on_connections_soon_closed_as_idle_are_staged_again_befo
     for connection, _ in wire.requests:
         opened = wire.connections[connection] - instant_mono
         assert -0.35 < opened < 0, f"the request went out on a connection opened {opened:.2f} s"
+
+
+async def test_a_booking_staged_again_can_still_be_withdrawn(
+    wire: RecordingServer, client: AimHarderClient
+) -> None:
+    """A cancel (or a reschedule) reaches a request staged again after its connection
+    was closed as idle, as it reaches one staged once: nothing of it is ever written."""
+    wire.idle_timeout = 0.2
+    reports: list[ResultUpdate] = []
+    instant = time.time() + 1.2
+    firing = Firing(
+        instant,
+        client=client,
+        timing=Timing(stage_lead=1.0, spin_window=0.003, retry_window=0.5, retry_interval=0.05),
+        report=reports.append,
+        instance="test",
+        hot=HotWindows(),
+    )
+    kept, withdrawn = booking_for(wire), booking_for(wire)
+    firing.add(kept)
+    firing.add(withdrawn)
+    running = asyncio.create_task(firing.run())
+    await until(lambda: wire.idle_closed >= 2, "both staged connections closed as idle")
+    await asyncio.sleep(0.15)  # staged again meanwhile
+    assert firing.withdraw(withdrawn.id)
+    await running
+
+    assert len(wire.requests) == 1  # the kept one only
+    assert {u.id for u in reports} == {kept.id}
