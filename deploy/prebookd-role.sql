@@ -69,7 +69,7 @@ GRANT UPDATE (aimharder_token, aimharder_cookies, last_token_update_date,
 GRANT SELECT ON prebookings TO prebookd_app;
 GRANT UPDATE (status, result, error_message, loaded_at, executed_at,
               lease_owner, lease_expires_at, attempts, written_at, lateness_ms,
-              outcome, fired_by)
+              outcome, fired_by, send_note)
     ON prebookings TO prebookd_app;
 
 -- Note: to let this role also run the producer-side CLI (tests, a demo), add

@@ -21,7 +21,7 @@ import structlog
 
 from prebookd.daemon.claims import Claims
 from prebookd.daemon.core import EngineConfig
-from prebookd.daemon.firing import iso_instant
+from prebookd.daemon.firing_report import iso_instant
 from prebookd.daemon.intake import Intake
 from prebookd.daemon.leases import Leases
 

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import itertools
-import statistics
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +34,13 @@ import structlog
 from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
 from prebookd.aimharder.outcomes import Verdict
 from prebookd.daemon.clock import HotWindows, WallClock, gc_paused, sleep_until
+from prebookd.daemon.firing_report import (
+    ExchangeSummary,
+    final_update,
+    iso_instant,
+    send_note,
+    summarize,
+)
 from prebookd.log import mask_email
 from prebookd.models import Booking, ResultUpdate
 
@@ -92,15 +96,6 @@ class _Slot:
     def gate(self) -> asyncio.Future[None]:
         assert self.attempt.gate is not None
         return self.attempt.gate
-
-
-@dataclass(frozen=True)
-class ExchangeSummary:
-    booking: Booking
-    written_at: float | None
-    lateness_ms: float | None
-    outcome: str
-    verdict: Verdict
 
 
 class Firing:
@@ -206,7 +201,7 @@ class Firing:
                     summaries.append(outcome)
                 elif not isinstance(outcome, asyncio.CancelledError):
                     log.error("send_crashed", error=repr(outcome))  # a bug: say it loudly
-        return self._log_summary(summaries)
+        return summarize(summaries, self.instant)
 
     def cancel_unsent(self) -> list[UUID]:
         """Shutdown: withdraw what has not been written; return those ids."""
@@ -403,7 +398,18 @@ class Firing:
                 if written_at is None:
                     written_at = exchange.written_at
                     lateness_ms = (written_at - self.instant) * 1000
-        self._report(self._final_update(booking, exchange, attempts, written_at, lateness_ms, slot))
+        self._report(
+            final_update(
+                exchange,
+                booking_id=booking.id,
+                attempts=attempts,
+                written_at=written_at,
+                lateness_ms=lateness_ms,
+                retry_window=t.retry_window,
+                instance=self._instance,
+                note=send_note(slot.restaged, slot.lost_because, slot.sent_cold, written_at),
+            )
+        )
         log.info(
             "booking_sent" if written_at is not None else "booking_not_sent",
             prebooking_id=str(booking.id),
@@ -415,83 +421,3 @@ class Firing:
         )
         verdict = exchange.outcome.verdict
         return ExchangeSummary(booking, written_at, lateness_ms, exchange.outcome.code, verdict)
-
-    def _final_update(
-        self,
-        booking: Booking,
-        exchange: Exchange,
-        attempts: int,
-        written_at: float | None,
-        lateness_ms: float | None,
-        slot: _Slot,
-    ) -> ResultUpdate:
-        outcome = exchange.outcome
-        if outcome.verdict is Verdict.COMPLETED:
-            status, message = "completed", None
-        elif outcome.verdict is Verdict.RETRY:
-            status = "failed"
-            message = (
-                f"{outcome.reason}; still so {self._timing.retry_window:g} s after the "
-                f"instant ({attempts} attempts)"
-            )
-            if attempts and outcome.code in ("bad_answer", "transport_error"):
-                # The request reached AimHarder but its answer did not reach us.
-                message += "; the booking may have gone through: check AimHarder"
-        else:
-            status, message = "failed", outcome.reason
-        result = exchange.answer
-        if result is None:
-            result = {"http_status": exchange.http_status, "error": outcome.reason}
-        return ResultUpdate(
-            booking.id,
-            status,
-            outcome=outcome.code,
-            error_message=message,
-            result=result,
-            written_at=written_at,
-            lateness_ms=lateness_ms,
-            attempts=attempts,
-            executed_at=exchange.answered_at,
-            fired_by=self._instance,
-            send_note=_send_note(slot, written_at),
-        )
-
-    def _log_summary(self, summaries: list[ExchangeSummary]) -> dict[str, Any] | None:
-        if not summaries:
-            return None
-        lateness = [s.lateness_ms for s in summaries if s.lateness_ms is not None]
-        # FIFO held if, in prebooking order, each first request was written no earlier
-        # than the one before it.
-        written = [s.written_at for s in sorted(summaries, key=lambda s: s.booking.order)]
-        sent = [w for w in written if w is not None]
-        fifo = all(a <= b for a, b in itertools.pairwise(sent))
-        summary = {
-            "instant": iso_instant(self.instant),
-            "count": len(summaries),
-            "fifo": fifo,
-            "lateness_p50_ms": round(statistics.median(lateness), 3) if lateness else None,
-            "lateness_max_ms": round(max(lateness), 3) if lateness else None,
-            "spread_ms": round((max(sent) - min(sent)) * 1000, 3) if sent else None,
-            "outcomes": dict(Counter(s.outcome for s in summaries)),
-        }
-        log.info("instant_fired", **summary)
-        return summary
-
-
-def iso_instant(epoch: float) -> str:
-    """2026-12-01T06:00:00.000Z: millisecond precision, for logs and status."""
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
-    return f"{whole}.{int(epoch * 1000) % 1000:03d}Z"
-
-
-def _send_note(slot: _Slot, written_at: float | None) -> str | None:
-    """What the row says of how its request went out, when not simply from its gate."""
-    notes = []
-    if slot.restaged:
-        notes.append(
-            f"staged again {slot.restaged} time(s): the connection it waited on was lost "
-            f"before the instant ({slot.lost_because})"
-        )
-    if written_at is not None and slot.sent_cold and slot.restaged:
-        notes.append("not staged again in time: built and sent at the instant")
-    return "; ".join(notes) or None

@@ -21,7 +21,7 @@ import structlog
 from prebookd.aimharder.client import AimHarderClient
 from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.engine import Engine, EngineConfig
-from prebookd.daemon.firing import iso_instant
+from prebookd.daemon.firing_report import iso_instant
 from prebookd.daemon.listener import Listener
 from prebookd.daemon.metrics import Metrics
 from prebookd.daemon.results import ResultWriter
