@@ -104,6 +104,7 @@ class Booking:
     headers: Mapping[str, str]
     session: MemberSession | None = None
     prior_attempts: int = 0  # requests written for this row by an earlier run
+    insist: bool = False  # asks for the waiting list when the class is full
 
     def with_session(self, session: MemberSession) -> Booking:
         """The same request, sent with a renewed session's cookies."""
@@ -197,6 +198,7 @@ def build_booking(record: RecordLike) -> Booking:
         headers=headers,
         session=MemberSession.from_record(record) if "session_id" in record else None,
         prior_attempts=int(record["attempts"] or 0) if "attempts" in record else 0,
+        insist=data.insist != 0,
     )
 
 

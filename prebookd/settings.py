@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     retry_interval: float = Field(
         default=0.05, ge=0.005, le=5.0, description="Seconds between retries."
     )
+    retry_unexpected: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Other answers worth another try (5xx, unreadable, a reset after the "
+        "write) are retried at most this many times per booking; 'not open yet' is "
+        "retried for the whole retry_window.",
+    )
     request_timeout: float = Field(
         default=10.0, ge=0.1, le=120.0, description="Seconds to wait for an answer."
     )
@@ -258,6 +266,7 @@ LIVE_SETTINGS = frozenset(
         "fire_offset",
         "retry_window",
         "retry_interval",
+        "retry_unexpected",
         "late_grace",
         "horizon",
         "max_lead_days",

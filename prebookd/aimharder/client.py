@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +47,11 @@ from prebookd.models import Booking
 log = structlog.get_logger(__name__)
 
 MAX_ANSWER_BYTES = 256 * 1024  # an answer is a few hundred bytes; refuse endless bodies
+# A box that blocked or rate-limited us (HTTP 429, an HTML 403) is sent nothing for this
+# long, or for its Retry-After when longer (at most PAUSE_MAX): hammering it would get
+# every member of the box blocked.
+PAUSE = 300.0
+PAUSE_MAX = 3600.0
 
 
 @dataclass
@@ -125,6 +132,7 @@ class AimHarderClient:
         self._request_timeout = request_timeout
         self._session: aiohttp.ClientSession | None = None
         self._connector: aiohttp.TCPConnector | None = None
+        self._paused: dict[str, tuple[float, Outcome]] = {}  # box -> (until, why)
 
     async def start(self) -> None:
         trace = aiohttp.TraceConfig()
@@ -156,9 +164,24 @@ class AimHarderClient:
         connector = self._connector
         return 0 if connector is None else len(connector._acquired)
 
+    def paused_until(self, box: str) -> float | None:
+        """Until when nothing is sent to `box` (epoch), or None."""
+        paused = self._paused.get(box)
+        return None if paused is None or paused[0] <= time.time() else paused[0]
+
     async def book(self, booking: Booking, attempt: Attempt) -> Exchange:
-        """POST /api/book for one booking; staged if `attempt.gate` is set."""
+        """POST /api/book for one booking; staged if `attempt.gate` is set. Nothing is
+        sent to a box that blocked or rate-limited us a moment ago."""
         assert self._session is not None, "client not started"
+        paused = self._paused.get(booking.box)
+        if paused is not None and paused[0] > time.time():
+            until, why = paused
+            outcome = dataclasses.replace(
+                why,
+                reason=f"{why.reason}; not sent: sending to this box is paused until "
+                f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC",
+            )
+            return Exchange(outcome, None, None, time.time(), None)
         token = _current_attempt.set(attempt)
         try:
             async with self._session.post(
@@ -171,12 +194,25 @@ class AimHarderClient:
                 async with asyncio.timeout(self._request_timeout):
                     body = await _read_answer(response)
                 status = response.status
+                retry_after = response.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Exchange(transport_failure(exc), None, attempt.written_at, time.time(), None)
         finally:
             _current_attempt.reset(token)
-        outcome, answer = classify_http(status, body)
+        outcome, answer = classify_http(status, body, insist=booking.insist)
+        if outcome.pauses_box:
+            self._pause(booking.box, outcome, retry_after)
         return Exchange(outcome, answer, attempt.written_at, time.time(), status)
+
+    def _pause(self, box: str, outcome: Outcome, retry_after: str | None) -> None:
+        try:
+            asked = float(retry_after or 0)
+        except ValueError:  # an HTTP date: the default is as good
+            asked = 0.0
+        wait = min(max(asked, PAUSE), PAUSE_MAX) if math.isfinite(asked) else PAUSE
+        if box not in self._paused or self._paused[box][0] <= time.time():
+            log.warning("box_paused", box=box, reason=outcome.reason, seconds=wait)
+        self._paused[box] = (time.time() + wait, outcome)
 
 
 async def _read_answer(response: aiohttp.ClientResponse) -> bytes:

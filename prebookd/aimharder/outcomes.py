@@ -29,6 +29,8 @@ class Outcome:
     verdict: Verdict
     code: str  # short and stable: goes to prebookings.outcome
     reason: str  # readable: goes to prebookings.error_message on failure
+    # AimHarder blocked or rate-limited us: nothing more goes to that box for a while.
+    pauses_box: bool = False
 
     @property
     def final(self) -> bool:
@@ -67,10 +69,15 @@ ERROR_LANGS: dict[str, Outcome] = {
 }
 
 SESSION_EXPIRED = _failed("session_expired", "session expired: log in again")
+BOOKED_PLAIN = _completed("booked", "booked (AimHarder answered bookState 0 without insist)")
 
 
-def classify_answer(answer: Any) -> Outcome:
-    """Classify the JSON body of a `POST /api/book` answered with HTTP 200."""
+def classify_answer(answer: Any, *, insist: bool = False) -> Outcome:
+    """Classify the JSON body of a `POST /api/book` answered with HTTP 200.
+
+    `insist` is the request's: only a booking that asked for the waiting list can have
+    joined it, so `bookState 0` is read as the waiting list with it, as booked without.
+    """
     # An answer of the wrong shape may come after the booking was made: like an
     # unreadable one it is tried again, and a repeat then hears "already booked".
     if not isinstance(answer, dict):
@@ -78,10 +85,14 @@ def classify_answer(answer: Any) -> Outcome:
     if answer.get("logout") in (1, "1", True):
         return SESSION_EXPIRED
     raw_state: Any = answer.get("bookState")
+    if raw_state is None:
+        return _without_book_state(answer)
     try:
         state = int(raw_state)
     except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         return _retry("bad_answer", f"answer without a bookState: {one_line(answer, 120)}")
+    if state == 0 and not insist:
+        return BOOKED_PLAIN
     if state == -8:
         return _failed(
             "daily_limit",
@@ -92,18 +103,47 @@ def classify_answer(answer: Any) -> Outcome:
         known = ERROR_LANGS.get(lang)
         if known is not None:
             return known
+        # The web app, and the other clients, read any other -12 as "too early": it is
+        # retried as "not open yet" inside the window, and fails with its words after.
         shown = one_line(lang, 60) if lang else "no errorMssgLang"
-        return _failed("refused", f"refused by AimHarder ({shown})")
+        words = _words(answer)
+        return _retry("not_open", f"not open yet ({shown}{': ' + words if words else ''})")
     known = BOOK_STATES.get(state)
     if known is not None:
         return known
     return _failed("unknown_state", f"unknown bookState {one_line(state, 40)}")
 
 
-def classify_http(status: int, body: bytes) -> tuple[Outcome, Any]:
+def _without_book_state(answer: dict[str, Any]) -> Outcome:
+    words = _words(answer)
+    if words:
+        # A box rule refusing (plan, monthly maximum, a penalty after a no-show): final,
+        # in AimHarder's own words. Not retried: the same request gets the same no.
+        return _failed("refused", f"refused by the box: {words}")
+    if answer.get("id") is not None and "spot" in answer:
+        return _completed("booked", "booked (an answer with a spot and no bookState)")
+    return _retry("bad_answer", f"answer without a bookState: {one_line(answer, 120)}")
+
+
+def _words(answer: dict[str, Any]) -> str:
+    """AimHarder's own message (`errorMssg`), one printable line; "" when none."""
+    message = answer.get("errorMssg")
+    return one_line(message, 200) if isinstance(message, str) and message.strip() else ""
+
+
+def classify_http(status: int, body: bytes, *, insist: bool = False) -> tuple[Outcome, Any]:
     """Classify a whole HTTP answer; returns the outcome and what to keep in `result`."""
+    if status == 429:
+        reason = "HTTP 429: AimHarder rate-limited this box"
+        return Outcome(Verdict.FAILED, "rate_limited", reason, pauses_box=True), None
     if status == 403:
+        if body.lstrip()[:1] == b"<":  # an HTML page: the firewall, not the application
+            reason = "HTTP 403: AimHarder blocked requests to this box"
+            return Outcome(Verdict.FAILED, "blocked", reason, pauses_box=True), None
         return _failed("blocked", "HTTP 403: AimHarder refused the request (blocked?)"), None
+    if status == 401 or status in (301, 302, 303, 307, 308):
+        # The login page, by status or by redirect: the session is dead, as {"logout": 1}.
+        return _failed("session_expired", f"HTTP {status}: session expired: log in again"), None
     if status == 408:
         # AimHarder's load balancer answers 408 on a connection it closes as idle: no
         # booking was processed, so it is worth another try.
@@ -118,7 +158,7 @@ def classify_http(status: int, body: bytes) -> tuple[Outcome, Any]:
         # A maintenance page, or an answer cut short after the booking was made: worth
         # another try (a repeat of a booking made answers "already booked").
         return _retry("bad_answer", f"unreadable answer: {one_line(body, 120)}"), None
-    return classify_answer(answer), storable(answer)
+    return classify_answer(answer, insist=insist), storable(answer)
 
 
 def transport_failure(error: BaseException) -> Outcome:

@@ -66,6 +66,7 @@ class EngineConfig:
                 spin_window=settings.spin_window,
                 retry_window=settings.retry_window,
                 retry_interval=settings.retry_interval,
+                retry_unexpected=settings.retry_unexpected,
             ),
         )
 

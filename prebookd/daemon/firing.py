@@ -78,6 +78,40 @@ class Timing:
     retry_window: float
     retry_interval: float
     stage_requests: bool = True
+    retry_unexpected: int = 2  # other answers worth another try, at most this many times
+
+
+@dataclass
+class _Tries:
+    """What a booking has used of its retries."""
+
+    unwritten: int = 0
+    unexpected: int = 0
+    renewed: bool = False
+
+
+def next_try(exchange: Exchange, tries: _Tries, *, retry_unexpected: int) -> str:
+    """What follows `exchange` while the retry window is open: "now", "wait" (the retry
+    interval), "renew" (the session, then now) or "stop".
+
+    "Not open yet" is tried again for the whole window; a request never written (its
+    connection lost at the gate) answered nothing, so it goes again at once; a dead
+    session is renewed once; any other answer worth a retry (5xx, unreadable, a reset
+    after the write) is retried at most `retry_unexpected` times, so a box in trouble
+    is not hammered; anything else is final."""
+    outcome = exchange.outcome
+    if exchange.written_at is None and outcome.verdict is Verdict.RETRY:
+        tries.unwritten += 1
+        return "now" if tries.unwritten == 1 else "wait"
+    if outcome.code == "session_expired" and not tries.renewed:
+        tries.renewed = True
+        return "renew"
+    if outcome.code == "not_open":
+        return "wait"
+    if outcome.verdict is Verdict.RETRY and tries.unexpected < retry_unexpected:
+        tries.unexpected += 1
+        return "wait"
+    return "stop"
 
 
 @dataclass
@@ -371,26 +405,19 @@ class Firing:
         # the release must not stretch (or cut) the retries.
         loop = asyncio.get_running_loop()
         retry_until = loop.time() + max(0.0, self.instant + t.retry_window - self._clock())
-        renewed_session = False
-        unwritten_retries = 0
+        tries = _Tries()
         while loop.time() < retry_until:
-            if exchange.written_at is None:
-                # Never written (its connection was lost at the gate, or none could be
-                # had): not an answer to anything. Sent again, at once the first time.
-                if unwritten_retries:
-                    await asyncio.sleep(t.retry_interval)
-                unwritten_retries += 1
-            elif exchange.outcome.code == "session_expired" and not renewed_session:
+            step = next_try(exchange, tries, retry_unexpected=t.retry_unexpected)
+            if step == "stop":
+                break
+            if step == "wait":
+                await asyncio.sleep(t.retry_interval)
+            elif step == "renew":
                 # The session died since it was armed: refresh it once and try again.
-                renewed_session = True
                 renewed = await self._renew(booking) if self._renew else None
                 if renewed is None:
                     break
                 booking = renewed
-            elif exchange.outcome.verdict is Verdict.RETRY:
-                await asyncio.sleep(t.retry_interval)
-            else:
-                break
             exchange = await self._client.book(booking, self._attempt(None))
             await self._hot.wait_clear()
             if exchange.written_at is not None:

@@ -46,9 +46,13 @@ def final_update(
         status, message = "completed", None
     elif outcome.verdict is Verdict.RETRY:
         status = "failed"
-        message = (
-            f"{outcome.reason}; still so {retry_window:g} s after the instant ({attempts} attempts)"
-        )
+        if outcome.code == "not_open":
+            message = (
+                f"{outcome.reason}; still so {retry_window:g} s after the instant "
+                f"({attempts} attempts)"
+            )
+        else:
+            message = f"{outcome.reason} ({attempts} attempts)"
         if attempts and outcome.code in ("bad_answer", "transport_error"):
             # The request reached AimHarder but its answer did not reach us.
             message += "; the booking may have gone through: check AimHarder"
