@@ -280,10 +280,13 @@ async def wait_event(b: Bed, name: str, *, after: float, timeout: float) -> floa
 
 
 async def held_by(b: Bed, ids: list[uuid.UUID | None], owner: str, timeout: float) -> None:
+    """Until every row is leased to a process of the instance named `owner` (a lease
+    owner is `name/pid/token`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         held = await b.conn.fetchval(
-            "SELECT count(*) FROM prebookings WHERE id = ANY($1) AND lease_owner = $2",
+            "SELECT count(*) FROM prebookings WHERE id = ANY($1) "
+            "AND split_part(lease_owner, '/', 1) = $2",
             ids,
             owner,
         )

@@ -25,6 +25,20 @@ class UsageError(PrebookdError):
     exit_code = 2
 
 
+class StateDirInUse(UsageError):
+    """Another process runs prebookd on this state directory (its spool, its embedded
+    Postgres): a second one would share them."""
+
+    def __init__(self, state_dir: str, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"state directory {state_dir} is in use by {holder} (another prebookd run); "
+            "stop it or set PREBOOKD_STATE_DIR"
+        )
+        self.state_dir = state_dir
+        self.pid = pid
+
+
 class DatabaseError(PrebookdError):
     """Postgres could not be reached or answered something unexpected."""
 

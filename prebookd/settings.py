@@ -48,13 +48,15 @@ class Settings(BaseSettings):
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
-        description="Where the embedded Postgres keeps its data.",
+        description="Where the embedded Postgres keeps its data, results wait for Postgres, "
+        "and a lock keeps a second `prebookd run` out.",
     )
     instance_name: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
         max_length=100,
-        description="Recorded on the rows this instance claims and fires.",
+        description="A display name: recorded as fired_by, shown in status and logs. "
+        "Leases belong to the process, whatever this says.",
     )
 
     # min = max: the daemon holds the same connections whatever the load.

@@ -221,8 +221,11 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
-async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `python -m prebookd ARGS`; return its exit code, stdout and stderr."""
+async def run_prebookd(
+    *args: str, env: dict[str, str], timeout: float = 90.0
+) -> tuple[int, str, str]:
+    """Run `python -m prebookd ARGS`; return its exit code, stdout and stderr. Killed
+    (and TimeoutError) if it has not exited after `timeout` seconds."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -233,7 +236,12 @@ async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

@@ -21,7 +21,9 @@ from tests.support import (
     add_box,
     add_member,
     add_prebooking,
+    daemon_env,
     open_class,
+    run_prebookd,
     running_daemon,
     start_daemon,
     start_postgres,
@@ -232,3 +234,33 @@ async def test_sigterm_with_a_row_armed_ahead_stops_at_once_and_gives_it_back(
     status = await conn.fetchval("SELECT status FROM prebookings WHERE id = $1", row)
     assert status == "pending", "the claim is given back for the next start"
     assert daemon.events("claims_released")
+
+
+async def test_a_second_run_on_a_state_directory_in_use_exits_at_once_touching_nothing(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    async with running_daemon(db_dsn, state) as daemon:
+        before = files_of(state)
+        code, out, err = await run_prebookd("run", env=daemon_env(db_dsn, state), timeout=10)
+        assert code == 2
+        assert (out, err.splitlines()) == (
+            "",
+            [
+                f"prebookd: error: state directory {state} is in use by pid "
+                f"{daemon.process.pid} (another prebookd run); stop it or set "
+                "PREBOOKD_STATE_DIR"
+            ],
+        )
+        assert files_of(state) == before, "the state directory as it was"
+        assert daemon.process.returncode is None
+        assert await daemon.stop() == 0
+
+
+def files_of(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under `folder`: size, modification time, content."""
+    return {
+        str(path): (stat.st_size, stat.st_mtime_ns, path.read_bytes())
+        for path in folder.rglob("*")
+        if path.is_file() and (stat := path.stat())
+    }

@@ -3,7 +3,8 @@ rows arrives: a resync after the listener reconnects, or a reschedule. The row i
 armed once, at the instant the table holds, and sent once.
 
 The engine runs in this process against a real Postgres and the simulator over
-loopback; only the claim's answer is held back, at a gate, after Postgres ran it.
+loopback; only the claim's answer is held back, at a gate, after Postgres ran (and
+committed) it.
 The result writer is never flushed, so the table keeps the rows `loaded`, as it does
 while Postgres is away: nothing but the engine's memory stands between a row and a
 second send.
@@ -16,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import pytest
@@ -26,6 +27,7 @@ from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.engine import Engine, EngineConfig
 from prebookd.daemon.firing import Timing
 from prebookd.daemon.results import ResultWriter
+from prebookd.db import store
 from prebookd.db.connection import connect, create_pool
 from prebookd.models import FINAL_STATUSES, ResultUpdate
 from prebookd.settings import Settings
@@ -36,42 +38,49 @@ BOX = "claims"
 
 
 class HeldClaims:
-    """The engine's pool, with the answer of its first claim held until `let_go`."""
+    """`store.claim` for the engine, with the answer of its first claim held until
+    `let_go`."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self) -> None:
+        self._claim = store.claim
         self.claims = 0
         self.first_claim_ran = asyncio.Event()
         self._gate = asyncio.Event()
 
-        self.resync_ran = asyncio.Event()
-        self._resync_gate: asyncio.Event | None = None
-
     def let_go(self) -> None:
         self._gate.set()
 
-    def hold_resyncs(self) -> None:
-        """From now on, the answer of a resync's read waits for `let_resyncs_go`."""
-        self._resync_gate = asyncio.Event()
-
-    def let_resyncs_go(self) -> None:
-        assert self._resync_gate is not None
-        self._resync_gate.set()
-
-    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
-        records: list[asyncpg.Record] = await self._pool.fetch(query, *args, **kwargs)
-        if "NULLS FIRST" in query and self._resync_gate is not None:
-            self.resync_ran.set()
-            await self._resync_gate.wait()
-        if "claimed AS" in query:
-            self.claims += 1
-            if self.claims == 1:
-                self.first_claim_ran.set()
-                await self._gate.wait()
+    async def __call__(self, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
+        records = await self._claim(*args, **kwargs)
+        self.claims += 1
+        if self.claims == 1:
+            self.first_claim_ran.set()
+            await self._gate.wait()
         return records
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
+
+class HeldResyncs:
+    """`store.rows_to_schedule` for the engine: once `hold` is called, the answer of a
+    resync's read waits for `let_go`, as a slow Postgres's would."""
+
+    def __init__(self) -> None:
+        self._read = store.rows_to_schedule
+        self.ran = asyncio.Event()
+        self._gate: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        self._gate = asyncio.Event()
+
+    def let_go(self) -> None:
+        assert self._gate is not None
+        self._gate.set()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
+        records = await self._read(*args, **kwargs)
+        if self._gate is not None:
+            self.ran.set()
+            await self._gate.wait()
+        return records
 
 
 class RecordingResults(ResultWriter):
@@ -95,21 +104,29 @@ class RecordingResults(ResultWriter):
 
 class Bed:
     def __init__(
-        self, dsn: str, conn: asyncpg.Connection, sim: Simulator, pool: HeldClaims
+        self,
+        dsn: str,
+        conn: asyncpg.Connection,
+        sim: Simulator,
+        pool: asyncpg.Pool,
+        held: HeldClaims,
+        resyncs: HeldResyncs,
     ) -> None:
         self.dsn = dsn
         self.conn = conn
         self.sim = sim
-        self.pool = pool
+        self.held = held
+        self.resyncs = resyncs
+        self.results = RecordingResults()
+        self.clock_offset = 0.0  # the engine's wall clock runs this far ahead of time.time()
         self.crashes: list[BaseException] = []
         self.notified = 0
         self._listener: asyncpg.Connection | None = None
-        self.results = RecordingResults()
-        self.clock_offset = 0.0  # the engine's wall clock runs this far ahead of time.time()
         self.client = AimHarderClient(limit=20, limit_per_host=20, request_timeout=5)
         self.engine = Engine(
             EngineConfig(
                 instance="here",
+                lease_owner="here/1/test",
                 arm_lead=5.0,
                 fire_offset=0.0,
                 late_grace=300.0,
@@ -120,7 +137,7 @@ class Bed:
                     stage_lead=0.3, spin_window=0.003, retry_window=0.5, retry_interval=0.05
                 ),
             ),
-            pool=cast(asyncpg.Pool, pool),
+            pool=pool,
             client=self.client,
             results=self.results,
             on_crash=self.crashes.append,
@@ -169,10 +186,13 @@ class Bed:
 
 
 @pytest.fixture
-async def bed(db_dsn: str, sim: Simulator) -> AsyncIterator[Bed]:
+async def bed(db_dsn: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Bed]:
     conn = await connect(db_dsn)
     pool = await create_pool(db_dsn, Settings(database_url=db_dsn, db_pool_min=2, db_pool_max=2))
-    b = Bed(db_dsn, conn, sim, HeldClaims(pool))
+    held, resyncs = HeldClaims(), HeldResyncs()
+    monkeypatch.setattr(store, "claim", held)
+    monkeypatch.setattr(store, "rows_to_schedule", resyncs)
+    b = Bed(db_dsn, conn, sim, pool, held, resyncs)
     await b.client.start()
     stop = asyncio.Event()
     fetching = asyncio.create_task(b.engine.fetch_loop(stop))  # as the daemon runs it
@@ -194,11 +214,11 @@ async def test_a_resync_crossing_a_slow_claim_sends_each_row_once(bed: Bed) -> N
     ids = await bed.add_rows(instant, 3)
 
     await bed.engine.resync()  # the rows are due: the claim runs, its answer is held
-    await asyncio.wait_for(bed.pool.first_claim_ran.wait(), timeout=5)
+    await asyncio.wait_for(bed.held.first_claim_ran.wait(), timeout=5)
     # The listener reconnects meanwhile and resyncs: the table says `loaded`, by us.
     await bed.engine.resync()
     await asyncio.sleep(max(0.0, instant + 0.3 - time.time()))
-    bed.pool.let_go()
+    bed.held.let_go()
     await bed.settle(after=instant + 0.5)
 
     sent = Counter(r.session_id for r in bed.book_requests())
@@ -219,7 +239,7 @@ async def test_a_row_moved_while_its_claim_is_answered_fires_at_its_new_instant(
     if news == "notify":
         await bed.listen()
     await bed.engine.resync()
-    await asyncio.wait_for(bed.pool.first_claim_ran.wait(), timeout=5)
+    await asyncio.wait_for(bed.held.first_claim_ran.wait(), timeout=5)
     # The web app moves the row after Postgres ran the claim; the news arrives before
     # the claim's answer does.
     seen = bed.notified
@@ -230,13 +250,13 @@ async def test_a_row_moved_while_its_claim_is_answered_fires_at_its_new_instant(
         await bed.engine.resync()
     else:
         await bed.notified_beyond(seen)
-    bed.pool.let_go()
+    bed.held.let_go()
     await bed.settle(after=moved_to + 0.5)
 
     requests = bed.book_requests()
     assert len(requests) == 1
     assert moved_to <= requests[0].arrived_at < moved_to + 0.1
-    assert bed.pool.claims == 2  # the first claim was let go, the row claimed anew
+    assert bed.held.claims == 2  # the first claim was let go, the row claimed anew
     assert bed.crashes == []
 
 
@@ -245,7 +265,7 @@ async def test_a_row_cancelled_while_its_claim_is_answered_is_not_sent(bed: Bed)
     (cancelled,) = await bed.add_rows(instant, 1)
 
     await bed.engine.resync()
-    await asyncio.wait_for(bed.pool.first_claim_ran.wait(), timeout=5)
+    await asyncio.wait_for(bed.held.first_claim_ran.wait(), timeout=5)
     await bed.conn.execute("UPDATE prebookings SET status = 'cancelled' WHERE id = $1", cancelled)
     await bed.engine.resync()
     # Another row's claim starts and ends meanwhile: it must not take the news of the
@@ -257,10 +277,10 @@ async def test_a_row_cancelled_while_its_claim_is_answered_is_not_sent(bed: Bed)
     await add_prebooking(bed.conn, box, email, "other", instant)
     await bed.engine.resync()
     for _ in range(100):
-        if bed.pool.claims >= 2:
+        if bed.held.claims >= 2:
             break
         await asyncio.sleep(0.02)
-    bed.pool.let_go()
+    bed.held.let_go()
     await bed.settle(after=instant + 0.5)
 
     assert [r.session_id for r in bed.book_requests()] == ["other"]
@@ -273,7 +293,7 @@ async def test_a_row_locked_by_the_web_app_when_due_is_armed_once_the_lock_goes(
 ) -> None:
     instant = round(time.time() + 2.5, 3)
     (row,) = await bed.add_rows(instant, 1)
-    bed.pool.let_go()  # no claim held back here
+    bed.held.let_go()  # no claim held back here
     web_app = await connect(bed.dsn)
     try:
         # A transaction of the web app's holds the row: the claim skips it (SKIP LOCKED)
@@ -291,7 +311,7 @@ async def test_a_row_locked_by_the_web_app_when_due_is_armed_once_the_lock_goes(
     requests = bed.book_requests()
     assert len(requests) == 1
     assert instant <= requests[0].arrived_at < instant + 0.05
-    assert 2 <= bed.pool.claims <= 10, f"{bed.pool.claims} claims while the row was locked"
+    assert 2 <= bed.held.claims <= 10, f"{bed.held.claims} claims while the row was locked"
 
 
 async def test_a_row_sent_stays_sent_however_long_postgres_keeps_its_result_waiting(
@@ -299,7 +319,7 @@ async def test_a_row_sent_stays_sent_however_long_postgres_keeps_its_result_wait
 ) -> None:
     """Postgres away longer than any timer: the result is not in the table, which still
     says `loaded`. A resync then neither sends the row again nor fails it as missed."""
-    bed.pool.let_go()
+    bed.held.let_go()
     instant = round(time.time() + 1.0, 3)
     (row,) = await bed.add_rows(instant, 1)
     await bed.engine.resync()
@@ -324,16 +344,16 @@ async def test_a_resync_read_before_a_notification_does_not_undo_it(bed: Bed) ->
     await bed.listen()
     await bed.engine.resync()
 
-    bed.pool.hold_resyncs()
+    bed.resyncs.hold()
     resync = asyncio.create_task(bed.engine.resync())
-    await asyncio.wait_for(bed.pool.resync_ran.wait(), timeout=5)
+    await asyncio.wait_for(bed.resyncs.ran.wait(), timeout=5)
     seen = bed.notified
     moved = first + 10.0
     await bed.conn.execute(
         "UPDATE prebookings SET available_at = $2 WHERE id = $1", row, utc(moved)
     )
     await bed.notified_beyond(seen)
-    bed.pool.let_resyncs_go()
+    bed.resyncs.let_go()
     await resync
 
     assert [e.available_at for e in bed.engine.schedule.entries() if e.id == row] == [moved]

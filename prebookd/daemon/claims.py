@@ -35,7 +35,11 @@ class Claims(EngineCore):
         try:
             await self.hot.wait_clear()
             records = await store.claim(
-                self._pool, ids, self.config.instance, self.config.lease_seconds
+                self._pool,
+                ids,
+                self.config.lease_owner,
+                self.config.lease_seconds,
+                predecessor=self.config.predecessor,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             log.warning("arming_failed", rows=len(ids), error=describe(exc))
@@ -86,9 +90,10 @@ class Claims(EngineCore):
         return forgotten, moved
 
     async def _look_again(self, ids: set[UUID]) -> None:
-        """Rows the claim did not get: another instance holds them (watch them), they
-        changed (cancelled, done) meanwhile, or a transaction holds them (SKIP LOCKED
-        passed them by: read them again shortly, and claim them then)."""
+        """Rows the claim did not get: another instance holds them or their group
+        (watch them), they changed (cancelled, done) meanwhile, or a transaction holds
+        them (SKIP LOCKED passed them by), or another instance was claiming their group
+        at that moment: read those again shortly, and claim them then."""
         try:
             records = await store.rows_by_id(self._pool, list(ids))
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -98,7 +103,7 @@ class Claims(EngineCore):
         locked = []
         for record in records:
             row = RowState.from_record(record)
-            if row.status == "pending" or (row.status in ACTIVE and not self._held_elsewhere(row)):
+            if row.status in ACTIVE and not self._held_elsewhere(row):
                 locked.append(row.id)  # claimable, yet not claimed
             else:
                 self._accept(row)
@@ -210,6 +215,6 @@ class Claims(EngineCore):
 
     async def _release(self, ids: list[UUID]) -> None:
         try:
-            await store.release_claims(self._pool, ids, self.config.instance)
+            await store.release_claims(self._pool, ids, self.config.lease_owner)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             log.warning("release_failed", rows=len(ids), error=describe(exc))

@@ -41,7 +41,8 @@ ACTIVE = ("pending", "loaded", "executing")  # not final: someone may still have
 
 @dataclass(frozen=True)
 class EngineConfig:
-    instance: str
+    instance: str  # a display name (fired_by, logs), which several processes may share
+    lease_owner: str  # this process's own, never shared (statedir.py makes it)
     arm_lead: float
     fire_offset: float
     late_grace: float
@@ -49,11 +50,18 @@ class EngineConfig:
     max_lead: float
     lease_seconds: float
     timing: Timing
+    # The lease owner of the process that ran before this one on its state directory,
+    # dead (statedir.py): its rows are this one's to take back at once.
+    predecessor: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EngineConfig:
+    def from_settings(
+        cls, settings: Settings, lease_owner: str, predecessor: str | None
+    ) -> EngineConfig:
         return cls(
             instance=settings.instance_name,
+            lease_owner=lease_owner,
+            predecessor=predecessor,
             arm_lead=settings.arm_lead,
             fire_offset=settings.fire_offset,
             late_grace=settings.late_grace,
@@ -69,6 +77,9 @@ class EngineConfig:
                 retry_unexpected=settings.retry_unexpected,
             ),
         )
+
+    def owns(self, lease_owner: str | None) -> bool:
+        return lease_owner is not None and lease_owner in (self.lease_owner, self.predecessor)
 
 
 class EngineCore:
@@ -132,8 +143,8 @@ class EngineCore:
             self._forget(row.id, row.status)
             return
         if self._held_elsewhere(row):
-            # Another instance fires it. Watch its lease: if that instance dies, the
-            # lease runs out and this one takes the row over.
+            # Another instance fires it (or its group). Watch that lease: if the
+            # instance dies, the lease runs out and this one takes the row over.
             self._forget(row.id, "held by another instance")
             self._watched[row.id] = row
             return
@@ -178,9 +189,13 @@ class EngineCore:
             self._rearm()
 
     def _held_elsewhere(self, row: RowState) -> bool:
+        """Another live process fires this row. One process fires a whole (box,
+        instant) group, so for a row read from the table its lease is the one that
+        decides: the row's own, or that of another row of its group (see store)."""
         return (
-            row.status in ("loaded", "executing")
-            and row.lease_owner not in (None, self.config.instance)
+            row.status in ACTIVE
+            and row.lease_owner is not None
+            and not self.config.owns(row.lease_owner)
             and row.lease_expires_at is not None
             and row.lease_expires_at > self._clock()
         )

@@ -45,7 +45,7 @@ class Leases(EngineCore):
             return
         await self.hot.wait_clear()
         kept = await store.renew_leases(
-            self._pool, held, self.config.instance, self.config.lease_seconds
+            self._pool, held, self.config.lease_owner, self.config.lease_seconds
         )
         for row_id in set(held) - kept:
             firing = self._armed.get(row_id)
@@ -70,8 +70,12 @@ class Leases(EngineCore):
         for record in records:
             row = RowState.from_record(record)
             if not self._held_elsewhere(row) and row.status in ACTIVE:
+                # The lease read now is the live one, if any: name the one that ran out.
+                watched = self._watched.get(row.id)
                 log.info(
-                    "lease_taken_over", prebooking_id=str(row.id), previous_owner=row.lease_owner
+                    "lease_taken_over",
+                    prebooking_id=str(row.id),
+                    previous_owner=watched.lease_owner if watched else None,
                 )
             self._accept(row)
         for row_id in set(expired) - found:

@@ -27,6 +27,7 @@ from prebookd.daemon.metrics import Metrics
 from prebookd.daemon.results import ResultWriter
 from prebookd.daemon.sessions import SessionKeeper
 from prebookd.daemon.spool import Spool
+from prebookd.daemon.statedir import StateDirLock, lock_state_dir
 from prebookd.daemon.status import StatusServer
 from prebookd.daemon.supervise import Background, Backoff, Signals, first_of, wait_future
 from prebookd.daemon.systemd import Notifier
@@ -52,7 +53,15 @@ POOL_CLOSE_TIMEOUT = 3.0
 
 
 async def run_daemon(settings: Settings) -> int:
-    log.info("daemon_starting", **settings.describe())
+    # Before anything else: a second `prebookd run` on this state directory must leave
+    # it (spool, embedded Postgres) and the database untouched (StateDirInUse).
+    with lock_state_dir(settings.state_dir, settings.instance_name) as lock:
+        lease = {"lease_owner": lock.lease_owner, "predecessor": lock.predecessor}
+        log.info("daemon_starting", **settings.describe(), **lease)
+        return await _run(settings, lock)
+
+
+async def _run(settings: Settings, lock: StateDirLock) -> int:
     signals = Signals()
     signals.install()
     async with database(settings) as (dsn, embedded):
@@ -76,7 +85,7 @@ async def run_daemon(settings: Settings) -> int:
         await client.start()
         notifier = Notifier()
         try:
-            daemon = Daemon(settings, dsn, pool, client, signals, notifier, embedded)
+            daemon = Daemon(settings, lock, dsn, pool, client, signals, notifier, embedded)
             return await daemon.serve()
         finally:
             await client.close()
@@ -106,6 +115,7 @@ class Daemon:
     def __init__(
         self,
         settings: Settings,
+        lock: StateDirLock,
         dsn: str,
         pool: asyncpg.Pool,
         client: AimHarderClient,
@@ -114,6 +124,7 @@ class Daemon:
         embedded: EmbeddedPostgres | None = None,
     ) -> None:
         self.settings = settings
+        self._lock = lock
         self._embedded = embedded
         self._pool = pool
         self._client = client
@@ -140,7 +151,7 @@ class Daemon:
         )
         self.metrics = Metrics()
         self.engine = Engine(
-            EngineConfig.from_settings(settings),
+            self._engine_config(),
             pool=pool,
             client=client,
             results=self.results,
@@ -160,6 +171,11 @@ class Daemon:
             )
         self.listener = Listener(
             dsn, on_notification=self.engine.on_notification, on_connected=self.engine.resync
+        )
+
+    def _engine_config(self) -> EngineConfig:
+        return EngineConfig.from_settings(
+            self.settings, self._lock.lease_owner, self._lock.predecessor
         )
 
     def _on_crash(self, error: BaseException) -> None:
@@ -257,7 +273,7 @@ class Daemon:
             applied = {name: getattr(new, name) for name in live}
             self.settings = self.settings.model_copy(update=applied)
             configure_logging(self.settings.log_level, self.settings.log_format)
-            self.engine.reconfigure(EngineConfig.from_settings(self.settings))
+            self.engine.reconfigure(self._engine_config())
             self.results.flush_interval = self.settings.result_flush_interval
             self.sessions.refresh_age = self.settings.token_refresh_age
             self.sessions.keep_horizon = self.settings.session_keep_horizon
@@ -290,7 +306,7 @@ class Daemon:
         if unsent:
             try:
                 released = await asyncio.wait_for(
-                    store.release_claims(self._pool, unsent, self.settings.instance_name),
+                    store.release_claims(self._pool, unsent, self._lock.lease_owner),
                     timeout=max(0.1, min(RELEASE_TIMEOUT, deadline - loop.time())),
                 )
                 log.info("claims_released", rows=released)
@@ -311,6 +327,7 @@ class Daemon:
         """Everything `prebookd status` and /metrics show."""
         return {
             "instance": self.settings.instance_name,
+            "lease_owner": self._lock.lease_owner,
             "started_at": dt.datetime.fromtimestamp(self._started_at, dt.UTC).isoformat(),
             "listener_connected": self.listener.connected,
             "listener_reconnects": self.listener.reconnects,

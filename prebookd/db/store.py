@@ -1,9 +1,12 @@
 """Every SQL statement the daemon runs, as named functions. The rest never sees SQL.
 
-Claims follow the design's multi-instance rule: a row may be claimed when it is
-`pending`, or `loaded`/`executing` under this instance's lease or an expired one (its
-holder died). A holder renews its leases while it holds them. `FOR UPDATE SKIP
-LOCKED` keeps two instances from waiting on each other.
+Claims follow the design's multi-instance rule. A lease belongs to one process (its
+`owner`, never a host name), and one process fires a whole (box, instant) group, so that
+FIFO holds across machines. A row is held elsewhere when it, or another row of its
+group, is `loaded`/`executing` under another process's live lease; a row that is not
+(pending, ours, or under a lease that ran out: its holder died) may be claimed. A
+holder renews its leases while it holds them. `FOR UPDATE SKIP LOCKED` and advisory
+try-locks keep two instances from waiting on each other.
 """
 
 from __future__ import annotations
@@ -68,15 +71,46 @@ def _clamped(column: str, alias: str | None = None) -> str:
     )
 
 
-_ROW_STATE_COLUMNS = (
-    f"id, {_clamped('available_at')}, {_clamped('created_at')}, status, lease_owner, "
-    f"{_clamped('lease_expires_at')}"
-)
+def _live_lease(row: str) -> str:
+    """`row` is held: loaded or executing under a lease that has not run out."""
+    return (
+        f"({row}.status IN ('loaded', 'executing') AND {row}.lease_owner IS NOT NULL "
+        f"AND {row}.lease_expires_at > now())"
+    )
 
-# Rows this instance may claim: pending, or held under its own or a dead lease.
-_CLAIMABLE = """(status = 'pending'
-            OR (status IN ('loaded', 'executing')
-                AND (lease_owner = $1 OR lease_expires_at < now())))"""
+
+def _group_key(row: str) -> str:
+    """The advisory lock key of `row`'s (box, instant) group. The instant as epoch
+    seconds, not timestamptz::text, which follows each session's TimeZone."""
+    return (
+        f"hashtextextended(coalesce({row}.box_id::text, '') || ' ' || "
+        f"coalesce(extract(epoch FROM {row}.available_at)::text, ''), 0)"
+    )
+
+
+def _row_states(where: str) -> str:
+    """What the engine reads of the rows `where` picks (on `p`), with the lease that
+    decides who fires each: its own live lease, else the latest live lease on another
+    row of its (box, instant) group, else none (lease_owner NULL)."""
+    return f"""
+    WITH held AS (
+        SELECT DISTINCT ON (box_id, available_at)
+               box_id, available_at, lease_owner, lease_expires_at
+          FROM prebookings h WHERE {_live_lease("h")}
+         ORDER BY box_id, available_at, lease_expires_at DESC
+    ), r AS (
+        SELECT p.id, p.available_at, p.created_at, p.status,
+               CASE WHEN {_live_lease("p")} THEN p.lease_owner
+                    ELSE g.lease_owner END AS lease_owner,
+               CASE WHEN {_live_lease("p")} THEN p.lease_expires_at
+                    ELSE g.lease_expires_at END AS lease_expires_at
+          FROM prebookings p
+          LEFT JOIN held g ON g.box_id = p.box_id AND g.available_at = p.available_at
+         WHERE {where}
+    )
+    SELECT id, {_clamped("available_at")}, {_clamped("created_at")}, status, lease_owner,
+           {_clamped("lease_expires_at")}
+      FROM r"""
 
 
 async def rows_to_schedule(
@@ -85,15 +119,12 @@ async def rows_to_schedule(
     """Rows to hold in memory: those opening before the horizon that are not final
     (held by another instance too: watched, and taken over if it dies), plus broken
     ones (no instant, or an absurd one) so that they can be failed with a reason."""
+    where = """p.status IN ('pending', 'loaded', 'executing')
+               AND (p.available_at IS NULL OR p.available_at < $1 OR p.available_at > $2)"""
     return list(
         await _fetch(
             conn,
-            f"""
-            SELECT {_ROW_STATE_COLUMNS} FROM prebookings
-            WHERE status IN ('pending', 'loaded', 'executing')
-              AND (available_at IS NULL OR available_at < $1 OR available_at > $2)
-            ORDER BY available_at NULLS FIRST, created_at, id
-            """,
+            _row_states(where) + " ORDER BY available_at NULLS FIRST, created_at, id",
             _ts(horizon_end),
             _ts(absurd_after),
         )
@@ -101,13 +132,7 @@ async def rows_to_schedule(
 
 
 async def rows_by_id(conn: Db, ids: Sequence[UUID]) -> list[asyncpg.Record]:
-    return list(
-        await _fetch(
-            conn,
-            f"SELECT {_ROW_STATE_COLUMNS} FROM prebookings WHERE id = ANY($1::uuid[])",
-            list(ids),
-        )
-    )
+    return list(await _fetch(conn, _row_states("p.id = ANY($1::uuid[])"), list(ids)))
 
 
 async def claim(
@@ -115,48 +140,90 @@ async def claim(
     ids: Sequence[UUID],
     owner: str,
     lease_seconds: float,
+    *,
+    predecessor: str | None = None,
 ) -> list[asyncpg.Record]:
     """Take the lease on these rows and return them with their box and session.
 
-    Rows held by another live instance, or no longer pending, are simply absent
-    from the answer. The lease runs `lease_seconds`; the holder renews it."""
-    return list(
-        await _fetch(
-            conn,
+    Rows held elsewhere (see above), no longer active, locked by a transaction, or of a
+    group another instance is claiming at this moment are simply absent from the
+    answer. Rows leased to `predecessor` (the dead process this one replaces) count as
+    this owner's. The lease runs `lease_seconds`; the holder renews it."""
+    owners = [owner] if predecessor is None else [owner, predecessor]
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as db:
+            return await _bounded(db, _claim(db, list(ids), owner, owners, lease_seconds))
+    return await _claim(conn, list(ids), owner, owners, lease_seconds)
+
+
+async def _claim(
+    conn: asyncpg.Connection | PoolConnectionProxy,
+    ids: list[UUID],
+    owner: str,
+    owners: list[str],
+    lease_seconds: float,
+) -> list[asyncpg.Record]:
+    async with conn.transaction():
+        # First the groups, each under a lock held until commit: two instances never
+        # claim rows of one group at once. Then, in a second statement (a snapshot taken
+        # after the lock, so it sees what the group's previous claimer committed), the
+        # rows of the groups locked that nobody else holds.
+        groups = await conn.fetch(
             f"""
-            WITH target AS (
-                SELECT id FROM prebookings
-                WHERE id = ANY($2::uuid[]) AND {_CLAIMABLE}
-                FOR UPDATE SKIP LOCKED
-            ), claimed AS (
-                UPDATE prebookings p
-                   SET status = 'loaded', loaded_at = now(), lease_owner = $1,
-                       lease_expires_at = now() + make_interval(secs => $3)
-                  FROM target
-                 WHERE p.id = target.id
-             RETURNING p.id, p.user_email, p.box_id, p.booking_data,
-                       {_clamped("p.available_at")}, {_clamped("p.created_at")}, p.attempts
-            )
-            SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
-                   s.found IS NOT NULL AS session_found, s.aimharder_cookies,
-                   s.session_id, s.aimharder_token, s.fingerprint,
-                   {_clamped("s.last_token_update_date")}
-              FROM claimed c
-              LEFT JOIN boxes b ON b.id = c.box_id
-              LEFT JOIN LATERAL (
-                   SELECT true AS found, a.aimharder_cookies, a.id AS session_id,
-                          a.aimharder_token, a.fingerprint, a.last_token_update_date
-                     FROM auth_sessions a
-                    WHERE a.user_email = c.user_email AND a.session_type = 'background'
-                    ORDER BY a.updated_at DESC NULLS LAST
-                    LIMIT 1) s ON true
-             ORDER BY c.available_at, c.created_at, c.id
+            SELECT key FROM (SELECT DISTINCT {_group_key("p")} AS key
+                               FROM prebookings p WHERE p.id = ANY($1::uuid[])) groups
+             WHERE pg_try_advisory_xact_lock(key)
             """,
-            owner,
-            list(ids),
-            lease_seconds,
+            ids,
         )
-    )
+        if not groups:
+            return []
+        return list(
+            await conn.fetch(
+                f"""
+                WITH target AS (
+                    SELECT p.id FROM prebookings p
+                    WHERE p.id = ANY($2::uuid[])
+                      AND p.status IN ('pending', 'loaded', 'executing')
+                      AND {_group_key("p")} = ANY($5::bigint[])
+                      AND NOT EXISTS (
+                          SELECT 1 FROM prebookings g
+                           WHERE (g.id = p.id OR (g.box_id = p.box_id
+                                                  AND g.available_at = p.available_at))
+                             AND {_live_lease("g")} AND g.lease_owner <> ALL($4::text[]))
+                    FOR UPDATE OF p SKIP LOCKED
+                ), claimed AS (
+                    UPDATE prebookings p
+                       SET status = 'loaded', loaded_at = now(), lease_owner = $1,
+                           lease_expires_at = now() + make_interval(secs => $3)
+                      FROM target
+                     WHERE p.id = target.id
+                 RETURNING p.id, p.user_email, p.box_id, p.booking_data,
+                           {_clamped("p.available_at")}, {_clamped("p.created_at")},
+                           p.attempts
+                )
+                SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
+                       s.found IS NOT NULL AS session_found, s.aimharder_cookies,
+                       s.session_id, s.aimharder_token, s.fingerprint,
+                       {_clamped("s.last_token_update_date")}
+                  FROM claimed c
+                  LEFT JOIN boxes b ON b.id = c.box_id
+                  LEFT JOIN LATERAL (
+                       SELECT true AS found, a.aimharder_cookies, a.id AS session_id,
+                              a.aimharder_token, a.fingerprint, a.last_token_update_date
+                         FROM auth_sessions a
+                        WHERE a.user_email = c.user_email AND a.session_type = 'background'
+                        ORDER BY a.updated_at DESC NULLS LAST
+                        LIMIT 1) s ON true
+                 ORDER BY c.available_at, c.created_at, c.id
+                """,
+                owner,
+                ids,
+                lease_seconds,
+                owners,
+                [group["key"] for group in groups],
+            )
+        )
 
 
 async def renew_leases(
@@ -165,7 +232,7 @@ async def renew_leases(
     owner: str,
     lease_seconds: float,
 ) -> set[UUID]:
-    """Extend the leases this instance still holds; returns the ids it still holds."""
+    """Extend the leases this process still holds; returns the ids it still holds."""
     records = await _fetch(
         conn,
         """
