@@ -32,7 +32,6 @@ from uuid import UUID
 import structlog
 
 from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
-from prebookd.aimharder.outcomes import Verdict
 from prebookd.daemon.clock import HotWindows, WallClock, gc_paused, sleep_until
 from prebookd.daemon.firing_report import (
     ExchangeSummary,
@@ -41,6 +40,7 @@ from prebookd.daemon.firing_report import (
     send_note,
     summarize,
 )
+from prebookd.daemon.retries import Tries, next_try
 from prebookd.log import mask_email
 from prebookd.models import Booking, ResultUpdate
 
@@ -79,39 +79,6 @@ class Timing:
     retry_interval: float
     stage_requests: bool = True
     retry_unexpected: int = 2  # other answers worth another try, at most this many times
-
-
-@dataclass
-class _Tries:
-    """What a booking has used of its retries."""
-
-    unwritten: int = 0
-    unexpected: int = 0
-    renewed: bool = False
-
-
-def next_try(exchange: Exchange, tries: _Tries, *, retry_unexpected: int) -> str:
-    """What follows `exchange` while the retry window is open: "now", "wait" (the retry
-    interval), "renew" (the session, then now) or "stop".
-
-    "Not open yet" is tried again for the whole window; a request never written (its
-    connection lost at the gate) answered nothing, so it goes again at once; a dead
-    session is renewed once; any other answer worth a retry (5xx, unreadable, a reset
-    after the write) is retried at most `retry_unexpected` times, so a box in trouble
-    is not hammered; anything else is final."""
-    outcome = exchange.outcome
-    if exchange.written_at is None and outcome.verdict is Verdict.RETRY:
-        tries.unwritten += 1
-        return "now" if tries.unwritten == 1 else "wait"
-    if outcome.code == "session_expired" and not tries.renewed:
-        tries.renewed = True
-        return "renew"
-    if outcome.code == "not_open":
-        return "wait"
-    if outcome.verdict is Verdict.RETRY and tries.unexpected < retry_unexpected:
-        tries.unexpected += 1
-        return "wait"
-    return "stop"
 
 
 @dataclass
@@ -405,7 +372,7 @@ class Firing:
         # the release must not stretch (or cut) the retries.
         loop = asyncio.get_running_loop()
         retry_until = loop.time() + max(0.0, self.instant + t.retry_window - self._clock())
-        tries = _Tries()
+        tries = Tries()
         while loop.time() < retry_until:
             step = next_try(exchange, tries, retry_unexpected=t.retry_unexpected)
             if step == "stop":
