@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -27,9 +27,10 @@ from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.engine import Engine, EngineConfig
 from prebookd.daemon.firing import Timing
 from prebookd.daemon.results import ResultWriter
+from prebookd.daemon.sessions import SessionKeeper
 from prebookd.db import store
 from prebookd.db.connection import connect, create_pool
-from prebookd.models import FINAL_STATUSES, ResultUpdate
+from prebookd.models import FINAL_STATUSES, MemberSession, ResultUpdate
 from prebookd.settings import Settings
 from prebookd.sim.server import Simulator
 from tests.support import add_box, add_member, add_prebooking, open_class, utc
@@ -357,3 +358,40 @@ async def test_a_resync_read_before_a_notification_does_not_undo_it(bed: Bed) ->
     await resync
 
     assert [e.available_at for e in bed.engine.schedule.entries() if e.id == row] == [moved]
+
+
+class SlowSessions:
+    """A session keeper whose token refresh takes 0.5 s (AimHarder slow to answer)."""
+
+    def __init__(self) -> None:
+        self.refreshing = asyncio.Event()
+
+    def is_stale(self, session: MemberSession) -> bool:
+        return True
+
+    async def refresh(self, session: MemberSession) -> MemberSession:
+        self.refreshing.set()
+        await asyncio.sleep(0.5)
+        return session
+
+
+async def test_a_row_cancelled_while_its_claim_refreshes_the_session_is_not_sent(
+    bed: Bed,
+) -> None:
+    """The claim is back and the member's session is being refreshed when the web app
+    cancels the row: the cancel is heard and weighed, and nothing is sent."""
+    keeper = SlowSessions()
+    bed.engine._sessions = cast(SessionKeeper, keeper)  # this bed's engine had none
+    bed.held.let_go()
+    await bed.listen()
+    instant = round(time.time() + 1.5, 3)
+    (row,) = await bed.add_rows(instant, 1)
+    await bed.engine.resync()
+    await asyncio.wait_for(keeper.refreshing.wait(), timeout=5)
+    seen = bed.notified
+    await bed.conn.execute("UPDATE prebookings SET status = 'cancelled' WHERE id = $1", row)
+    await bed.notified_beyond(seen)
+    await bed.settle(after=instant + 0.5)
+
+    assert bed.book_requests() == []
+    assert bed.crashes == []

@@ -41,6 +41,10 @@ class Claims(EngineCore):
                 self.config.lease_seconds,
                 predecessor=self.config.predecessor,
             )
+            # Sessions are refreshed while the rows still count as being claimed: news
+            # of them meanwhile (a cancel, a move) is kept and weighed below, not lost.
+            claimed = [dict(r) for r in records if not self._sent_or_armed(r["id"])]
+            alive = {r["id"]: r for r in await self._with_live_sessions(claimed)}
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             log.warning("arming_failed", rows=len(ids), error=describe(exc))
             forgotten, moved = self._news_while_arming(ids)
@@ -57,9 +61,10 @@ class Claims(EngineCore):
         fresh = []
         for record in records:
             row_id = record["id"]
-            if row_id in self._armed or row_id in self._done:
-                # Already in a firing, or sent: ours either way. Arming it again
-                # would send it twice (the claim takes back our own rows, see store).
+            if self._sent_or_armed(row_id) or row_id not in alive:
+                # Already in a firing, or sent: ours either way. Arming it again would
+                # send it twice (the claim takes back our own rows, see store). Or its
+                # session is dead: failed already.
                 continue
             news = moved.get(row_id)
             claimed_at = record["available_at"]
@@ -71,15 +76,18 @@ class Claims(EngineCore):
             elif row_id in forgotten or row_id in self.schedule:
                 stale.append(row_id)  # cancelled (or moved) while we were claiming
             else:
-                fresh.append(dict(record))
+                fresh.append(alive[row_id])
         if stale:
             await self._release(stale)
             self._rearm()
-        for row in await self._with_live_sessions(fresh):
+        for row in fresh:
             self._arm_one(row)
         unclaimed = set(ids) - {r["id"] for r in records} - forgotten
         if unclaimed:
             await self._look_again(unclaimed)
+
+    def _sent_or_armed(self, row_id: UUID) -> bool:
+        return row_id in self._armed or row_id in self._done
 
     def _news_while_arming(self, ids: Sequence[UUID]) -> tuple[set[UUID], dict[UUID, Entry]]:
         """What was heard of these rows while their claim was in flight (only theirs:
