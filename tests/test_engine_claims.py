@@ -395,3 +395,39 @@ async def test_a_row_cancelled_while_its_claim_refreshes_the_session_is_not_sent
 
     assert bed.book_requests() == []
     assert bed.crashes == []
+
+
+async def test_a_row_sent_keeps_its_lease_until_its_result_is_in_postgres(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The firing is over, its result not yet in the table (Postgres slow, or away):
+    the lease is still renewed, so no other instance takes over a row already sent."""
+    renewed: list[set[uuid.UUID]] = []
+    renew = store.renew_leases
+
+    async def recording(*args: Any, **kwargs: Any) -> set[uuid.UUID]:
+        renewed.append(set(args[1]))
+        return await renew(*args, **kwargs)
+
+    monkeypatch.setattr(store, "renew_leases", recording)
+    bed.held.let_go()
+    instant = round(time.time() + 1.0, 3)
+    (row,) = await bed.add_rows(instant, 1)
+    await bed.engine.resync()
+    await bed.settle(after=instant + 0.5)
+    assert bed.results.finals(row) == ["booked"] and not bed.engine.firings
+    claimed_until = await bed.conn.fetchval(
+        "SELECT lease_expires_at FROM prebookings WHERE id = $1", row
+    )
+
+    stop = asyncio.Event()
+    upkeep = asyncio.create_task(bed.engine.lease_loop(stop))
+    await asyncio.sleep(bed.engine.config.lease_seconds / 3 + 0.5)
+    stop.set()
+    await upkeep
+
+    assert renewed and all(row in ids for ids in renewed)
+    renewed_until = await bed.conn.fetchval(
+        "SELECT lease_expires_at FROM prebookings WHERE id = $1", row
+    )
+    assert renewed_until > claimed_until

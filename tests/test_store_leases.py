@@ -3,12 +3,14 @@ whole (box, instant) group, and a dead predecessor's rows are its successor's.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import asyncpg
 
 from prebookd.db import store
+from prebookd.db.connection import connect
 from tests.support import utc
 
 
@@ -95,3 +97,30 @@ async def test_a_group_being_claimed_elsewhere_is_passed_by(
         assert await store.claim(conn, rows[1:], "b/2/y", 10.0) == []
     finally:
         await other.close()
+
+
+async def test_a_renewal_never_waits_on_a_row_the_web_app_holds(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    """The web app holds a row in a long transaction: the renewal answers at once,
+    renews the rest, and still counts the locked row as held (the lease is ours)."""
+    box = await new_box(conn, "renew")
+    rows = await add_rows(conn, box, time.time() + 30, 2)
+    await store.claim(conn, rows, "a/1/x", 5.0)
+    locked, free = rows
+    web_app = await connect(db_dsn)
+    try:
+        async with web_app.transaction():
+            await web_app.execute("SELECT 1 FROM prebookings WHERE id = $1 FOR UPDATE", locked)
+            started = time.monotonic()
+            held = await asyncio.wait_for(store.renew_leases(conn, rows, "a/1/x", 60.0), 5)
+            assert time.monotonic() - started < 1.0
+    finally:
+        await web_app.close()
+    assert held == set(rows)
+    expiry = {
+        r["id"]: r["lease_expires_at"].timestamp()
+        for r in await conn.fetch("SELECT id, lease_expires_at FROM prebookings")
+    }
+    assert expiry[free] > time.time() + 50  # renewed
+    assert expiry[locked] < time.time() + 10  # skipped this time, renewed next time

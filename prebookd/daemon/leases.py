@@ -9,6 +9,7 @@ import asyncpg
 import structlog
 
 from prebookd.daemon.core import ACTIVE, EngineCore
+from prebookd.daemon.supervise import first_of
 from prebookd.db import store
 from prebookd.errors import describe
 from prebookd.models import RowState
@@ -20,34 +21,44 @@ WATCH_INTERVAL = 1.0
 
 class Leases(EngineCore):
     async def lease_loop(self, stop: asyncio.Event) -> None:
-        """Renew the leases of rows held (every third of a lease); every second, look
-        at rows other instances hold, to take over those whose lease ran out."""
-        loop = asyncio.get_running_loop()
-        renew_at = loop.time()
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=WATCH_INTERVAL)
-            except TimeoutError:
-                pass
+        """Renew the leases of rows held (every third of a lease) and, every second,
+        look at rows other instances hold, to take over those whose lease ran out. Two
+        loops: a slow look at watched rows must not hold up a renewal."""
+        await asyncio.gather(self._renew_loop(stop), self._watch_loop(stop))
+
+    async def _renew_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            await first_of(stop.wait(), timeout=self.config.lease_seconds / 3)
             if stop.is_set():
-                break
+                return
             try:
-                if loop.time() >= renew_at:
-                    renew_at = loop.time() + self.config.lease_seconds / 3
-                    await self._renew_leases()
+                await self._renew_leases()
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("lease_renewal_failed", error=describe(exc))
+
+    async def _watch_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            await first_of(stop.wait(), timeout=WATCH_INTERVAL)
+            if stop.is_set():
+                return
+            try:
                 await self._check_watched()
             except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                log.warning("lease_upkeep_failed", error=describe(exc))
+                log.warning("lease_watch_failed", error=describe(exc))
 
     async def _renew_leases(self) -> None:
-        held = list(self._armed)
+        # Rows in firings, and rows sent whose final result Postgres has not confirmed
+        # yet: until it has, the table says `loaded`/`executing`, and a lease run out
+        # would let another instance take a row this one has already sent.
+        unconfirmed = [i for i in self._done if i not in self._confirmed]
+        held = [*self._armed, *unconfirmed]
         if not held:
             return
         await self.hot.wait_clear()
         kept = await store.renew_leases(
             self._pool, held, self.config.lease_owner, self.config.lease_seconds
         )
-        for row_id in set(held) - kept:
+        for row_id in set(self._armed) - kept:
             firing = self._armed.get(row_id)
             # Lost while we could not renew (Postgres away longer than a lease): the
             # row may be another instance's now; never send what it will send.

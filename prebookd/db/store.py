@@ -46,9 +46,11 @@ async def _bounded(conn: asyncpg.Connection | PoolConnectionProxy, call: Awaitab
         raise
 
 
-async def _fetch(db: Db, query: str, *args: object) -> list[asyncpg.Record]:
+async def _fetch(
+    db: Db, query: str, *args: object, acquire_timeout: float | None = None
+) -> list[asyncpg.Record]:
     if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn:
+        async with db.acquire(timeout=acquire_timeout) as conn:
             return await _bounded(conn, conn.fetch(query, *args))
     return await db.fetch(query, *args)
 
@@ -226,25 +228,44 @@ async def _claim(
         )
 
 
+# A renewal waits at most this long for a pool connection (claims and result batches
+# may hold them all): it is tried again a third of a lease later, well before it runs out.
+RENEW_ACQUIRE_TIMEOUT = 2.0
+
+
 async def renew_leases(
     conn: Db,
     ids: Sequence[UUID],
     owner: str,
     lease_seconds: float,
 ) -> set[UUID]:
-    """Extend the leases this process still holds; returns the ids it still holds."""
+    """Extend the leases this process still holds; returns the ids it still holds.
+
+    Never waits on a row lock (the web app's transaction, a result batch): a row locked
+    now is not renewed this time, yet still counted as held, since the lease is ours."""
     records = await _fetch(
         conn,
         """
-        UPDATE prebookings
-           SET lease_expires_at = now() + make_interval(secs => $3)
+        WITH unlocked AS (
+            SELECT id FROM prebookings
+             WHERE id = ANY($1::uuid[]) AND lease_owner = $2
+               AND status IN ('loaded', 'executing')
+               FOR UPDATE SKIP LOCKED
+        ), renewed AS (
+            UPDATE prebookings p
+               SET lease_expires_at = now() + make_interval(secs => $3)
+              FROM unlocked
+             WHERE p.id = unlocked.id
+         RETURNING p.id
+        )
+        SELECT id FROM prebookings
          WHERE id = ANY($1::uuid[]) AND lease_owner = $2
            AND status IN ('loaded', 'executing')
-     RETURNING id
         """,
         list(ids),
         owner,
         lease_seconds,
+        acquire_timeout=RENEW_ACQUIRE_TIMEOUT,
     )
     return {record["id"] for record in records}
 
