@@ -214,7 +214,8 @@ async def _claim(
                        SELECT true AS found, a.aimharder_cookies, a.id AS session_id,
                               a.aimharder_token, a.fingerprint, a.last_token_update_date
                          FROM auth_sessions a
-                        WHERE a.user_email = c.user_email AND a.session_type = 'background'
+                        WHERE lower(a.user_email) = lower(c.user_email)
+                          AND a.session_type = 'background'
                         ORDER BY a.updated_at DESC NULLS LAST
                         LIMIT 1) s ON true
                  ORDER BY c.available_at, c.created_at, c.id
@@ -345,7 +346,7 @@ async def sessions_to_keep(
                AND a.aimharder_token IS NOT NULL
                AND (a.last_token_update_date IS NULL OR a.last_token_update_date < $2)
                AND EXISTS (SELECT 1 FROM prebookings p
-                            WHERE p.user_email = a.user_email
+                            WHERE lower(p.user_email) = lower(a.user_email)
                               AND p.status IN ('pending', 'loaded')
                               AND p.available_at < $1)
             """,
