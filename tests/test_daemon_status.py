@@ -68,9 +68,11 @@ async def test_status_healthz_and_metrics_of_a_running_daemon(
     assert status["armed"] == 1, "the row opening in an hour"
     assert status["last_firings"][0]["count"] == 1
     assert status["last_firings"][0]["outcomes"] == {"booked": 1}
+    assert status["last_firings"][0]["requests"] == {"box-st": 1}  # requests per box
     assert status["db_pool"]["max"] == status["db_pool"]["size"] == 3, "a constant pool"
     assert re.search(r'prebookd_requests_total\{[^}]*outcome="booked"[^}]*\} 1\n', metrics)
     assert 'box="box-st"' in metrics
+    assert 'prebookd_booking_requests_total{box="box-st"} 1\n' in metrics
     assert "prebookd_request_lateness_seconds_bucket" in metrics
     assert cli.returncode == 0, err.decode()
     assert json.loads(out)["armed"] == 1

@@ -230,6 +230,7 @@ def test_empty_metrics_still_render_every_family() -> None:
     assert set(types) == {
         "prebookd_request_lateness_seconds",
         "prebookd_requests_total",
+        "prebookd_booking_requests_total",
         "prebookd_instants_total",
         "prebookd_burst_spread_seconds",
     }

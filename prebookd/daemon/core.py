@@ -236,6 +236,7 @@ class EngineCore:
                 lateness_ms=update.lateness_ms,
                 outcome=update.outcome or update.status,
                 box=(firing.box_of(update.id) if firing else None) or "",
+                attempts=update.attempts or 0,
             )
         self._results.report(update)
 

@@ -413,5 +413,11 @@ class Firing:
             attempts=attempts,
             outcome=exchange.outcome.code,
         )
-        verdict = exchange.outcome.verdict
-        return ExchangeSummary(booking, written_at, lateness_ms, exchange.outcome.code, verdict)
+        return ExchangeSummary(
+            booking,
+            written_at,
+            lateness_ms,
+            exchange.outcome.code,
+            exchange.outcome.verdict,
+            attempts=attempts - booking.prior_attempts,
+        )

@@ -27,6 +27,7 @@ class ExchangeSummary:
     lateness_ms: float | None
     outcome: str
     verdict: Verdict
+    attempts: int  # requests written for it at this instant
 
 
 def final_update(
@@ -94,6 +95,8 @@ def summarize(summaries: list[ExchangeSummary], instant: float) -> dict[str, Any
         "lateness_max_ms": round(max(lateness), 3) if lateness else None,
         "spread_ms": round((max(sent) - min(sent)) * 1000, 3) if sent else None,
         "outcomes": dict(Counter(s.outcome for s in summaries)),
+        # Requests written per box, retries included: what AimHarder saw of us.
+        "requests": dict(_requests_by_box(summaries)),
     }
     log.info("instant_fired", **summary)
     return summary
@@ -118,3 +121,10 @@ def send_note(
     if written_at is not None and sent_cold and restaged:
         notes.append("not staged again in time: built and sent at the instant")
     return "; ".join(notes) or None
+
+
+def _requests_by_box(summaries: list[ExchangeSummary]) -> Counter[str]:
+    requests: Counter[str] = Counter()
+    for summary in summaries:
+        requests[summary.booking.box] += summary.attempts
+    return requests

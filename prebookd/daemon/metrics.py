@@ -88,11 +88,16 @@ class Metrics:
         self.lateness = Histogram(LATENESS_BUCKETS)
         self.spread = Histogram(SPREAD_BUCKETS)
         self.requests: Counter[tuple[str, str]] = Counter()  # (outcome, box) -> n
+        self.written: Counter[str] = Counter()  # box -> requests written to AimHarder
         self.instants = 0
 
-    def observe_request(self, *, lateness_ms: float | None, outcome: str, box: str) -> None:
-        """One booking's final outcome; lateness of its first write, None if never sent."""
+    def observe_request(
+        self, *, lateness_ms: float | None, outcome: str, box: str, attempts: int = 0
+    ) -> None:
+        """One booking's final outcome, after `attempts` requests; lateness of its first
+        write, None if never sent."""
         self.requests[(outcome, box)] += 1
+        self.written[box] += attempts
         if lateness_ms is not None:
             self.lateness.observe(lateness_ms / 1000.0)
 
@@ -115,6 +120,13 @@ class Metrics:
         for (outcome, box), count in sorted(self.requests.items()):
             labels = _labels({"outcome": outcome, "box": box})
             lines.append(f"prebookd_requests_total{labels} {count}")
+        lines.append(
+            "# HELP prebookd_booking_requests_total Booking requests written to AimHarder "
+            "(first tries and retries), by box."
+        )
+        lines.append("# TYPE prebookd_booking_requests_total counter")
+        for box, count in sorted(self.written.items()):
+            lines.append(f"prebookd_booking_requests_total{_labels({'box': box})} {count}")
         lines.append("# HELP prebookd_instants_total Opening instants fired.")
         lines.append("# TYPE prebookd_instants_total counter")
         lines.append(f"prebookd_instants_total {self.instants}")
