@@ -58,7 +58,8 @@ class Leases(EngineCore):
         kept = await store.renew_leases(
             self._pool, held, self.config.lease_owner, self.config.lease_seconds
         )
-        for row_id in set(self._armed) - kept:
+        # Only rows asked about: one armed while the renewal was on its way is ours.
+        for row_id in set(held) - kept:
             firing = self._armed.get(row_id)
             # Lost while we could not renew (Postgres away longer than a lease): the
             # row may be another instance's now; never send what it will send.
