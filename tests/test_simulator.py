@@ -27,6 +27,7 @@ MEMBERS = {f"m{i}@example.com": f"cookie-{i}" for i in range(12)}
 async def sim(make_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
     simulator = await make_sim()
     simulator.add_box("alpha", box_id="1001", name="Alpha Box")
+    simulator.add_class("alpha", a_class())  # the class `book` books unless told
     for email, cookie in MEMBERS.items():
         simulator.add_member(email, cookie)
     return simulator
@@ -39,12 +40,14 @@ async def book(
     session_id: str = "106015104",
     day: str = DAY,
     cookie: str | None = None,
+    insist: int = 0,
+    family_id: str = "",
 ) -> dict[str, Any]:
     headers = {"X-Requested-With": "XMLHttpRequest"}
     auth = cookie if cookie is not None else MEMBERS.get(email or "")
     if auth is not None:
         headers["Cookie"] = f"amhrdrauth={auth}; PHPSESSID=abc"
-    form = {"id": session_id, "day": day, "insist": "0", "familyId": ""}
+    form = {"id": session_id, "day": day, "insist": str(insist), "familyId": family_id}
     async with http.post(f"{box_url}/api/book", data=form, headers=headers) as response:
         assert response.status == 200
         answer: dict[str, Any] = await response.json()
@@ -367,7 +370,7 @@ async def test_classes_of_a_day_in_aimharders_shape(
     url = sim.box_url("alpha")
     booked = await book(http, url, "m0@example.com", "106015104")
     assert (await book(http, url, "m1@example.com", "106015105"))["bookState"] == 1
-    waiting = await book(http, url, "m0@example.com", "106015105")
+    waiting = await book(http, url, "m0@example.com", "106015105", insist=1)
     assert waiting["bookState"] == 0
 
     listing = await classes_of_day(http, url, "m0@example.com")
@@ -406,14 +409,28 @@ async def test_a_full_class_fills_its_waiting_list_then_refuses(
 ) -> None:
     sim.add_class("alpha", a_class(capacity=2, waitlist_capacity=2))
     emails = list(MEMBERS)[:5]
-    answers = [await book(http, sim.box_url("alpha"), email) for email in emails]
+    answers = [await book(http, sim.box_url("alpha"), email, insist=1) for email in emails]
 
     assert [a["bookState"] for a in answers] == [1, 1, 0, 0, -1]
     assert answers[2] == {"clasesContratadas": "WOD", "bookState": 0, "id": answers[2]["id"]}
+    assert answers[4]["errorMssgLang"] == "ERROR_CLASE_LLENA", "the waiting list is full"
     assert sim.bookings("alpha", "106015104") == emails[:2]
     assert sim.waitlist("alpha", "106015104") == emails[2:4]
-    again = await book(http, sim.box_url("alpha"), emails[2])
+    again = await book(http, sim.box_url("alpha"), emails[2], insist=1)
     assert again["errorMssgLang"] == "NOPUEDESRESERVAMISMAHORA", "waiting counts as held"
+
+
+async def test_without_insist_a_full_class_is_full_though_its_waiting_list_has_room(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.add_class("alpha", a_class(capacity=1, waitlist_capacity=5))
+    url = sim.box_url("alpha")
+    assert (await book(http, url, "m0@example.com"))["bookState"] == 1
+    full = await book(http, url, "m1@example.com", insist=0)
+    assert (full["bookState"], full["errorMssgLang"]) == (-1, "ERROR_CLASE_LLENA")
+    assert sim.waitlist("alpha", "106015104") == [], "insist=0 joins no waiting list"
+    assert (await book(http, url, "m1@example.com", insist=1))["bookState"] == 0
+    assert sim.waitlist("alpha", "106015104") == ["m1@example.com"]
 
 
 async def test_a_daily_limit_answers_minus_8_with_max(
@@ -448,7 +465,9 @@ async def test_cancelling_frees_the_place_for_the_first_waiting(
 ) -> None:
     sim.add_class("alpha", a_class(capacity=1, waitlist_capacity=3))
     url = sim.box_url("alpha")
-    ana_id, bo_id, cy_id = [(await book(http, url, f"m{i}@example.com"))["id"] for i in range(3)]
+    ana_id, bo_id, cy_id = [
+        (await book(http, url, f"m{i}@example.com", insist=1))["id"] for i in range(3)
+    ]
 
     assert await cancel(http, url, "m0@example.com", ana_id) == {"cancelState": 1}
     assert sim.bookings("alpha", "106015104") == ["m1@example.com"]
@@ -581,11 +600,12 @@ async def test_latency_and_jitter_delay_the_answer_not_the_decision(
 
 async def test_faults_stay_on_their_box(sim: Simulator, http: aiohttp.ClientSession) -> None:
     sim.add_box("beta")
+    sim.add_class("beta", a_class())
     sim.set_faults("alpha", Faults(forbidden=True))
     assert (await book(http, sim.box_url("beta"), "m0@example.com"))["bookState"] == 1
     headers = cookie_of("m0@example.com")
     async with http.get(f"{sim.base_url}/api/whoami", headers=headers) as response:
-        assert await response.json() == {"data": {"email": "m0@example.com"}}
+        assert (await response.json())["data"][0]["email"] == "m0@example.com"
     assert [r.fault for r in sim.requests] == [None, None]
     sim.set_faults("alpha", Faults())
     assert (await book(http, sim.box_url("alpha"), "m0@example.com"))["bookState"] == 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from prebookd.sim.server import SimClass, Simulator
 from tests.test_simulator import _free_port, _simulate
@@ -75,19 +78,16 @@ async def test_login_gives_a_token_and_a_cookie_that_books(
     status, answer, cookies = await login(http, sim.base_url, "s3cret")
     assert status == 200
     token = answer["data"]["auth"]["refreshToken"]
-    assert answer == {
-        "data": {
-            "auth": {"authOK": True, "refreshToken": token},
-            "userData": {"email": ANA, "name": "Ana"},
-        }
-    }
-    assert {"amhrdrauth", "AWSALB", "PHPSESSID"} <= set(cookies)
+    user = answer["data"]["userData"]
+    assert answer == {"data": {"auth": {"authOK": True, "refreshToken": token}, "userData": user}}
+    assert (user["email"], user["name"], type(user["id"])) == (ANA, "Ana", int)
+    assert set(cookies) == {"amhrdrauth", "AWSALB", "AWSALBCORS", "PHPSESSID"}
     auth = cookies["amhrdrauth"]
     assert (auth["path"], auth["httponly"]) == ("/", True)
     assert auth.value != "ana-cookie", "a new cookie per login"
 
     assert (await book(http, sim, auth.value))["bookState"] == 1
-    assert await whoami(http, sim.base_url, auth.value) == {"data": {"email": ANA}}
+    assert await whoami(http, sim.base_url, auth.value) == {"data": [user]}
     assert await whoami(http, sim.base_url, None) == {"data": []}
     assert await whoami(http, sim.base_url, "nobody") == {"data": []}
     assert [(r.box, r.path, r.email) for r in sim.requests] == [
@@ -225,7 +225,7 @@ async def test_prebookd_simulate_with_logins_ageing_waitlist_and_faults(
         base = listening["url"]
         status, _, cookies = await login(http, base, "pw")
         assert status == 200
-        form = {"id": "42", "day": DAY, "insist": "0", "familyId": ""}
+        form = {"id": "42", "day": DAY, "insist": "1", "familyId": ""}
         states = []
         for cookie in (cookies["amhrdrauth"].value, "bo", "old"):
             async with http.post(
@@ -260,3 +260,81 @@ async def test_prebookd_simulate_refuses_bad_fault_and_password_flags(
     _, stderr = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 2
     assert message in stderr.decode()
+
+
+# --- who the member is: roles, whoami; the older HTML login ----------------------------
+
+
+async def test_login_and_whoami_list_the_boxes_the_member_belongs_to(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.add_box("beta", box_id="2002", name="Beta Box")
+    sim.add_member("bo@example.com", "bo-cookie", password="pw", user_id=4242, boxes=["beta"])
+    _, answer, cookies = await login(http, sim.base_url, "pw", "bo@example.com")
+    user = answer["data"]["userData"]
+    assert user["id"] == 4242
+    assert user["roles"] == [
+        {"boid": 2002, "centre_url": sim.box_url("beta"), "name": "Beta Box", "role": "client"}
+    ]
+    assert await whoami(http, sim.base_url, cookies["amhrdrauth"].value) == {"data": [user]}
+
+    # Without boxes of their own a member belongs to every box; a role's centre_url is
+    # where the client books.
+    _, answer, cookies = await login(http, sim.base_url, "s3cret")
+    roles = answer["data"]["userData"]["roles"]
+    assert [(r["boid"], r["centre_url"]) for r in roles] == [
+        (1001, sim.box_url("alpha")),
+        (2002, sim.box_url("beta")),
+    ]
+    form = {"id": "106015104", "day": DAY, "insist": "0", "familyId": ""}
+    headers = {"Cookie": f"amhrdrauth={cookies['amhrdrauth'].value}"}
+    async with http.post(f"{roles[0]['centre_url']}/api/book", data=form, headers=headers) as r:
+        assert (await r.json())["bookState"] == 1
+
+
+async def html_login(
+    http: aiohttp.ClientSession, base: str, password: str, mail: str = ANA
+) -> tuple[int, str, str, SimpleCookie]:
+    form = {"mail": mail, "pw": password, "login": "Iniciar sesión", "loginiframe": "0",
+            "loginfingerprint": FINGERPRINT}  # fmt: skip
+    async with http.post(f"{base}/login", data=form) as response:
+        cookies = SimpleCookie()
+        for header in response.headers.getall("Set-Cookie", []):
+            cookies.load(header)
+        return response.status, response.content_type, await response.text(), cookies
+
+
+async def test_the_old_html_login_sets_the_cookie_and_hands_over_a_token(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    status, kind, page, cookies = await html_login(http, sim.base_url, "s3cret")
+    assert (status, kind) == (200, "text/html")
+    assert set(cookies) == {"amhrdrauth", "AWSALB", "AWSALBCORS", "PHPSESSID"}
+    assert "window.location.href" in page and "loginErrors" not in page
+    src = re.search(r'<iframe src="([^"]+)"', page)
+    assert src is not None
+    setrefresh = URL(html.unescape(src.group(1)))
+    assert setrefresh.path == "/setrefresh"
+    assert setrefresh.query["fingerprint"] == FINGERPRINT
+
+    assert (await book(http, sim, cookies["amhrdrauth"].value))["bookState"] == 1
+    fresh, _ = await refresh(http, sim.base_url, setrefresh.query["token"])
+    assert "newToken" in fresh, "the iframe's token is a refresh token"
+    first = sim.requests[0]
+    assert (first.path, first.email, first.status, first.answer) == ("/login", ANA, 200, {})
+
+
+async def test_the_old_html_login_shows_errors_in_the_page_and_locks_too(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    status, kind, page, cookies = await html_login(http, sim.base_url, "guess")
+    assert (status, kind, cookies) == (200, "text/html", SimpleCookie())
+    assert 'id="loginErrors"' in page and 'name="pw"' in page, "the form again, with the error"
+    for _ in range(2):  # max_login_failures=3, the JSON login's count
+        await login(http, sim.base_url, "guess")
+    _, _, page, cookies = await html_login(http, sim.base_url, "s3cret")
+    assert "demasiadas veces" in page and not cookies
+
+    async with http.get(f"{sim.base_url}/login") as response:
+        assert response.status == 200
+        assert 'name="login"' in await response.text()

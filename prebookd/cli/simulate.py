@@ -49,11 +49,12 @@ log = structlog.get_logger(__name__)
 DESCRIPTION = """\
 Serve a simulated AimHarder on one port. The account site is at the root, so
 PREBOOKD_AIMHARDER_URL is http://HOST:PORT (POST /api/login, GET /setrefresh,
-POST /api/tokenUpdate, GET /api/whoami). Each box is under its own path prefix, so a
-box's base URL (what goes in boxes.base_url) is http://HOST:PORT/SUBDOMAIN (GET
-/api/bookings, POST /api/book, POST /api/cancelBook). Any class id booked that was not
-configured is created with --capacity places and --waitlist waiting places, opening at
---opens-at.
+POST /api/tokenUpdate, GET /api/whoami, and the old HTML login at /login). Each box is
+under its own path prefix, so a box's base URL (what goes in boxes.base_url) is
+http://HOST:PORT/SUBDOMAIN (GET /api/bookings, POST /api/book, POST /api/cancelBook).
+Booking a class id that was not configured is refused, as AimHarder does; with
+--ad-hoc-classes it is created instead, with --capacity places and --waitlist waiting
+places, opening at --opens-at.
 
 Control endpoints: GET /_sim/requests (every request, with the instant its first byte
 arrived and any fault injected), GET /_sim/bookings, GET /_sim/waitlists,
@@ -75,11 +76,14 @@ config file (TOML when FILE ends in .toml, else JSON with the same keys):
   login_lock_time = 900
   seed = 0
   opens_at = "+5s"
+  ad_hoc_classes = false     # true: an unknown class id booked is created, not refused
   [[boxes]]
   subdomain = "crossfitx"
   box_id = "1234"            # optional, like name
   daily_limit = 2            # optional: bookings per member per day (bookState -8)
   late_cancel_window = 7200  # optional: seconds before starts_at when cancelling is late
+  limit_shows_waitlist = false  # optional: the listing's limit as "16 (4)"
+  day_as_text = false        # optional: the listing's day as "martes, 1 de diciembre"
   [[classes]]
   box = "crossfitx"
   session_id = "106015104"
@@ -88,6 +92,7 @@ config file (TOML when FILE ends in .toml, else JSON with the same keys):
   waitlist_capacity = 4      # default: --waitlist
   opens_at = "+5s"           # or ISO time with offset, or epoch seconds; default: --opens-at
   starts_at = "+2h"          # optional, same formats
+  limit_shows_waitlist = true  # optional: default the box's
   [[members]]
   email = "ana@example.com"
   auth_cookie = "COOKIE-VALUE"   # optional (default: random)
@@ -95,11 +100,21 @@ config file (TOML when FILE ends in .toml, else JSON with the same keys):
   password = "secret"            # optional: lets the member log in
   issued_at = "-20m"             # optional: when cookie and token were issued (default: now)
   no_credits = false             # true: booking answers bookState -2
+  user_id = 700001               # optional: userData.id (default: a counter)
+  family_ids = ["5501"]          # optional: the familyId values this member may book with
+  boxes = ["crossfitx"]          # optional: the boxes in login's roles (default: all)
   [[faults]]
   box = "crossfitx"
   latency = 0.05             # seconds; also jitter, and the fractions error_rate,
   error_rate = 0.1           # html_rate, reset_rate, truncated_rate, slow_body;
   forbidden = false          # slow_body_seconds; forbidden answers 403 to everything
+  refusal_rate = 0.1         # {"errorMssg": refusal_message}, no bookState (book only)
+  unlisted_rate = 0.1        # bookState -12 ERROR_RESERVA_NO_DISPONIBLE (book only)
+  unauthorized_rate = 0.1    # also login_redirect_rate (302 to /login), throttled_rate
+                             # (429); all the rates together at most 1
+  clock_behind_ms = 300      # booking opens this long after opens_at
+  not_open_code = "ERROR_ANTELACION_CLIENTE"  # or ERROR_ANTELACION_CLIENTE_HORAS,
+                             # ERROR_RESERVA_NO_DISPONIBLE: the "not open yet" answer
   [balancer]                 # in front of every box and the account site
   idle_timeout = 60          # seconds a connection may sit idle, before its first
                              # request or between two (default: forever)
@@ -190,6 +205,13 @@ def add_simulate_parser(commands: Any) -> None:
         help="when booking opens for classes created on the fly or configured without "
         "opens_at: ISO time with offset (2026-12-01T07:00:00+01:00) or relative to "
         "start (+5s, +2m, +250ms); default: already open",
+    )
+    add(
+        "--ad-hoc-classes",
+        action="store_true",
+        default=None,
+        help="create a class booked by an unknown id, with the defaults above, instead "
+        "of refusing it as AimHarder does",
     )
     add(
         "--session-max-age",

@@ -6,10 +6,12 @@ and `call.now` / `call.arrived_at`; nothing here waits or does I/O.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+from prebookd.sim.faults import CLOCK_BEHIND, REFUSAL, UNLISTED
 from prebookd.sim.model import (
     ALREADY_BOOKED,
     AUTH_COOKIE,
@@ -19,12 +21,17 @@ from prebookd.sim.model import (
     FULL,
     LOGOUT,
     NO_CREDITS,
-    NOT_OPEN,
+    NOT_AVAILABLE,
+    NOT_OPEN_ANSWERS,
+    NOT_YOUR_FAMILY,
+    UNKNOWN_CLASS,
+    WRONG_DAY,
     Answer,
     Box,
     Call,
     Reservation,
     SimClass,
+    refusal,
 )
 from prebookd.sim.state import Route, SimState
 
@@ -49,17 +56,18 @@ async def book(state: SimState, call: Call) -> Answer:
     box = call.box
     form = form_of(call)
     session_id, day = form.get("id") or None, form.get("day") or None
+    family_id = form.get("familyId", "")
     email = _member_email(state, call)
     if email is None:  # a dead session is not an HTTP error on AimHarder
         return Answer(LOGOUT, session_id=session_id, day=day)
 
-    def answer(payload: dict[str, Any]) -> Answer:
-        return Answer(payload, email=email, session_id=session_id, day=day)
+    def answer(payload: dict[str, Any], fault: str | None = None) -> Answer:
+        return Answer(payload, email=email, session_id=session_id, day=day, fault=fault)
 
     if session_id is None or day is None:
         return answer(BAD_PARAMETERS)
     cls = box.classes.get(session_id)
-    if cls is None:  # ad-hoc use: any session id is a class with the defaults
+    if cls is None and state.ad_hoc_classes:  # any session id is a class with the defaults
         cls = SimClass(
             session_id,
             day,
@@ -68,25 +76,38 @@ async def book(state: SimState, call: Call) -> Answer:
             waitlist_capacity=state.default_waitlist_capacity,
         )
         box.classes[session_id] = cls
-    # Compare the first-byte time, never the handler time: a request that reached the
-    # server before the instant was early, however long it then queued here.
-    if call.arrived_at < cls.opens_at:
-        return answer(NOT_OPEN)
-    if (session_id, email) in box.by_member:
-        return answer(ALREADY_BOOKED)
+    if cls is None:
+        return answer(UNKNOWN_CLASS)
+    if day != cls.day:
+        return answer(WRONG_DAY)
     member = state.member(email)
+    if family_id and (member is None or family_id not in member.family_ids):
+        return answer(NOT_YOUR_FAMILY)
+    # The box's own refusals, drawn in front of its rules (see Faults).
+    if call.fault == REFUSAL:
+        return answer(refusal(box.faults.refusal_message), REFUSAL)
+    if call.fault == UNLISTED:
+        return answer(NOT_AVAILABLE, UNLISTED)
+    # Compare the first-byte time, never the handler time: a request that reached the
+    # server before the instant was early, however long it then queued here. A box
+    # whose clock is behind ours opens that much later, by our clock.
+    if call.arrived_at < cls.opens_at + box.faults.clock_behind_ms / 1000:
+        behind = CLOCK_BEHIND if call.arrived_at >= cls.opens_at else None  # open by ours
+        return answer(NOT_OPEN_ANSWERS[box.faults.not_open_code], behind)
+    if (session_id, email, family_id) in box.by_member:
+        return answer(ALREADY_BOOKED)
     if member is not None and member.no_credits:
         return answer(NO_CREDITS)
-    if box.daily_limit is not None and box.per_day[(email, cls.day)] >= box.daily_limit:
+    if box.daily_limit is not None and box.per_day[(email, family_id, cls.day)] >= box.daily_limit:
         return answer({"clasesContratadas": CONTRACTED, "bookState": -8, "max": box.daily_limit})
     booked = box.booked.get(session_id, [])
     if len(booked) < cls.capacity:
         waiting = False
-    elif len(box.waiting.get(session_id, [])) < cls.waitlist_capacity:
-        waiting = True
+    elif form.get("insist") == "1" and len(box.waiting.get(session_id, [])) < cls.waitlist_capacity:
+        waiting = True  # only when asked: insist=0 on a full class is a plain -1
     else:
         return answer(FULL)
-    res = Reservation(state.next_reservation_id(), session_id, cls.day, email)
+    res = Reservation(state.next_reservation_id(), session_id, cls.day, email, family_id)
     box.hold(res, waiting=waiting)
     if waiting:
         # The shape of AimHarder's waiting-list answer is not documented beyond
@@ -146,8 +167,29 @@ def _timing(cls: SimClass) -> tuple[str, int]:
     return f"{h1:02d}{m1:02d}_{length}", length
 
 
-def _listing_entry(box: Box, cls: SimClass, email: str) -> dict[str, Any]:
-    mine = box.by_member.get((cls.session_id, email))
+def _limit(box: Box, cls: SimClass) -> str:
+    """The listing's limit: "16", or "16 (3)" (places, waiting-list places) as some
+    boxes write it."""
+    shows = (
+        box.limit_shows_waitlist if cls.limit_shows_waitlist is None else cls.limit_shows_waitlist
+    )
+    return f"{cls.capacity} ({cls.waitlist_capacity})" if shows else str(cls.capacity)
+
+
+_WEEKDAYS = ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo")
+_MONTHS = ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto",
+           "septiembre", "octubre", "noviembre", "diciembre")  # fmt: skip
+
+
+def spanish_date(day: str) -> str:
+    """A YYYYMMDD day as some boxes write it: 20261201 is "martes, 1 de diciembre"
+    (spelled out here, not by the locale, so it does not depend on the machine's)."""
+    date = dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
+    return f"{_WEEKDAYS[date.weekday()]}, {date.day} de {_MONTHS[date.month - 1]}"
+
+
+def _listing_entry(box: Box, cls: SimClass, email: str, family_id: str) -> dict[str, Any]:
+    mine = box.by_member.get((cls.session_id, email, family_id))
     timeid, length = _timing(cls)
     return {
         "id": int(cls.session_id) if cls.session_id.isdigit() else cls.session_id,
@@ -159,7 +201,7 @@ def _listing_entry(box: Box, cls: SimClass, email: str) -> dict[str, Any]:
         "bookState": None if mine is None else (0 if box.is_waiting(mine) else 1),
         "idres": None if mine is None else int(mine.idres),
         "ocupation": len(box.booked.get(cls.session_id, [])),  # sic: AimHarder's spelling
-        "limit": str(cls.capacity),
+        "limit": _limit(box, cls),
         "limitc": cls.capacity,
         "waitlist": len(box.waiting.get(cls.session_id, [])),
         # 1 even when booking is not open yet, as on AimHarder.
@@ -175,6 +217,7 @@ async def classes_of_day(state: SimState, call: Call) -> Answer:
     assert call.box is not None
     box = call.box
     day = call.request.query.get("day", "")
+    family_id = call.request.query.get("familyId", "")
     email = _member_email(state, call)
     if email is None:
         return Answer(LOGOUT, day=day or None)
@@ -185,11 +228,11 @@ async def classes_of_day(state: SimState, call: Call) -> Answer:
     classes = sorted(
         (c for c in box.classes.values() if c.day == day), key=lambda c: (_timing(c), c.time)
     )
-    entries = [_listing_entry(box, cls, email) for cls in classes]
+    entries = [_listing_entry(box, cls, email, family_id) for cls in classes]
     timetable = {e["timeid"]: {"id": e["timeid"], "time": e["time"]} for e in entries}
     payload = {
         "clasesDisp": "",  # meaning unknown (not needed to book); present, as on AimHarder
-        "day": day,
+        "day": spanish_date(day) if box.day_as_text else day,
         "timetable": list(timetable.values()),
         "seminars": [],
         "bookings": entries,

@@ -59,6 +59,7 @@ class SettingsSection(BaseModel):
     capacity: int | None = Field(default=None, ge=0)
     waitlist: int | None = Field(default=None, ge=0)
     opens_at: float | None = None
+    ad_hoc_classes: bool | None = None
     session_max_age: float | None = Field(default=None, gt=0)
     token_max_age: float | None = Field(default=None, gt=0)
     max_login_failures: int | None = Field(default=None, ge=1)
@@ -71,6 +72,7 @@ SETTING_KEYWORDS = {
     "capacity": "default_capacity",
     "waitlist": "default_waitlist_capacity",
     "opens_at": "default_opens_at",
+    "ad_hoc_classes": "ad_hoc_classes",
     "session_max_age": "session_max_age",
     "token_max_age": "token_max_age",
     "max_login_failures": "max_login_failures",

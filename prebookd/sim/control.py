@@ -30,6 +30,8 @@ class BoxSpec(_Spec):
     name: str = ""
     daily_limit: int | None = Field(default=None, ge=0)
     late_cancel_window: float = Field(default=0.0, ge=0)
+    limit_shows_waitlist: bool = False
+    day_as_text: bool = False
 
 
 class ClassSpec(_Spec):
@@ -44,6 +46,7 @@ class ClassSpec(_Spec):
     starts_at: float | None = None  # epoch seconds
     class_id: int = 1
     coach: str = ""
+    limit_shows_waitlist: bool | None = None  # None: as the box says
 
 
 class MemberSpec(_Spec):
@@ -54,6 +57,9 @@ class MemberSpec(_Spec):
     issued_at: float | None = None  # epoch seconds; None: now
     name: str | None = None
     no_credits: bool = False
+    user_id: int | None = None  # None: the next of a counter
+    family_ids: list[str] | None = None
+    boxes: list[str] | None = None  # subdomains; None: every box
 
 
 class FaultsSpec(_Spec):
@@ -67,6 +73,14 @@ class FaultsSpec(_Spec):
     truncated_rate: float = Field(default=0.0, ge=0, le=1)
     slow_body: float = Field(default=0.0, ge=0, le=1)
     slow_body_seconds: float = Field(default=30.0, ge=0)
+    refusal_rate: float = Field(default=0.0, ge=0, le=1)
+    refusal_message: str = Faults.refusal_message
+    unlisted_rate: float = Field(default=0.0, ge=0, le=1)
+    unauthorized_rate: float = Field(default=0.0, ge=0, le=1)
+    login_redirect_rate: float = Field(default=0.0, ge=0, le=1)
+    throttled_rate: float = Field(default=0.0, ge=0, le=1)
+    clock_behind_ms: float = Field(default=0.0, ge=0)
+    not_open_code: str = Faults.not_open_code  # Faults checks it
 
 
 class BalancerSpec(_Spec):

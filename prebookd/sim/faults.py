@@ -23,9 +23,20 @@ SLOW_BODY = "slow_body"
 GARBAGE = "garbage"
 WRONG_TYPE = "wrong_type"
 ENDLESS = "endless"
+REFUSAL = "refusal"
+UNLISTED = "unlisted"
+UNAUTHORIZED = "unauthorized"
+LOGIN_REDIRECT = "login_redirect"
+THROTTLED = "throttled"
+# Not drawn: a booking refused only because the box's clock is behind ours (recorded
+# by the route, see Faults.clock_behind_ms).
+CLOCK_BEHIND = "clock_behind"
 
 # Answered in front of the application: the request is never processed.
-IN_FRONT = frozenset({FORBIDDEN, ERROR, HTML, RESET})
+IN_FRONT = frozenset({FORBIDDEN, ERROR, HTML, RESET, UNAUTHORIZED, LOGIN_REDIRECT, THROTTLED})
+# Answered by the booking route itself (Call.fault), which records them; drawn for any
+# other request they are no fault.
+BY_THE_BOX = frozenset({REFUSAL, UNLISTED})
 # The request is processed, and its answer mangled on the way back.
 MANGLED = frozenset({TRUNCATED, SLOW_BODY, GARBAGE, WRONG_TYPE, ENDLESS})
 
@@ -39,10 +50,20 @@ _KIND_OF_RATE = {
     "garbage_rate": GARBAGE,
     "wrong_type_rate": WRONG_TYPE,
     "endless_rate": ENDLESS,
+    "refusal_rate": REFUSAL,
+    "unlisted_rate": UNLISTED,
+    "unauthorized_rate": UNAUTHORIZED,
+    "login_redirect_rate": LOGIN_REDIRECT,
+    "throttled_rate": THROTTLED,
 }
 # Faults whose answer is drawn too (its bytes, its shape).
 _DRAWN = frozenset({GARBAGE, WRONG_TYPE})
 _ERROR_STATUSES = (500, 502, 503)
+_STATUS_PAGES = {
+    FORBIDDEN: (403, "403 Forbidden"),
+    UNAUTHORIZED: (401, "401 Unauthorized"),
+    THROTTLED: (429, "429 Too Many Requests"),
+}
 
 _PAGE = "<!DOCTYPE html>\n<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>\n"  # noqa: E501
 
@@ -84,8 +105,15 @@ def front_answer(
         # Never written: the transport is gone, and aiohttp drops a response it
         # cannot send without complaint.
         return web.Response(status=500), 0
-    if fault == FORBIDDEN:
-        status, title = 403, "403 Forbidden"
+    if fault == LOGIN_REDIRECT:
+        # To the account site's login page (the simulator serves it), as a PHP site
+        # sends a browser whose session it does not know.
+        page, login_page = _PAGE.format(title="302 Found"), f"{request.url.origin()}/login"
+        response = web.Response(status=302, text=page, content_type="text/html")
+        response.headers["Location"] = login_page
+        return response, 302
+    if fault in _STATUS_PAGES:
+        status, title = _STATUS_PAGES[fault]
     elif fault == ERROR:
         status = rng.choice(_ERROR_STATUSES)
         title = f"{status} Service Unavailable" if status == 503 else f"{status} Server Error"

@@ -36,6 +36,9 @@ class SimClass:
     starts_at: float | None = None  # epoch seconds; None: no late-cancel window applies
     class_id: int = 1  # the class *type* (bookings[].classId), shared by its sessions
     coach: str = ""
+    # The listing's `limit` as "16 (3)" (places, waiting-list places) rather than "16";
+    # None: as the box says (Box.limit_shows_waitlist).
+    limit_shows_waitlist: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class RecordedRequest:
     email: str | None  # member resolved from the cookie, token or login; None if unknown
     session_id: str | None
     day: str | None
-    answer: dict[str, Any]  # the JSON body answered; {} when a fault answered instead
+    answer: dict[str, Any]  # the JSON body answered; {} when it was not JSON (a fault, HTML)
     fault: str | None = None  # the fault injected (see Faults), None for a normal answer
     status: int = 200  # HTTP status answered; 0 when the connection was reset
     connection_opened_at: float | None = None  # when the request's connection was accepted
@@ -61,18 +64,20 @@ class Faults:
     """What goes wrong on one box's endpoints. Rates are fractions of requests, drawn
     from the simulator's seeded random generator; at most one fault per request.
 
-    forbidden, error, html and reset answer in front of the application (a load
-    balancer, a WAF): the request is not processed, nothing is booked. truncated,
-    slow_body, garbage, wrong_type and endless mangle the answer on its way back: the
-    request *was* processed, so a client that gives up on them may have booked
-    without knowing it.
+    forbidden, error, html, reset, unauthorized, login_redirect and throttled answer in
+    front of the application (a load balancer, a WAF, the PHP session layer): the
+    request is not processed, nothing is booked. refusal and unlisted are the box's own
+    refusals of a booking (`/api/book` only; drawn on another endpoint they are no
+    fault): nothing is booked either. truncated, slow_body, garbage, wrong_type and
+    endless mangle the answer on its way back: the request *was* processed, so a client
+    that gives up on them may have booked without knowing it.
     """
 
     latency: float = 0.0  # seconds added before every answer (the decision is not delayed)
     jitter: float = 0.0  # plus up to this many seconds, drawn uniformly
     error_rate: float = 0.0  # HTTP 5xx with an HTML body
     html_rate: float = 0.0  # HTTP 200 with an HTML page instead of JSON
-    forbidden: bool = False  # HTTP 403 for everything (AimHarder's answer to foreign IPs)
+    forbidden: bool = False  # HTTP 403 with an HTML body for everything (foreign IPs)
     reset_rate: float = 0.0  # the connection is closed without an answer
     truncated_rate: float = 0.0  # HTTP 200, JSON cut short (Content-Length matches the cut)
     slow_body: float = 0.0  # the answer's body trickles out over slow_body_seconds
@@ -88,6 +93,20 @@ class Faults:
     endless_rate: float = 0.0
     endless_chunk_interval: float = 0.01
     endless_seconds: float = 60.0
+    # HTTP 200 {"errorMssg": refusal_message} with no bookState: a box rule refuses
+    # (a penalty after a no-show, a monthly maximum; the default wording is invented)
+    refusal_rate: float = 0.0
+    refusal_message: str = "No puedes reservar: tienes una penalización por no asistir a una clase"
+    # HTTP 200, bookState -12 with an errorMssgLang no client lists
+    unlisted_rate: float = 0.0
+    unauthorized_rate: float = 0.0  # HTTP 401 (a dead session, as some boxes say it)
+    login_redirect_rate: float = 0.0  # HTTP 302 to the account site's login page
+    throttled_rate: float = 0.0  # HTTP 429 with an HTML body
+    # AimHarder's clock runs this many ms behind ours: booking opens this long after a
+    # class's opens_at, and "not open yet" is answered until then.
+    clock_behind_ms: float = 0.0
+    # The -12 code of this box's "not open yet" answer (see NOT_OPEN_ANSWERS).
+    not_open_code: str = "ERROR_ANTELACION_CLIENTE"
 
     RATES = (
         "error_rate",
@@ -98,15 +117,24 @@ class Faults:
         "garbage_rate",
         "wrong_type_rate",
         "endless_rate",
+        "refusal_rate",
+        "unlisted_rate",
+        "unauthorized_rate",
+        "login_redirect_rate",
+        "throttled_rate",
     )
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "forbidden" and not (math.isfinite(value) and value >= 0):
+            if isinstance(value, bool | str):
+                continue
+            if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{f.name} must be a finite number >= 0, not {value!r}")
         if sum(getattr(self, name) for name in self.RATES) > 1.0 + 1e-9:
             raise ValueError(f"the fault rates ({', '.join(self.RATES)}) add up to more than 1")
+        if self.not_open_code not in NOT_OPEN_ANSWERS:
+            raise ValueError(f"not_open_code must be one of {', '.join(NOT_OPEN_ANSWERS)}")
 
 
 # What the balancer does to a connection idle for too long: an orderly close (FIN), an
@@ -175,8 +203,13 @@ class Credential:
 class Member:
     email: str
     name: str
+    user_id: int  # userData.id, whoami's id
     password: str | None = None  # None: this member cannot log in
     no_credits: bool = False
+    # The family members this account may book for (the booking's familyId)
+    family_ids: tuple[str, ...] = ()
+    # Subdomains of the boxes the member belongs to (login's roles); None: every box
+    boxes: tuple[str, ...] | None = None
     failed_logins: int = 0  # consecutive, reset by a successful login or when a lock ends
     locked_until: float = 0.0
 
@@ -186,7 +219,13 @@ class Reservation:
     idres: str
     session_id: str
     day: str
-    email: str
+    email: str  # the account that booked (and may cancel)
+    family_id: str = ""  # whose place it is: "" the account holder, else a family member
+
+    @property
+    def holder(self) -> tuple[str, str]:
+        """Who holds the place: (account e-mail, family id)."""
+        return self.email, self.family_id
 
 
 @dataclass
@@ -196,22 +235,25 @@ class Box:
     name: str
     daily_limit: int | None = None  # bookings (and waits) per member per day; None: no limit
     late_cancel_window: float = 0.0  # seconds before starts_at when cancelling costs the credit
+    limit_shows_waitlist: bool = False  # the listing's limit as "16 (3)" (see SimClass)
+    day_as_text: bool = False  # the listing's day as "martes, 1 de diciembre"
     classes: dict[str, SimClass] = field(default_factory=dict)
     # session id -> reservations, in the order places were given / the queue formed
     booked: dict[str, list[Reservation]] = field(default_factory=dict)
     waiting: dict[str, list[Reservation]] = field(default_factory=dict)
     # Indexes over booked + waiting, so a burst of N bookings stays O(N).
     by_idres: dict[str, Reservation] = field(default_factory=dict)
-    by_member: dict[tuple[str, str], Reservation] = field(default_factory=dict)
-    per_day: Counter[tuple[str, str]] = field(default_factory=Counter)  # (email, day)
-    faults: Faults = Faults()
+    # (session id, *holder) -> reservation; (*holder, day) -> places and waits held
+    by_member: dict[tuple[str, str, str], Reservation] = field(default_factory=dict)
+    per_day: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    faults: Faults = field(default_factory=Faults)
     rng: random.Random = field(default_factory=random.Random)
 
     def hold(self, res: Reservation, *, waiting: bool) -> None:
         (self.waiting if waiting else self.booked).setdefault(res.session_id, []).append(res)
         self.by_idres[res.idres] = res
-        self.by_member[(res.session_id, res.email)] = res
-        self.per_day[(res.email, res.day)] += 1
+        self.by_member[(res.session_id, *res.holder)] = res
+        self.per_day[(*res.holder, res.day)] += 1
 
     def release(self, res: Reservation) -> None:
         for queue in (self.booked, self.waiting):
@@ -219,8 +261,8 @@ class Box:
             if res in held:
                 held.remove(res)
         del self.by_idres[res.idres]
-        del self.by_member[(res.session_id, res.email)]
-        self.per_day[(res.email, res.day)] -= 1
+        del self.by_member[(res.session_id, *res.holder)]
+        self.per_day[(*res.holder, res.day)] -= 1
 
     def is_waiting(self, res: Reservation) -> bool:
         return res in self.waiting.get(res.session_id, [])
@@ -239,17 +281,22 @@ class Call:
     now: float  # the handler's clock: ages and locks are judged by it
     body: bytes
     box: Box | None  # None for routes outside any box (account site, control)
+    # The fault the box drew for this request, for the faults the route itself answers
+    # (refusal, unlisted: see Faults); None otherwise.
+    fault: str | None = None
 
 
 @dataclass(frozen=True)
 class Answer:
-    payload: Any
+    payload: Any  # the JSON body; with `html`, what is recorded ({} for a page)
     status: int = 200
     cookies: dict[str, str] = field(default_factory=dict)  # Set-Cookie name -> value
+    html: str | None = None  # an HTML page answered instead of JSON (the old login site)
     # What to record besides the answer; control endpoints are not recorded at all.
     email: str | None = None
     session_id: str | None = None
     day: str | None = None
+    fault: str | None = None  # the fault the route answered (see Call.fault, clock_behind_ms)
 
 
 def one_line_error(exc: Exception) -> str:
@@ -282,3 +329,35 @@ FULL = refused(-1, "ERROR_CLASE_LLENA", "No quedan plazas libres en esta clase")
 NO_CREDITS = refused(-2, "ERROR_SIN_CREDITOS", "No te quedan créditos para esta clase")
 BOOKED = {"clasesContratadas": CONTRACTED, "hasPublicMemberships": 1, "bookState": 1}
 LOGOUT = {"logout": 1}
+# Invented codes and texts, in AimHarder's style (Spanish, upper case), for requests it
+# must refuse but whose answers no capture shows: a session id the box does not have,
+# a `day` that is not the session's, a familyId that is not one of the member's. Each
+# is a -12 (AimHarder's catch-all) with an errorMssgLang no client lists, so a client
+# reads it as a refusal, never as a booking.
+UNKNOWN_CLASS = refused(-12, "ERROR_CLASE_NO_EXISTE", "La clase que intentas reservar no existe")
+WRONG_DAY = refused(-12, "ERROR_FECHA_CLASE", "La fecha no corresponde a la clase")
+NOT_YOUR_FAMILY = refused(
+    -12, "ERROR_FAMILIAR_NO_VALIDO", "El familiar indicado no pertenece a tu cuenta"
+)
+# A -12 whose code no client lists (Faults.unlisted_rate), in the shape reported for
+# it: no clasesContratadas.
+NOT_AVAILABLE = {
+    "bookState": -12,
+    "errorMssgLang": "ERROR_RESERVA_NO_DISPONIBLE",
+    "errorMssg": "Esta reserva no está disponible en este momento",
+}
+# A box's "not open yet", by its Faults.not_open_code.
+NOT_OPEN_ANSWERS: dict[str, dict[str, Any]] = {
+    "ERROR_ANTELACION_CLIENTE": NOT_OPEN,
+    "ERROR_ANTELACION_CLIENTE_HORAS": refused(
+        -12,
+        "ERROR_ANTELACION_CLIENTE_HORAS",
+        "No puedes reservar clases con más de 96 horas de antelación",
+    ),
+    "ERROR_RESERVA_NO_DISPONIBLE": NOT_AVAILABLE,
+}
+
+
+def refusal(message: str) -> dict[str, Any]:
+    """A box rule's refusal: errorMssg alone, no bookState."""
+    return {"errorMssg": message}

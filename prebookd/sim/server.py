@@ -45,6 +45,7 @@ from prebookd.sim.control import (
     apply_member,
 )
 from prebookd.sim.faults import (
+    BY_THE_BOX,
     IN_FRONT,
     MANGLED,
     draw_delay,
@@ -185,12 +186,14 @@ class Simulator(SimState):
             route_path = "/" + rest
             box = self.find_box(subdomain)
             route = BOX_ROUTES.get((request.method, route_path)) if box else None
-        call = Call(request, arrived_at, handled_at, body, box)
 
         # Faults are drawn before anything can yield, so draws follow handling order.
         fault = draw_fault(box.faults, box.rng) if box else None
         delay = draw_delay(box.faults, box.rng) if box else 0.0
         variant = draw_variant(fault, box.rng) if box else 0
+        call = Call(
+            request, arrived_at, handled_at, body, box, fault if fault in BY_THE_BOX else None
+        )
         if box is not None and fault in IN_FRONT:
             response, status = front_answer(request, fault, box.rng)
             self._record(call, subdomain, route_path, Answer({}, status=status), fault)
@@ -201,7 +204,11 @@ class Simulator(SimState):
         # and nothing from reading the body to here yields when the body came with the
         # headers, so seq and the places given follow arrival order. Latency is added
         # after the decision for the same reason: it delays answers, not arrivals.
-        self._record(call, subdomain, route_path, answer, fault)
+        # A mangled answer is the fault the client met; otherwise the route says which
+        # of its own answers was one (a refusal drawn for a dead session is not).
+        self._record(
+            call, subdomain, route_path, answer, fault if fault in MANGLED else answer.fault
+        )
         await _hold(delay)
         if box is not None and fault in MANGLED:
             return await mangled_answer(request, fault, answer, box.faults, variant)
@@ -245,7 +252,10 @@ class Simulator(SimState):
 
 
 def _respond(answer: Answer) -> web.Response:
-    response = web.json_response(answer.payload, status=answer.status, dumps=dumps)
+    if answer.html is not None:
+        response = web.Response(text=answer.html, status=answer.status, content_type="text/html")
+    else:
+        response = web.json_response(answer.payload, status=answer.status, dumps=dumps)
     set_cookies(response, answer.cookies)
     return response
 

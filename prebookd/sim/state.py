@@ -11,7 +11,7 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from prebookd.sim.model import (
     Answer,
@@ -28,7 +28,7 @@ from prebookd.sim.model import (
 
 # Paths the account site serves at the root of the port; a box cannot be named after
 # their first segment, or its URLs would be ambiguous.
-RESERVED_SUBDOMAINS = frozenset({"_sim", "api", "setrefresh"})
+RESERVED_SUBDOMAINS = frozenset({"_sim", "api", "login", "setrefresh"})
 
 
 class LoginOutcome(enum.Enum):
@@ -46,6 +46,7 @@ class SimState:
         default_capacity: int = 20,
         default_opens_at: float = 0.0,
         default_waitlist_capacity: int = 0,
+        ad_hoc_classes: bool = False,
         session_max_age: float | None = None,
         token_max_age: float | None = None,
         max_login_failures: int = 5,
@@ -56,6 +57,9 @@ class SimState:
         self.default_capacity = default_capacity
         self.default_opens_at = default_opens_at
         self.default_waitlist_capacity = default_waitlist_capacity
+        # AimHarder refuses a session id its box does not have; with ad_hoc_classes
+        # such an id becomes a class with the defaults above instead (quick trials).
+        self.ad_hoc_classes = ad_hoc_classes
         self.session_max_age = session_max_age  # seconds a cookie works; None: forever
         self.token_max_age = token_max_age  # seconds a refresh token can be used; None: forever
         self.max_login_failures = max_login_failures
@@ -69,6 +73,7 @@ class SimState:
         self._cookies: dict[str, Credential] = {}  # amhrdrauth value -> whose, since when
         self._tokens: dict[str, Credential] = {}  # refresh token -> whose, since when
         self._reservation_ids = itertools.count(90_000_001)
+        self._user_ids = itertools.count(700_001)
 
     # --- setup ----------------------------------------------------------------------
 
@@ -80,9 +85,13 @@ class SimState:
         *,
         daily_limit: int | None = None,
         late_cancel_window: float = 0.0,
+        limit_shows_waitlist: bool = False,
+        day_as_text: bool = False,
     ) -> None:
         """Serve a box under `{base}/{subdomain}`. Adding it again replaces its settings
-        (id, name, limits); its classes, bookings and faults are kept."""
+        (id, name, limits, listing format); its classes, bookings and faults are kept.
+        limit_shows_waitlist: the listing's limit as "16 (3)"; day_as_text: its day as
+        "martes, 1 de diciembre" (both seen from some boxes)."""
         if not subdomain or "/" in subdomain or subdomain in RESERVED_SUBDOMAINS:
             raise ValueError(f"invalid box subdomain: {subdomain!r}")
         box = self._boxes.get(subdomain)
@@ -91,6 +100,7 @@ class SimState:
             box.rng = self._rng_for(subdomain)
         box.box_id, box.name = box_id, name or subdomain
         box.daily_limit, box.late_cancel_window = daily_limit, late_cancel_window
+        box.limit_shows_waitlist, box.day_as_text = limit_shows_waitlist, day_as_text
 
     def add_class(self, subdomain: str, cls: SimClass) -> None:
         """Add or replace a class of a known box; bookings made so far are kept."""
@@ -106,18 +116,32 @@ class SimState:
         issued_at: float | None = None,
         name: str | None = None,
         no_credits: bool = False,
+        user_id: int | None = None,
+        family_ids: Sequence[str] | None = None,
+        boxes: Sequence[str] | None = None,
     ) -> None:
         """A member whose `amhrdrauth` cookie is `auth_cookie` and whose refresh token is
         `token` (default `refresh-{auth_cookie}`), both issued at `issued_at` (default now).
-        `password` lets the member log in. Adding the same e-mail again adds a cookie and
-        updates the rest (a None password or name keeps the one set before)."""
+        `password` lets the member log in. `user_id` is their AimHarder id (default: the
+        next of a counter); `family_ids` the family members they may book for; `boxes`
+        the subdomains of the boxes they belong to, as login and whoami list them
+        (default: every box). Adding the same e-mail again adds a cookie and updates
+        the rest (a None password, name, user_id, family_ids or boxes keeps the one set
+        before)."""
         issued = Credential(email, time.time() if issued_at is None else issued_at)
         member = self._members.get(email)
         if member is None:
-            member = self._members[email] = Member(email, name or email.split("@")[0])
+            member = self._members[email] = Member(
+                email, name or email.split("@")[0], next(self._user_ids)
+            )
         member.name = name or member.name
         member.password = password if password is not None else member.password
         member.no_credits = no_credits
+        member.user_id = user_id if user_id is not None else member.user_id
+        if family_ids is not None:
+            member.family_ids = tuple(family_ids)
+        if boxes is not None:
+            member.boxes = tuple(boxes)
         self._cookies[auth_cookie] = issued
         self._tokens[token if token is not None else f"refresh-{auth_cookie}"] = issued
 
@@ -156,9 +180,12 @@ class SimState:
         """Emails on a class's waiting list, first to be promoted first."""
         return [r.email for r in self.box(subdomain).waiting.get(session_id, [])]
 
-    def reservation_id(self, subdomain: str, session_id: str, email: str) -> str | None:
-        """The `idres` of a member's place or wait in a class, None if they hold none."""
-        res = self.box(subdomain).by_member.get((session_id, email))
+    def reservation_id(
+        self, subdomain: str, session_id: str, email: str, family_id: str = ""
+    ) -> str | None:
+        """The `idres` of a member's (or their family member's) place or wait in a
+        class, None if they hold none."""
+        res = self.box(subdomain).by_member.get((session_id, email, family_id))
         return res.idres if res else None
 
     def reset(self) -> None:
@@ -184,6 +211,13 @@ class SimState:
 
     def member(self, email: str) -> Member | None:
         return self._members.get(email)
+
+    def boxes_of(self, member: Member) -> list[Box]:
+        """The boxes a member belongs to, in the order they were added (unknown
+        subdomains in Member.boxes are skipped: the box may be added later)."""
+        return [
+            b for b in self._boxes.values() if member.boxes is None or b.subdomain in member.boxes
+        ]
 
     def next_reservation_id(self) -> str:
         return str(next(self._reservation_ids))
