@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -66,6 +67,16 @@ class Attempt:
     parked: bool = False  # reached its gate before it opened: only the write was left
     parked_at: float | None = None  # by `clock`: since then its connection has been idle
     new_connection: bool | None = None  # None until a connection was had
+    # Set by `book()`: whether the request's box is paused, asked right before the write.
+    paused: Callable[[], Outcome | None] | None = None
+
+
+class _Paused(Exception):
+    """Raised in the write hook: the box paused sending while this request waited."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
 
 
 _current_attempt: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
@@ -91,6 +102,9 @@ async def _hold_then_stamp(
     # here too. The wall clock is read again after each sleep: a sleep may end early.
     while (left := attempt.not_before - attempt.clock()) > 0:  # noqa: ASYNC110 (a clock, no event)
         await asyncio.sleep(left)
+    # A box that blocked or rate-limited us while this request waited gets nothing more.
+    if attempt.paused is not None and (outcome := attempt.paused()) is not None:
+        raise _Paused(outcome)
     if attempt.written_at is None:
         attempt.written_at = attempt.clock()
 
@@ -164,24 +178,26 @@ class AimHarderClient:
         connector = self._connector
         return 0 if connector is None else len(connector._acquired)
 
-    def paused_until(self, box: str) -> float | None:
-        """Until when nothing is sent to `box` (epoch), or None."""
+    def paused(self, box: str) -> Outcome | None:
+        """Why nothing is sent to `box` now, or None when it may be."""
         paused = self._paused.get(box)
-        return None if paused is None or paused[0] <= time.time() else paused[0]
+        if paused is None or paused[0] <= time.time():
+            return None
+        until, why = paused
+        return dataclasses.replace(
+            why,
+            reason=f"{why.reason}; not sent: sending to this box is paused until "
+            f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC",
+        )
 
     async def book(self, booking: Booking, attempt: Attempt) -> Exchange:
         """POST /api/book for one booking; staged if `attempt.gate` is set. Nothing is
-        sent to a box that blocked or rate-limited us a moment ago."""
+        sent to a box that blocked or rate-limited us (asked again right before the
+        write: a request staged before the block must not go out after it)."""
         assert self._session is not None, "client not started"
-        paused = self._paused.get(booking.box)
-        if paused is not None and paused[0] > time.time():
-            until, why = paused
-            outcome = dataclasses.replace(
-                why,
-                reason=f"{why.reason}; not sent: sending to this box is paused until "
-                f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC",
-            )
-            return Exchange(outcome, None, None, time.time(), None)
+        if (why := self.paused(booking.box)) is not None:
+            return Exchange(why, None, None, time.time(), None)
+        attempt.paused = functools.partial(self.paused, booking.box)
         token = _current_attempt.set(attempt)
         try:
             async with self._session.post(
@@ -195,6 +211,8 @@ class AimHarderClient:
                     body = await _read_answer(response)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
+        except _Paused as paused:
+            return Exchange(paused.outcome, None, None, time.time(), None)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Exchange(transport_failure(exc), None, attempt.written_at, time.time(), None)
         finally:

@@ -58,7 +58,9 @@ async def book(state: SimState, call: Call) -> Answer:
     session_id, day = form.get("id") or None, form.get("day") or None
     family_id = form.get("familyId", "")
     email = _member_email(state, call)
-    if email is None:  # a dead session is not an HTTP error on AimHarder
+    if email is None:  # a dead session is not an HTTP error on AimHarder (most boxes)
+        if box.faults.dead_session_status == 401:
+            return Answer({}, status=401, html="<html><body>401</body></html>")
         return Answer(LOGOUT, session_id=session_id, day=day)
 
     def answer(payload: dict[str, Any], fault: str | None = None) -> Answer:

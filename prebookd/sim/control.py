@@ -81,6 +81,7 @@ class FaultsSpec(_Spec):
     throttled_rate: float = Field(default=0.0, ge=0, le=1)
     clock_behind_ms: float = Field(default=0.0, ge=0)
     not_open_code: str = Faults.not_open_code  # Faults checks it
+    dead_session_status: int = Faults.dead_session_status  # Faults checks it
 
 
 class BalancerSpec(_Spec):

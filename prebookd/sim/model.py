@@ -107,6 +107,9 @@ class Faults:
     clock_behind_ms: float = 0.0
     # The -12 code of this box's "not open yet" answer (see NOT_OPEN_ANSWERS).
     not_open_code: str = "ERROR_ANTELACION_CLIENTE"
+    # How this box's booking says a session is dead: 200 `{"logout": 1}` (most boxes),
+    # or HTTP 401 (some do), the member's own dead session, not a fault drawn at random.
+    dead_session_status: int = 200
 
     RATES = (
         "error_rate",
@@ -133,6 +136,8 @@ class Faults:
                 raise ValueError(f"{f.name} must be a finite number >= 0, not {value!r}")
         if sum(getattr(self, name) for name in self.RATES) > 1.0 + 1e-9:
             raise ValueError(f"the fault rates ({', '.join(self.RATES)}) add up to more than 1")
+        if self.dead_session_status not in (200, 401):
+            raise ValueError("dead_session_status must be 200 or 401")
         if self.not_open_code not in NOT_OPEN_ANSWERS:
             raise ValueError(f"not_open_code must be one of {', '.join(NOT_OPEN_ANSWERS)}")
 
