@@ -264,9 +264,12 @@ async def play(
         opens = instants[cls.session_id]
         sim.add_class(BOX, SimClass(cls.session_id, day, cls.places, opens, name=cls.name,
                                     waitlist_capacity=cls.waitlist))  # fmt: skip
+    waitlisted = {c.session_id for c in scenario.classes if c.waitlist}
     for email, session_id in scenario.prebookings:
         # One statement each, as members prebook one by one: created_at = prebooked order.
-        data = {"day": day, "familyId": "", "id": session_id, "insist": 0}
+        # Members of a class with a waiting list ask to join it when the class is full.
+        insist = 1 if session_id in waitlisted else 0
+        data = {"day": day, "familyId": "", "id": session_id, "insist": insist}
         available_at = dt.datetime.fromtimestamp(instants[session_id], dt.UTC)
         await conn.execute(INSERT_PREBOOKING, email, box, data, available_at)
     say(render_plan(scenario, instants))
