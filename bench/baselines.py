@@ -47,6 +47,8 @@ SLEEPER_DELIVERY_LEAD = 5.0  # the queue delivers each message this long before 
 SLEEPER_DELAY = 0.030  # then the route sleeps until the instant plus this
 SLEEPER_POLL = 1.0  # how often the simulated queue looks for messages to deliver
 DRAIN_TIMEOUT = 10.0
+# The baselines only ever send to the simulator (PREBOOKD_BOX_HOSTS as tests set it).
+BOX_HOSTS = ("127.0.0.1",)
 
 # The rows to send, joined with what building the request needs (the shape
 # prebookd.models.build_booking reads). $2 is how far ahead of the instant a row is
@@ -140,7 +142,7 @@ def _utc(epoch: float) -> dt.datetime:
 
 async def take_due(pool: asyncpg.Pool, limit: int, ahead: float) -> list[Booking]:
     records = await pool.fetch(DUE_ROWS, limit, ahead)
-    return [build_booking(dict(r)) for r in records]
+    return [build_booking(dict(r), BOX_HOSTS) for r in records]
 
 
 async def poller(pool: asyncpg.Pool, stop: asyncio.Event, interval: float, limit: int) -> None:

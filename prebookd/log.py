@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -21,21 +22,33 @@ import structlog
 
 from prebookd.errors import describe
 
-# Keys whose value is a secret: `password`, `token`, `aimharder_token`, `cookies`,
-# `auth_cookie`... but not `token_update_count` or `passes`.
-SECRET_KEYS = re.compile(
-    r"(^|_)(password|passwd|token|cookies?|secret|authorization|auth_cookie)$", re.IGNORECASE
-)
+# Keys whose value is a secret: `password`, `token`, `aimharder_token`, `newToken`,
+# `refreshToken`, `Set-Cookie`, `cookies`, the cookies by name... but not
+# `token_update_count`, `cookie_names` or `passes`.
+_SECRET_WORDS = r"password|passwd|token|cookie|secret|authorization|amhrdrauth|awsalb\w*|phpsessid"
+SECRET_KEYS = re.compile(rf"(?:{_SECRET_WORDS})s?$", re.IGNORECASE)
+# A quoted key ending in one of those words, as JSON text writes it ("token": "..."),
+# as a Python repr does ('token': '...'), or escaped inside a JSON string (\"token\").
+_QUOTED_KEY = rf"""\\?["'][\w-]*(?:{_SECRET_WORDS})s?\\?["']"""
+# A quoted string value, escapes and all, closed by the quote it opened with.
+_QUOTED_VALUE = r"""(?P<esc>\\?)(?P<q>["'])(?:\\.|[^\\])*?(?P=esc)(?P=q)"""
+_MASKED_VALUE = r"\g<1>\g<esc>\g<q>****\g<esc>\g<q>"
 SECRET_PATTERNS = [
     # a cookie or form value of AimHarder's session
     (
         re.compile(r"(amhrdrauth|AWSALB\w*|PHPSESSID|token|password)=([^;&\s\"']+)", re.I),
         r"\1=****",
     ),
-    # the same in JSON text (an answer body in an error): "token": "..."
+    # quoted key, quoted value: "token": "...", 'newToken': '...', \"token\": \"...\"
+    (re.compile(rf"({_QUOTED_KEY}\s*:\s*b?){_QUOTED_VALUE}", re.I), _MASKED_VALUE),
+    # a keyword in a repr: LoginResult(token='...', ...)
+    (re.compile(rf"(\b\w*(?:{_SECRET_WORDS})s?=b?){_QUOTED_VALUE}", re.I), _MASKED_VALUE),
+    # a cookie-jar entry as text, whatever the cookie: {"name": "x", "value": "..."}
     (
-        re.compile(r"(\"[\w-]*(?:token|password|cookie|secret)[\w-]*\"\s*:\s*\")([^\"]*)", re.I),
-        r"\1****",
+        re.compile(
+            rf"""(\\?["']name\\?["']\s*:[^,}}]*,\s*\\?["']value\\?["']\s*:\s*){_QUOTED_VALUE}"""
+        ),
+        _MASKED_VALUE,
     ),
     # an Authorization header value
     (re.compile(r"(Bearer\s+)[^\s\"',;]+", re.I), r"\1****"),
@@ -47,7 +60,77 @@ SECRET_PATTERNS = [
 _PLAIN = (int, float, bool, type(None))
 
 
+# --- secrets known by value ----------------------------------------------------------
+#
+# A member's cookie or token may show up where no key or pattern says what it is (a URL
+# quoted by an error, an answer body): the code registers each one as it loads it, and
+# every string logged is searched for them. Indexed by their first characters, so a
+# line costs the same however many secrets are known.
+
+MIN_SECRET_LENGTH = 8  # shorter values ("php1", "0") would mask ordinary words
+MAX_SECRETS = 100_000  # the oldest are forgotten first: tokens are renewed every 25 min
+_PREFIX = MIN_SECRET_LENGTH
+_known: dict[str, None] = {}  # insertion-ordered: the oldest first
+_by_prefix: dict[str, set[str]] = {}
+_known_lock = threading.Lock()
+
+
+def register_secret(value: object) -> None:
+    """Mask `value` wherever it appears in a log line from now on (a member's cookie
+    value, a token, a password). Too short a value, or not a string, is ignored."""
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+        return
+    with _known_lock:
+        if value in _known:
+            del _known[value]  # renewed: it goes last, the last to be forgotten
+        else:
+            _by_prefix.setdefault(value[:_PREFIX], set()).add(value)
+        _known[value] = None
+        while len(_known) > MAX_SECRETS:
+            _forget(next(iter(_known)))
+
+
+def forget_secrets() -> None:
+    """Drop every registered secret (tests)."""
+    with _known_lock:
+        _known.clear()
+        _by_prefix.clear()
+
+
+def _forget(value: str) -> None:
+    del _known[value]
+    same = _by_prefix.get(value[:_PREFIX])
+    if same is not None:
+        same.discard(value)
+        if not same:
+            del _by_prefix[value[:_PREFIX]]
+
+
+def _mask_known(text: str) -> str:
+    count = len(text) - _PREFIX + 1
+    if count <= 0 or not _by_prefix:
+        return text
+    # Every window of the text, compared with the prefixes at C speed: most lines hold
+    # no secret, and only those that do are walked character by character.
+    windows = set(map(text.__getitem__, map(slice, range(count), range(_PREFIX, len(text) + 1))))
+    if _by_prefix.keys().isdisjoint(windows):
+        return text
+    parts: list[str] = []
+    start = i = 0
+    end = len(text) - MIN_SECRET_LENGTH
+    while i <= end:
+        candidates = _by_prefix.get(text[i : i + _PREFIX])
+        found = [s for s in tuple(candidates or ()) if text.startswith(s, i)]
+        if found:
+            parts += [text[start:i], "****"]
+            i = start = i + max(map(len, found))
+        else:
+            i += 1
+    return "".join(parts) + text[start:] if parts else text
+
+
 def redact_text(text: str) -> str:
+    text = _mask_known(text)
     for pattern, replacement in SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -63,7 +146,10 @@ def _redact_value(value: Any) -> Any:
             # a cookie-jar entry: {"name": "amhrdrauth", "value": "..."}
             return {**value, "value": "****"}
         return {
-            k: "****" if SECRET_KEYS.search(str(k)) else _redact_value(v) for k, v in value.items()
+            redact_text(k) if isinstance(k, str) else k: (
+                "****" if SECRET_KEYS.search(str(k)) else _redact_value(v)
+            )
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]

@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from yarl import URL
 
 from prebookd.errors import BadRow
+from prebookd.settings import DEFAULT_BOX_HOSTS, url_not_allowed
 from prebookd.text import clip, one_line
 
 # What a browser sends; AimHarder's front end posts forms through XMLHttpRequest.
@@ -167,12 +168,13 @@ def _short_text(value: Any, problem: str, limit: int = 64) -> str:
     return text
 
 
-def build_booking(record: RecordLike) -> Booking:
-    """A claimed row (joined with its box and session) as a ready-to-send Booking."""
+def build_booking(record: RecordLike, allowed_hosts: Sequence[str] = DEFAULT_BOX_HOSTS) -> Booking:
+    """A claimed row (joined with its box and session) as a ready-to-send Booking;
+    its box's base URL must be on `allowed_hosts` (PREBOOKD_BOX_HOSTS)."""
     if not record["box_found"]:
         raise BadRow("unknown box: the row's box_id matches no box")
     data = _parse_booking_data(record["booking_data"])
-    base_url = _box_base_url(record["base_url"], record["subdomain"])
+    base_url = box_base_url(record["base_url"], record["subdomain"], allowed_hosts)
     cookies = _cookie_header(record["aimharder_cookies"], record["session_found"])
     available_at = _epoch(record["available_at"])
     if available_at is None:
@@ -234,25 +236,35 @@ def _json_text(raw: str, problem: str) -> Any:
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-def _box_base_url(base_url: Any, subdomain: Any) -> str:
+def box_base_url(base_url: Any, subdomain: Any, allowed_hosts: Sequence[str]) -> str:
+    """The base URL a box's requests go to, with the member's cookies: the row's
+    base_url if it is an https URL on `allowed_hosts` (plain http only to a loopback
+    host named there), or https://SUBDOMAIN.aimharder.com; else BadRow saying why."""
+    derived = f"https://{subdomain}.aimharder.com"
     if not base_url:
         if not subdomain:
             raise BadRow("box has neither base_url nor subdomain")
         if not isinstance(subdomain, str) or not _DNS_LABEL.fullmatch(subdomain):
             raise BadRow(f"box subdomain is not a host name: {one_line(subdomain, 100)}")
-        base_url = f"https://{subdomain}.aimharder.com"
+        base_url = derived
     problem = f"box base_url is not an http(s) URL: {one_line(base_url, 100)}"
     # It goes in the Origin and Referer headers as it is: no whitespace (a CR or LF
-    # would end the header) and nothing unprintable.
-    if not isinstance(base_url, str) or not base_url.isprintable() or " " in base_url:
+    # would end the header), nothing unprintable, nothing a header cannot encode.
+    if not isinstance(base_url, str) or not base_url.isprintable() or not base_url.isascii():
         raise BadRow(problem)
     try:
         url = URL(base_url)
         valid = url.scheme in ("http", "https") and bool(url.host) and url.port is not None
     except (ValueError, TypeError):  # a port out of range, a broken IPv6 literal...
         valid = False
-    if not valid:
+    if not valid or any(c in base_url for c in " ?#"):  # "/api/book" is appended
         raise BadRow(problem)
+    # The URL the subdomain makes is always AimHarder's; any other must be allowed.
+    named = isinstance(subdomain, str) and _DNS_LABEL.fullmatch(subdomain)
+    if not named or base_url.rstrip("/").lower() != derived.lower():
+        refused = url_not_allowed(url, allowed_hosts)
+        if refused is not None:
+            raise BadRow(f"box base_url {one_line(base_url, 100)} is not allowed: {refused}")
     return base_url.rstrip("/")
 
 

@@ -7,16 +7,19 @@ the setting instead of surfacing at the opening instant.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from yarl import URL
 
 from prebookd.errors import ConfigError
 
@@ -32,6 +35,71 @@ def default_state_dir() -> Path:
     return base / "prebookd"
 
 
+# Where members' cookies (a box's base URL) and passwords (the account URL) may go.
+DEFAULT_BOX_HOSTS = ("aimharder.com", "*.aimharder.com", "aimharder.es", "*.aimharder.es")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def parse_host_patterns(value: str | Iterable[str]) -> tuple[str, ...]:
+    """`aimharder.com,*.aimharder.com,127.0.0.1` as patterns: a host name or IP address
+    matches itself, `*.domain` any host under domain (not domain itself); ValueError
+    names the first pattern that is neither."""
+    patterns: list[str] = []
+    for item in value.split(",") if isinstance(value, str) else value:
+        pattern = _normal_host(str(item))
+        if not pattern:
+            continue  # "a,,b" or a trailing comma
+        name = pattern.removeprefix("*.")
+        if name == pattern:
+            valid = bool(_HOST_NAME.fullmatch(name) or _ip(name))
+        else:  # a wildcard over a domain: not over an address, nor a whole TLD
+            valid = bool(_HOST_NAME.fullmatch(name)) and "." in name and not _ip(name)
+        if not valid:
+            raise ValueError(
+                f"{str(item).strip()[:60]!r} is not a host name, an IP address or *.domain.tld"
+            )
+        patterns.append(pattern)
+    return tuple(dict.fromkeys(patterns))
+
+
+def url_not_allowed(url: URL, allowed_hosts: Sequence[str]) -> str | None:
+    """Why `url` may not be sent members' cookies or passwords, or None when it may:
+    https to a host `allowed_hosts` matches, or plain http to a loopback host it names
+    exactly (the simulator in tests and the demo)."""
+    if url.scheme not in ("http", "https"):
+        return "it is not an http(s) URL"
+    if url.user is not None or url.password is not None:
+        return "it carries a user name or password"
+    host = _normal_host(url.raw_host or "")
+    if not host:
+        return "it has no host"
+    allowed = {_normal_host(pattern) for pattern in allowed_hosts}
+    named = host in allowed
+    if not named and not any(p[:2] == "*." and host.endswith(p[1:]) for p in allowed):
+        return f"its host {host[:60]} is not in PREBOOKD_BOX_HOSTS"
+    if url.scheme == "http" and not (named and _loopback(host)):
+        return "plain http is only for a loopback host named in PREBOOKD_BOX_HOSTS; use https"
+    return None
+
+
+def _normal_host(host: str) -> str:
+    # "[::1]" as written in a URL, "AimHarder.com." with the root's dot: the same hosts.
+    return host.strip().lower().removeprefix("[").removesuffix("]").removesuffix(".")
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _loopback(host: str) -> bool:
+    address = _ip(host)
+    return host == "localhost" if address is None else address.is_loopback
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PREBOOKD_", extra="ignore", validate_default=True, frozen=True
@@ -44,7 +112,15 @@ class Settings(BaseSettings):
     )
     aimharder_url: str = Field(
         default="https://aimharder.com",
-        description="AimHarder account site (login, token refresh).",
+        description="AimHarder account site (login, token refresh); its host must be "
+        "one PREBOOKD_BOX_HOSTS allows.",
+    )
+    box_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_BOX_HOSTS,
+        description="Comma-separated hosts a box's base URL and the account URL may "
+        "point at (they are sent members' cookies and passwords): a host, or *.domain for "
+        "any host under it; https only, plain http only to a loopback host named here. "
+        "A box without base_url (https://SUBDOMAIN.aimharder.com) is always allowed.",
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
@@ -216,6 +292,13 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("box_hosts", mode="before")
+    @classmethod
+    def _check_hosts(cls, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, str | list | tuple):
+            raise ValueError("must be comma-separated host names")
+        return parse_host_patterns(value)
+
     @model_validator(mode="after")
     def _check_pools(self) -> Settings:
         # Named as the operator sets them: this message is all they get.
@@ -225,6 +308,16 @@ class Settings(BaseSettings):
             raise ValueError("PREBOOKD_HTTP_POOL_PER_HOST must not exceed PREBOOKD_HTTP_POOL_LIMIT")
         if self.stage_lead >= self.arm_lead:
             raise ValueError("PREBOOKD_STAGE_LEAD must be shorter than PREBOOKD_ARM_LEAD")
+        try:
+            problem = url_not_allowed(URL(self.aimharder_url), self.box_hosts)
+        except ValueError:
+            problem = "it is not a valid URL"
+        if problem is not None:
+            # Passwords go there: no other host, whatever the URL says.
+            raise ValueError(
+                f"PREBOOKD_AIMHARDER_URL {mask_dsn(self.aimharder_url)[:100]} is refused: "
+                f"{problem} (PREBOOKD_BOX_HOSTS={','.join(self.box_hosts)})"
+            )
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -238,6 +331,8 @@ class Settings(BaseSettings):
                 value = "**********"
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = ",".join(value)  # as PREBOOKD_BOX_HOSTS is written
             shown[name] = value
         return shown
 

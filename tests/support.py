@@ -142,6 +142,8 @@ def daemon_env(db_dsn: str, state_dir: Path, **settings: object) -> dict[str, st
     env["PREBOOKD_STATUS_PORT"] = "0"  # tests run side by side: no fixed port
     # Never the real AimHarder: a refused port unless a test names its simulator.
     env["PREBOOKD_AIMHARDER_URL"] = "http://127.0.0.1:9"
+    # The simulator's boxes and account site are plain http on loopback: named here.
+    env["PREBOOKD_BOX_HOSTS"] = "127.0.0.1"
     for name, value in settings.items():
         env[f"PREBOOKD_{name.upper()}"] = str(value)
     return env

@@ -3,36 +3,42 @@ simulator over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from http.cookies import SimpleCookie
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+from aiohttp import web
+from structlog.testing import capture_logs
 
 from prebookd.aimharder.account import (
+    MAX_ANSWER_BYTES,
     AccountError,
-    ClassInfo,
     LoginFailed,
     Refreshed,
+    Role,
     SessionDead,
     SessionExpired,
     cookie_updates,
     fingerprint_for,
-    list_classes,
     login,
     merge_cookies,
-    parse_classes,
     parse_login_answer,
     parse_refresh_answer,
+    parse_roles,
     refresh_token,
     set_refresh,
 )
+from prebookd.aimharder.classes import ClassInfo, list_classes, parse_classes
 from prebookd.errors import PrebookdError
+from prebookd.log import configure_logging, forget_secrets
 from prebookd.sim.model import Faults, SimClass
 from prebookd.sim.server import Simulator
 
@@ -369,12 +375,195 @@ async def test_unreachable_account_site(http: aiohttp.ClientSession) -> None:
     with pytest.raises(AccountError, match="login: cannot reach") as raised:
         await login(http, url, EMAIL, PASSWORD, FP)
     assert PASSWORD not in str(raised.value)
-    with pytest.raises(AccountError, match="setrefresh: cannot reach") as raised:
-        await set_refresh(http, url, "secret-token", FP, [])
-    assert "secret-token" not in str(raised.value)
     with pytest.raises(AccountError, match="token refresh: cannot reach"):
         await refresh_token(http, url, "secret-token", FP, [])
 
 
 def dict_of(cookies: list[dict[str, str]]) -> dict[str, str]:
     return {c["name"]: c["value"] for c in cookies}
+
+
+# --- the login answer's roles --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "roles"),
+    [
+        ({"id": 7}, None),  # not said: nothing to check against
+        ({"roles": None}, None),
+        ({"roles": "athlete"}, None),
+        ({"roles": [{"role": "athlete"}, 3]}, None),  # none readable
+        (
+            {"roles": [{"boid": 1001, "centre_url": "https://alpha.aimharder.com"},
+                       {"boid": "2002"}, {"boid": True}, {"boid": ""}, "x"]},
+            (Role("1001", "https://alpha.aimharder.com"), Role("2002", "")),
+        ),
+        # PHP writes an array whose keys have gaps as an object.
+        ({"roles": {"0": {"boid": 7, "centre_url": "https://b.aimharder.es"}}},
+         (Role("7", "https://b.aimharder.es"),)),
+    ],
+)  # fmt: skip
+def test_parse_roles(user: dict[str, Any], roles: Any) -> None:
+    assert parse_roles(user) == roles
+
+
+@pytest.mark.parametrize("roles", [[], {}])
+def test_a_member_of_no_box_is_refused(roles: Any) -> None:
+    with pytest.raises(LoginFailed, match="belongs to no box"):
+        parse_roles({"id": 7, "roles": roles})
+
+
+async def test_setrefresh_failing_leaves_the_session_as_it_was(
+    http: aiohttp.ClientSession,
+) -> None:
+    """No JSON client calls it; if anything does and it fails, the login stands."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    cookies = [{"name": "amhrdrauth", "value": "kept"}]
+    with capture_logs() as logs:
+        assert await set_refresh(http, url, "secret-token", FP, cookies) == cookies
+    (warning,) = [e for e in logs if e["event"] == "account_setrefresh_failed"]
+    assert "secret-token" not in str(warning)
+
+
+# --- class listings as boxes write them --------------------------------------------
+
+
+def entry(**fields: Any) -> dict[str, Any]:
+    return {"id": 106015104, "time": "07:00 - 08:00", "className": "WOD", "ocupation": 11,
+            **fields}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "limit", "booked", "waitlisted"),
+    [
+        ({"limit": "16 (3)"}, 16, False, False),  # places (waiting-list places)
+        ({"limit": "16 (3)", "limitc": "16 (3)"}, 16, False, False),
+        ({"limit": " 20"}, 20, False, False),
+        ({"limit": "sin límite"}, 0, False, False),
+        ({"limit": None, "limitc": None}, 0, False, False),
+        ({"limit": [16]}, 0, False, False),
+        ({"bookState": None}, 0, False, False),
+        ({"bookState": "null"}, 0, False, False),
+        ({"bookState": "nan"}, 0, False, False),
+        ({"bookState": {"x": 1}}, 0, False, False),
+        ({"bookState": 1, "idres": 9001}, 0, True, False),
+        ({"bookState": "1", "idres": "9001"}, 0, True, False),
+        ({"bookState": 1.0, "idres": 9001}, 0, True, False),
+        ({"bookState": 0, "idres": 9002}, 0, False, True),
+        ({"bookState": "0", "idres": ""}, 0, False, False),
+        ({"bookState": 0, "idres": None}, 0, False, False),
+        ({"day": "martes, 1 de diciembre"}, 0, False, False),
+        ({"ocupation": None, "waitlist": None}, 0, False, False),
+    ],
+)
+def test_a_listing_as_boxes_write_it(
+    fields: dict[str, Any], limit: int, booked: bool, waitlisted: bool
+) -> None:
+    answer = {"day": "martes, 1 de diciembre", "bookings": [entry(**fields)]}
+    (listed,) = parse_classes(200, _body(answer))
+    assert (listed.session_id, listed.label) == ("106015104", "07:00 WOD")
+    assert (listed.limit, listed.booked, listed.waitlisted) == (limit, booked, waitlisted)
+    assert listed.reservation_id in (None, "9001", "9002")
+
+
+def test_json_nested_too_deep_is_a_bad_answer() -> None:
+    deep = b'{"bookings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(AccountError, match=r"class listing: .* nested too deeply"):
+        parse_classes(200, deep)
+    with pytest.raises(AccountError, match=r"login: .* nested too deeply"):
+        parse_login_answer(200, deep)
+    with pytest.raises(AccountError, match=r"token refresh: .* nested too deeply"):
+        parse_refresh_answer(200, deep)
+
+
+@pytest.fixture
+async def slow_box() -> AsyncIterator[dict[str, Any]]:
+    """A box on loopback whose listing arrives in two parts, 0.2 s apart (how a 78 kB
+    listing came from AimHarder), chunked or with a Content-Length."""
+    served: dict[str, Any] = {"body": b"", "chunked": True}
+
+    async def listing(request: web.Request) -> web.StreamResponse:
+        body: bytes = served["body"]
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if not served["chunked"]:
+            response.content_length = len(body)
+        await response.prepare(request)
+        half = len(body) // 2
+        await response.write(body[:half])
+        await asyncio.sleep(0.2)
+        await response.write(body[half:])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/alpha/api/bookings", listing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    served["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}/alpha"
+    try:
+        yield served
+    finally:
+        await runner.cleanup()
+
+
+def big_listing(count: int) -> bytes:
+    bookings = [
+        entry(id=106_000_000 + n, time=f"{n % 24:02d}:00 - {n % 24:02d}:59",
+              className=f"WOD {n} " + "x" * 150, limit="16 (3)", coachName="Coach " * 10)
+        for n in range(count)
+    ]  # fmt: skip
+    return _body({"day": DAY, "timetable": [], "bookings": bookings})
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+async def test_a_listing_in_several_reads_is_read_whole(
+    slow_box: dict[str, Any], http: aiohttp.ClientSession, chunked: bool
+) -> None:
+    slow_box.update(body=big_listing(250), chunked=chunked)
+    assert 70_000 < len(slow_box["body"]) < 90_000
+    listed = await list_classes(http, slow_box["url"], "1001", DAY, [])
+    assert len(listed) == 250
+    assert listed[-1].session_id == "106000249" and listed[-1].limit == 16
+
+
+async def test_an_endless_answer_is_refused(
+    slow_box: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    slow_box.update(body=b" " * (MAX_ANSWER_BYTES + 1))
+    with pytest.raises(AccountError, match=r"class listing: .* answered more than 2 MiB"):
+        await list_classes(http, slow_box["url"], "1001", DAY, [])
+
+
+# --- what passes through is never logged ---------------------------------------------
+
+
+@pytest.fixture
+def rendered_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
+    configure_logging("debug", "console")
+    try:
+        yield lambda: capsys.readouterr().err
+    finally:
+        structlog.reset_defaults()
+        forget_secrets()
+
+
+async def test_a_sessions_secrets_are_masked_wherever_they_show_up(
+    sim: Simulator, http: aiohttp.ClientSession, rendered_logs: Callable[[], str]
+) -> None:
+    first = await login(http, sim.base_url, EMAIL, PASSWORD, FP)
+    renewed = await refresh_token(http, sim.base_url, first.token, FP, first.cookies)
+    assert isinstance(renewed, Refreshed)
+    secrets = [first.token, renewed.token, PASSWORD]
+    secrets += [c["value"] for c in (*first.cookies, *renewed.cookies)]
+    log = structlog.get_logger("test")
+    for secret in secrets:
+        # Where no key or pattern says it is a secret: only its value gives it away.
+        log.warning("odd_answer", url=f"{sim.base_url}/x?state={secret}", note=f"<{secret}>")
+        log.warning(f"{secret} in the event name", detail=ValueError(secret))
+    out = rendered_logs()
+    assert out.count("odd_answer") == len(secrets)
+    for secret in secrets:
+        assert secret not in out

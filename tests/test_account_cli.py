@@ -14,13 +14,15 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 
 from prebookd.aimharder.account import fingerprint_for
 from prebookd.sim.model import SimClass
@@ -72,13 +74,18 @@ async def box(conn: asyncpg.Connection, sim: Simulator) -> uuid.UUID:
     return box_id
 
 
-async def prebookd(dsn: str, sim: Simulator | None, *args: str, stdin: str = "") -> Run:
+async def prebookd(
+    dsn: str, sim: Simulator | None, *args: str, stdin: str = "", account: str | None = None
+) -> Run:
+    """`prebookd ARGS` with the simulator as AimHarder (`account`: another account site)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREBOOKD_")}
     env.update(PREBOOKD_DATABASE_URL=dsn, PREBOOKD_MAX_LEAD_DAYS="3650")
     # Debug logging: nothing secret may show even there.
     env.update(PREBOOKD_LOG_LEVEL="debug")
+    # The simulator is plain http on loopback; never the real AimHarder.
+    env.update(PREBOOKD_BOX_HOSTS="127.0.0.1", PREBOOKD_AIMHARDER_URL="http://127.0.0.1:9")
     if sim is not None:
-        env["PREBOOKD_AIMHARDER_URL"] = sim.base_url
+        env["PREBOOKD_AIMHARDER_URL"] = account or sim.base_url
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -126,8 +133,11 @@ async def test_login_stores_the_background_session(
     assert run.code == 0, run
     assert "logged in jane@example.com: background session stored" in run.out
     assert "box alpha accepts the session" in run.out
+    # The simulator's login answer has no roles (yet): nothing to check them against.
+    assert "AimHarder did not say which boxes jane@example.com belongs to" in run.out
     assert len(logins(sim)) == 1 and logins(sim)[0].email == EMAIL
-    assert [r.path for r in sim.requests if r.box == ""] == ["/api/login", "/setrefresh"]
+    # The JSON login's cookies are the session: no setrefresh (the older HTML login's).
+    assert [r.path for r in sim.requests if r.box == ""] == ["/api/login"]
 
     (row,) = await sessions(conn)
     assert row["user_email"] == EMAIL
@@ -195,6 +205,156 @@ async def test_login_refusals_before_anything_is_sent(
     assert_refused(bad_email, "malformed e-mail")
     assert_refused(bad_box, "unknown box 'nope'")
     assert logins(sim) == []
+
+
+class AccountSite:
+    """An account site on loopback whose login answers carry `data.userData.roles` (as
+    AimHarder's do; the simulator's do not yet): it passes the login on to the
+    simulator, so the session is one the simulator's boxes accept, and adds `roles`.
+    Its setrefresh fails, and every path asked is recorded."""
+
+    def __init__(self, sim: Simulator, roles: Any) -> None:
+        self.sim, self.roles, self.paths = sim, roles, list[str]()
+        self.app = web.Application()
+        self.app.router.add_post("/api/login", self._login)
+        self.app.router.add_get("/setrefresh", self._setrefresh)
+        self.runner = web.AppRunner(self.app)
+        self.url = ""
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def _login(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        async with (
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+            http.post(f"{self.sim.base_url}/api/login", data=await request.read()) as answer,
+        ):
+            body = await answer.json()
+            cookies = answer.headers.getall("Set-Cookie", [])
+        if answer.status == 200:
+            body["data"]["userData"]["roles"] = self.roles
+        response = web.json_response(body, status=answer.status)
+        for cookie in cookies:
+            response.headers.add("Set-Cookie", cookie)
+        return response
+
+    async def _setrefresh(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        return web.Response(status=500, text="setrefresh is gone")
+
+
+@pytest.fixture
+async def account_site(sim: Simulator) -> AsyncIterator[Callable[[Any], Awaitable[AccountSite]]]:
+    sites: list[AccountSite] = []
+
+    async def make(roles: Any) -> AccountSite:
+        site = AccountSite(sim, roles)
+        await site.start()
+        sites.append(site)
+        return site
+
+    yield make
+    for site in sites:
+        await site.runner.cleanup()
+
+
+async def test_login_says_which_boxes_the_member_belongs_to(
+    db_dsn: str,
+    conn: asyncpg.Connection,
+    sim: Simulator,
+    box: uuid.UUID,
+    account_site: Callable[[Any], Awaitable[AccountSite]],
+) -> None:
+    site = await account_site(
+        [
+            {"boid": 1001, "centre_url": sim.box_url("alpha"), "role": "athlete"},
+            {"boid": "2002", "centre_url": "https://beta.aimharder.com"},
+        ]
+    )
+    run = await prebookd(
+        db_dsn, sim, "login", "--email", EMAIL, "--box", "alpha", stdin=PASSWORD,
+        account=site.url,
+    )  # fmt: skip
+    assert run.code == 0, run
+    assert (
+        "AimHarder says jane@example.com belongs to: alpha (box id 1001), "
+        "https://beta.aimharder.com (not added) (box id 2002)"
+    ) in run.out
+    assert "box alpha accepts the session" in run.out
+    # No setrefresh after the JSON login: it would have failed here.
+    assert site.paths == ["/api/login"]
+    (row,) = await sessions(conn)
+    assert sim.member_for_token(row["aimharder_token"]) is not None
+
+
+async def test_login_refuses_a_box_the_member_has_no_role_at(
+    db_dsn: str,
+    conn: asyncpg.Connection,
+    sim: Simulator,
+    box: uuid.UUID,
+    account_site: Callable[[Any], Awaitable[AccountSite]],
+) -> None:
+    site = await account_site([{"boid": "2002", "centre_url": "https://beta.aimharder.com"}])
+    run = await prebookd(
+        db_dsn, sim, "login", "--email", EMAIL, "--box", "alpha", stdin=PASSWORD,
+        account=site.url,
+    )  # fmt: skip
+    assert_refused(
+        run, "jane@example.com does not belong to box alpha (box id 1001)",
+        "https://beta.aimharder.com (not added) (box id 2002)", "nothing was stored", code=2,
+    )  # fmt: skip
+    assert await sessions(conn) == []
+    assert [r.path for r in sim.requests if r.box == "alpha"] == []
+    # Without --box the same member logs in: the box is only named, not required.
+    plain = await prebookd(db_dsn, sim, "login", "--email", EMAIL, stdin=PASSWORD, account=site.url)
+    assert plain.code == 0 and "belongs to: https://beta.aimharder.com" in plain.out, plain
+
+
+@pytest.mark.parametrize("roles", [[], {}], ids=["empty list", "empty object"])
+async def test_a_login_with_no_box_at_all_fails(
+    db_dsn: str,
+    conn: asyncpg.Connection,
+    sim: Simulator,
+    box: uuid.UUID,
+    account_site: Callable[[Any], Awaitable[AccountSite]],
+    roles: Any,
+) -> None:
+    """AimHarder's own clients refuse it: "El usuario no tiene ningún box asociado"."""
+    site = await account_site(roles)
+    run = await prebookd(db_dsn, sim, "login", "--email", EMAIL, stdin=PASSWORD, account=site.url)
+    assert_refused(run, "the member belongs to no box", "nothing was stored", code=1)
+    assert await sessions(conn) == []
+    assert site.paths == ["/api/login"]
+
+
+async def test_a_box_whose_url_is_not_allowed_is_sent_no_cookie(
+    db_dsn: str, conn: asyncpg.Connection, sim: Simulator
+) -> None:
+    """The web app wrote a base_url on a host PREBOOKD_BOX_HOSTS does not name (the
+    simulator as `localhost`: it would see any request)."""
+    trap = sim.box_url("alpha").replace("127.0.0.1", "localhost")
+    await conn.execute(
+        "INSERT INTO boxes (box_id, subdomain, name, base_url, timezone) "
+        "VALUES ('1001', 'alpha', 'Alpha Box', $1, 'Europe/Madrid')",
+        trap,
+    )
+    await store_session(conn)
+    listing, login, add = await asyncio.gather(
+        prebookd(db_dsn, sim, "classes", "--box", "alpha", "--day", DAY, "--email", EMAIL),
+        prebookd(db_dsn, sim, "login", "--email", EMAIL, "--box", "alpha", stdin=PASSWORD),
+        prebookd(db_dsn, sim, "add", "--email", EMAIL, "--box", "alpha", "--day", DAY,
+                 "--class", "07:00 WOD", "--at", "2030-11-30 07:00"),
+    )  # fmt: skip
+    for run in (listing, login, add):
+        assert_refused(
+            run, f"box alpha: box base_url {trap} is not allowed",
+            "host localhost is not in PREBOOKD_BOX_HOSTS", code=2,
+        )  # fmt: skip
+    assert sim.requests == []  # not even the login: refused before the password is read
 
 
 # --- classes -------------------------------------------------------------------------

@@ -32,9 +32,12 @@ class Run:
     err: str
 
 
-async def prebookd(dsn: str, *args: str) -> Run:
+async def prebookd(dsn: str, *args: str, **settings: str) -> Run:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREBOOKD_")}
     env.update(PREBOOKD_DATABASE_URL=dsn, PREBOOKD_MAX_LEAD_DAYS="3650")
+    # Boxes on the simulator's loopback host may be added (never the real AimHarder).
+    env.update(PREBOOKD_BOX_HOSTS="127.0.0.1", PREBOOKD_AIMHARDER_URL="http://127.0.0.1:9")
+    env.update({f"PREBOOKD_{name.upper()}": value for name, value in settings.items()})
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -230,6 +233,51 @@ async def test_box_add_refuses_bad_input_and_writes_nothing(
     for (_, fragment), run in zip(cases, runs, strict=True):
         assert_refused(run, fragment)
     assert await table_contents(conn) == before
+
+
+async def test_box_add_refuses_a_base_url_members_cookies_must_not_go_to(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    def box_add(subdomain: str, base_url: str) -> list[str]:
+        return ["box", "add", "--subdomain", subdomain, "--box-id", subdomain, "--name", "N",
+                "--base-url", base_url]  # fmt: skip
+
+    aimharder = {
+        "box_hosts": "aimharder.com,*.aimharder.com",
+        "aimharder_url": "https://aimharder.com",  # allowed, and never asked by box add
+    }
+    refused = [
+        (box_add("meta", "http://169.254.169.254/"), "host 169.254.169.254 is not in"),
+        (box_add("evil", "https://evil.example"), "host evil.example is not in"),
+        (box_add("lookalike", "https://evilaimharder.com"), "host evilaimharder.com is not"),
+        (box_add("plain", "http://plain.aimharder.com"), "plain http is only for a loopback"),
+        (box_add("creds", "https://u:pw@creds.aimharder.com"), "user name or password"),
+        (box_add("other", "http://127.0.0.2:8080"), "host 127.0.0.2 is not in"),
+    ]
+    runs = await asyncio.gather(
+        *(prebookd(db_dsn, *command, **aimharder) for command, _ in refused[:5]),
+        prebookd(db_dsn, *refused[5][0]),  # PREBOOKD_BOX_HOSTS=127.0.0.1: that host only
+    )
+    for (_, fragment), run in zip(refused, runs, strict=True):
+        assert_refused(run, fragment, "is not allowed")
+    assert await table_contents(conn) == [[], []]
+
+    accepted = await asyncio.gather(
+        prebookd(db_dsn, *box_add("alpha", "https://alpha.aimharder.com/"), **aimharder),
+        prebookd(db_dsn, *box_add("login", "https://login.aimharder.com"), **aimharder),
+        # The URL its subdomain makes is AimHarder's: allowed whatever the setting says.
+        prebookd(db_dsn, *box_add("beta", "https://beta.aimharder.com")),
+        prebookd(db_dsn, "box", "add", "--subdomain", "gamma", "--box-id", "3", "--name", "G"),
+    )
+    for run in accepted:
+        assert run.code == 0, run
+    urls = {r["subdomain"]: r["base_url"] for r in await conn.fetch("SELECT * FROM boxes")}
+    assert urls == {
+        "alpha": "https://alpha.aimharder.com",
+        "login": "https://login.aimharder.com",
+        "beta": "https://beta.aimharder.com",
+        "gamma": "https://gamma.aimharder.com",
+    }
 
 
 async def test_add_round_trips_through_list_json_across_dst(

@@ -161,6 +161,7 @@ instants = st.one_of(
 )
 # Only text could come from the boxes table; what goes out must never leave loopback.
 GOOD_BASE_URL = "http://127.0.0.1:9/box-a"
+HOSTS = ("127.0.0.1",)  # PREBOOKD_BOX_HOSTS as the tests' daemons have it
 base_urls = st.one_of(
     st.just(GOOD_BASE_URL),
     st.none(),
@@ -236,6 +237,11 @@ def assert_ready_to_send(booking: Any, record: dict[str, Any]) -> None:
     assert math.isfinite(booking.available_at) and math.isfinite(booking.created_at)
     assert booking.url.scheme in ("http", "https") and booking.url.host
     assert booking.url.path.endswith("/api/book")
+    # The member's cookies go to a host PREBOOKD_BOX_HOSTS names, or to AimHarder.
+    host = booking.url.raw_host
+    assert host == "127.0.0.1" or (
+        booking.url.scheme == "https" and host.endswith(".aimharder.com")
+    ), booking.url
     form = parse_qsl(booking.body.decode("ascii"), keep_blank_values=True, strict_parsing=True)
     fields = dict(form)
     assert [name for name, _ in form] == ["id", "day", "insist", "familyId"]
@@ -253,7 +259,7 @@ def assert_ready_to_send(booking: Any, record: dict[str, Any]) -> None:
 def check_build(record: dict[str, Any]) -> bool:
     """build_booking's contract; True when the row is ready to send."""
     try:
-        booking = build_booking(record)
+        booking = build_booking(record, HOSTS)
     except BadRow as exc:
         assert_readable(exc.reason)
         return False
@@ -318,7 +324,7 @@ def test_cookies_of_any_shape(record: dict[str, Any]) -> None:
 def test_box_urls_of_any_shape(record: dict[str, Any]) -> None:
     if check_build(record):
         base = record["base_url"] or f"https://{record['subdomain']}.aimharder.com"
-        assert build_booking(record).headers["Origin"] == base.rstrip("/")
+        assert build_booking(record, HOSTS).headers["Origin"] == base.rstrip("/")
 
 
 @PURE
@@ -334,9 +340,9 @@ def test_box_urls_of_any_shape(record: dict[str, Any]) -> None:
 def test_instants_from_1970_to_9999_and_infinity(record: dict[str, Any]) -> None:
     if record["available_at"] is None:
         with pytest.raises(BadRow, match="available_at is null"):
-            build_booking(record)
+            build_booking(record, HOSTS)
         return
-    booking = build_booking(record)
+    booking = build_booking(record, HOSTS)
     assert_ready_to_send(booking, record)
 
 
@@ -384,7 +390,7 @@ def test_booking_data_that_crashed_or_slipped_through(raw: Any, words: str) -> N
     as its Python repr), kept as plain examples."""
     record = good_record(booking_data=raw)
     with pytest.raises(BadRow) as caught:
-        build_booking(record)
+        build_booking(record, HOSTS)
     assert words in caught.value.reason
     assert_readable(caught.value.reason)
 
@@ -402,8 +408,72 @@ def test_booking_data_that_crashed_or_slipped_through(raw: Any, words: str) -> N
 def test_box_urls_that_crashed_or_slipped_through(base_url: Any, subdomain: Any) -> None:
     record = good_record(base_url=base_url, subdomain=subdomain)
     with pytest.raises(BadRow, match=r"box (base_url|subdomain)") as caught:
-        build_booking(record)
+        build_booking(record, HOSTS)
     assert_readable(caught.value.reason)
+
+
+AIMHARDER = ("aimharder.com", "*.aimharder.com", "aimharder.es", "*.aimharder.es")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "hosts", "words"),
+    [
+        # The web app writes boxes.base_url; the member's amhrdrauth cookie goes there.
+        ("http://169.254.169.254/", AIMHARDER, "host 169.254.169.254 is not in"),
+        ("https://169.254.169.254/latest", HOSTS, "host 169.254.169.254 is not in"),
+        ("https://evil.example", AIMHARDER, "host evil.example is not in"),
+        ("https://aimharder.com.evil.example/", AIMHARDER, "is not in PREBOOKD_BOX_HOSTS"),
+        ("https://evilaimharder.com", AIMHARDER, "host evilaimharder.com is not in"),
+        ("https://box-a.aimharder.com@evil.example/", AIMHARDER, "user name or password"),
+        ("https://u:pw@box-b.aimharder.com/", AIMHARDER, "user name or password"),
+        ("http://box-b.aimharder.com", AIMHARDER, "plain http is only for a loopback host"),
+        ("http://box-a.aimharder.com", AIMHARDER, "plain http is only for a loopback host"),
+        ("http://127.0.0.1:9/box-a", AIMHARDER, "host 127.0.0.1 is not in"),
+        ("http://localhost:9/box-a", HOSTS, "host localhost is not in"),
+        ("http://127.0.0.2:9/box-a", HOSTS, "host 127.0.0.2 is not in"),
+        ("http://127.0.0.1:9/box-a", ("*.0.0.1",), "plain http is only for a loopback host"),
+        ("https://box-a.aimharder.com/?x=", AIMHARDER, "not an http(s) URL"),
+        ("https://ｅｖｉｌ.example/", AIMHARDER, "not an http(s) URL"),  # goes to evil.example
+    ],
+)
+def test_a_box_url_members_cookies_must_not_go_to_fails_the_row(
+    base_url: str, hosts: tuple[str, ...], words: str
+) -> None:
+    record = good_record(base_url=base_url)
+    with pytest.raises(BadRow, match="box base_url") as caught:
+        build_booking(record, hosts)
+    assert words in caught.value.reason
+    assert_readable(caught.value.reason)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "subdomain", "hosts", "origin"),
+    [
+        ("https://box-a.aimharder.com", "box-a", AIMHARDER, "https://box-a.aimharder.com"),
+        ("https://login.aimharder.es/", "box-a", AIMHARDER, "https://login.aimharder.es"),
+        ("https://AimHarder.COM.", "box-a", AIMHARDER, "https://AimHarder.COM."),
+        ("http://127.0.0.1:9/box-a", "box-a", HOSTS, "http://127.0.0.1:9/box-a"),
+        ("https://127.0.0.1:9", "box-a", HOSTS, "https://127.0.0.1:9"),
+        ("http://[::1]:9/box-a", "box-a", ("::1",), "http://[::1]:9/box-a"),
+        # The URL the subdomain makes is AimHarder's, whatever PREBOOKD_BOX_HOSTS says.
+        (None, "box-a", (), "https://box-a.aimharder.com"),
+        ("", "box-a", HOSTS, "https://box-a.aimharder.com"),
+        ("https://Box-A.aimharder.com/", "box-a", HOSTS, "https://Box-A.aimharder.com"),
+    ],
+)
+def test_a_box_url_on_an_allowed_host_is_sent(
+    base_url: str | None, subdomain: str, hosts: tuple[str, ...], origin: str
+) -> None:
+    booking = build_booking(good_record(base_url=base_url, subdomain=subdomain), hosts)
+    assert booking.headers["Origin"] == origin
+    assert str(booking.url) == origin.rstrip("/").lower() + "/api/book"
+
+
+def test_the_default_hosts_are_aimharders() -> None:
+    with pytest.raises(BadRow, match=r"host 127\.0\.0\.1 is not in PREBOOKD_BOX_HOSTS"):
+        build_booking(good_record())
+    booking = build_booking(good_record(base_url="https://box-a.aimharder.com"))
+    assert booking.url.host == "box-a.aimharder.com"
 
 
 @PURE
@@ -900,3 +970,40 @@ async def test_a_notification_cannot_fail_a_good_row(
         (row,) = await wait_final_or_exit(conn, daemon, [row_id], 10)
         assert await daemon.stop() == 0
     assert (row["status"], row["outcome"]) == ("completed", "booked"), row["error_message"]
+
+
+async def test_a_box_whose_url_is_not_allowed_fails_at_arming_and_nothing_is_sent(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    """The web app wrote a base_url on a host PREBOOKD_BOX_HOSTS does not name (here
+    `localhost`, the simulator under another name: a trap that sees any request)."""
+    box = await add_box(conn, sim, BOX)
+    await add_member(conn, sim, GOOD_MEMBER)
+    sim.add_box("box-trap", box_id="666")
+    trap = sim.box_url("box-trap").replace("127.0.0.1", "localhost")
+    trap_box = await conn.fetchval(
+        """INSERT INTO boxes (box_id, subdomain, name, base_url)
+           VALUES ('666', 'box-trap', 'Trap', $1) RETURNING id""",
+        trap,
+    )
+    async with running_daemon(db_dsn, tmp_path) as daemon:  # PREBOOKD_BOX_HOSTS=127.0.0.1
+        t = time.time() + 2.0
+        open_class(sim, BOX, "1", t, 10)
+        open_class(sim, "box-trap", "1", t, 10)
+        good = await add_prebooking(conn, box, GOOD_MEMBER, "1", t)
+        bad = await add_prebooking(conn, trap_box, GOOD_MEMBER, "1", t)
+        rows = {r["id"]: r for r in await wait_final_or_exit(conn, daemon, [good, bad], 15)}
+        await asyncio.sleep(0.5)  # anything sent late would have arrived by now
+        assert await daemon.stop() == 0
+    assert (rows[good]["status"], rows[good]["outcome"]) == ("completed", "booked")
+    refused = rows[bad]
+    assert (refused["status"], refused["outcome"], refused["attempts"]) == (
+        "failed",
+        "bad_row",
+        0,
+    )
+    assert f"box base_url {trap} is not allowed" in refused["error_message"]
+    assert "host localhost is not in PREBOOKD_BOX_HOSTS" in refused["error_message"]
+    assert [line for line in lines_about(daemon, bad) if "prebooking_rejected" in line]
+    assert [r for r in sim.requests if r.box == "box-trap"] == []
+    assert crash_lines(daemon) == []

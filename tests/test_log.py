@@ -11,8 +11,15 @@ import pytest
 import structlog
 from multidict import CIMultiDict
 
+from prebookd import log as prebookd_log
 from prebookd.errors import describe
-from prebookd.log import LibraryLogHandler, configure_logging, mask_email
+from prebookd.log import (
+    LibraryLogHandler,
+    configure_logging,
+    forget_secrets,
+    mask_email,
+    register_secret,
+)
 
 SECRETS = ("s3cretTok", "c00kieVal", "pa55word", "dsnPa55", "nestedTok", "jarVal", "bodyTok")
 
@@ -187,3 +194,114 @@ def test_an_exception_without_a_message_is_named_by_its_type() -> None:
     assert (
         describe(OSError(104, "Connection reset by peer")) == "[Errno 104] Connection reset by peer"
     )
+
+
+# --- camelCase and quoted keys ----------------------------------------------------------
+
+CAMEL = ("newTok3n", "refreshTok3n", "authTok3n", "hdrCookie", "reprTok3n", "escTok3n")
+
+
+def test_camel_case_keys_are_masked(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    emit(
+        log_format,
+        "token_refreshed",
+        newToken="newTok3n",
+        answer={"data": {"auth": {"authOK": True, "refreshToken": "refreshTok3n"}}},
+        headers={"Set-Cookie": "x=hdrCookie", "X-Auth-Token": "authTok3n"},
+        tokenUpdateCount=4,
+        token_update_count=3,
+        cookie_names=["amhrdrauth", "PHPSESSID"],
+    )
+
+    out = capsys.readouterr().err
+    for secret in CAMEL[:4]:
+        assert secret not in out
+    assert "tokenUpdateCount" in out and "4" in out
+    assert "amhrdrauth" in out and "PHPSESSID" in out  # names, not values
+
+
+class Session:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __repr__(self) -> str:
+        cookies = [{"name": "PHPSESSID", "value": "c00kieVal"}]
+        return f"Session(token={self.token!r}, cookies={cookies!r})"
+
+
+def test_quoted_keys_in_text_are_masked(
+    log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emit(
+        log_format,
+        "answer_unexpected",
+        repr_text=str({"newToken": "newTok3n", "authToken": "authTok3n", "ok": 1}),
+        quote_in_value=str({"refreshToken": "refresh'Tok3n", "token": b"bodyTok"}),
+        json_text='{"refreshToken": "ref\\"reshTok3n", "bookState": 1}',
+        double_encoded=json.dumps({"result": json.dumps({"token": "escTok3n"})}),
+        session=Session("reprTok3n"),
+        error=ValueError("answer {'amhrdrauth': 'c00kieVal'} unreadable"),
+    )
+
+    out = capsys.readouterr().err
+    for secret in (*CAMEL, "bodyTok", "c00kieVal", "Tok3n"):
+        assert secret not in out, secret
+    assert "bookState" in out and "answer_unexpected" in out
+
+
+# --- secrets known by value -----------------------------------------------------------
+
+
+@pytest.fixture
+def known() -> Iterator[None]:
+    yield
+    forget_secrets()
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("known")
+def test_a_registered_secret_is_masked_wherever_it_appears(
+    log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cookie, token = "Zq9cookieValueOfAna", "tok-2f9c81d0e7"
+    register_secret(cookie)
+    register_secret(token)
+    register_secret("php1")  # too short to mask (it would mask ordinary words): ignored
+    register_secret(None)
+    configure_logging("info", log_format)
+    log = structlog.get_logger("test")
+    log.warning(
+        f"odd {cookie}",
+        url=f"https://alpha.aimharder.com/api/bookings?x={token}&day=20301201",
+        body=f"<html>{cookie}</html>",
+        by_member={cookie: "ana", "nested": [(1, f"[{token}]")]},
+        error=RuntimeError(f"cannot decode {cookie[:-1]}{cookie}"),
+        box="php1",
+    )
+    try:
+        raise ValueError(f"session {token} refused")
+    except ValueError:
+        log.exception("session_refused")
+
+    out = capsys.readouterr().err
+    assert cookie not in out and token not in out
+    assert "alpha.aimharder.com/api/bookings" in out and "day=20301201" in out
+    assert "php1" in out and "session_refused" in out
+    assert out.count("****") >= 6
+
+
+@pytest.mark.usefixtures("known")
+def test_the_oldest_registered_secrets_are_forgotten_first(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(prebookd_log, "MAX_SECRETS", 3)
+    for n in range(5):
+        register_secret(f"secret-number-{n}")
+    register_secret("secret-number-2")  # seen again: now the newest
+    register_secret("secret-number-5")  # 3 is the oldest kept: forgotten
+    emit("console", "many", values=[f"secret-number-{n}" for n in range(6)])
+
+    shown = capsys.readouterr().err
+    assert [f"secret-number-{n}" in shown for n in range(6)] == [
+        True, True, False, True, False, False,
+    ]  # fmt: skip

@@ -7,8 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
-from prebookd.settings import Settings, mask_dsn
+from prebookd.settings import (
+    DEFAULT_BOX_HOSTS,
+    Settings,
+    load_settings,
+    mask_dsn,
+    parse_host_patterns,
+    url_not_allowed,
+)
 from tests.support import clean_env, run_prebookd
 
 SECRET = "s3cret"
@@ -70,13 +78,45 @@ async def test_config_without_database_url_says_embedded(tmp_path: Path) -> None
             {"PREBOOKD_DB_POOL_MIN": "5", "PREBOOKD_DB_POOL_MAX": "3"},
             ["PREBOOKD_DB_POOL_MIN", "PREBOOKD_DB_POOL_MAX"],
         ),
+        # Members' passwords go to the account URL: only to a host PREBOOKD_BOX_HOSTS allows.
+        (
+            {"PREBOOKD_AIMHARDER_URL": "https://evil.example"},
+            ["PREBOOKD_AIMHARDER_URL", "host evil.example is not in", "PREBOOKD_BOX_HOSTS"],
+        ),
+        (
+            {"PREBOOKD_AIMHARDER_URL": "http://169.254.169.254/"},
+            ["PREBOOKD_AIMHARDER_URL", "host 169.254.169.254 is not in PREBOOKD_BOX_HOSTS"],
+        ),
+        (
+            {"PREBOOKD_AIMHARDER_URL": "http://login.aimharder.com"},
+            ["PREBOOKD_AIMHARDER_URL", "plain http is only for a loopback host", "https"],
+        ),
+        (
+            {"PREBOOKD_AIMHARDER_URL": "http://127.0.0.1:8080"},
+            ["PREBOOKD_AIMHARDER_URL", "host 127.0.0.1 is not in PREBOOKD_BOX_HOSTS"],
+        ),
+        (
+            {"PREBOOKD_AIMHARDER_URL": f"https://u:{SECRET}@aimharder.com"},
+            ["PREBOOKD_AIMHARDER_URL", "user name or password"],
+        ),
+        (
+            {"PREBOOKD_BOX_HOSTS": "127.0.0.1", "PREBOOKD_AIMHARDER_URL": "https://aimharder.com"},
+            ["PREBOOKD_AIMHARDER_URL", "host aimharder.com is not in PREBOOKD_BOX_HOSTS"],
+        ),
+        ({"PREBOOKD_BOX_HOSTS": "aimharder.com,*"}, ["PREBOOKD_BOX_HOSTS", "'*'"]),
+        ({"PREBOOKD_BOX_HOSTS": "*.com"}, ["PREBOOKD_BOX_HOSTS", "'*.com'"]),
+        ({"PREBOOKD_BOX_HOSTS": "http://x.aimharder.com"}, ["PREBOOKD_BOX_HOSTS"]),
     ],
 )
 async def test_bad_setting_is_refused_in_one_line_naming_it(
     tmp_path: Path, settings: dict[str, str], named: list[str]
 ) -> None:
     env = cli_env(tmp_path, **settings)
-    runs = await asyncio.gather(run_prebookd("config", env=env), run_prebookd("migrate", env=env))
+    runs = await asyncio.gather(
+        run_prebookd("config", env=env),
+        run_prebookd("migrate", env=env),
+        run_prebookd("run", env=env),
+    )
     for code, out, err in runs:
         assert code == 2
         assert out == ""
@@ -98,4 +138,72 @@ def test_mask_dsn() -> None:
     )
     assert mask_dsn(f"postgresql://u:{SECRET}@host/db?password={SECRET}") == (
         "postgresql://u:****@host/db?password=****"
+    )
+
+
+async def test_a_loopback_account_site_named_in_box_hosts(tmp_path: Path) -> None:
+    env = cli_env(
+        tmp_path,
+        PREBOOKD_AIMHARDER_URL="http://127.0.0.1:8080/",
+        PREBOOKD_BOX_HOSTS=" 127.0.0.1, AimHarder.com ,*.aimharder.com,",
+    )
+    code, out, err = await run_prebookd("config", "--json", env=env)
+
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["aimharder_url"] == "http://127.0.0.1:8080"
+    assert shown["box_hosts"] == "127.0.0.1,aimharder.com,*.aimharder.com"
+    default = json.loads((await run_prebookd("config", "--json", env=cli_env(tmp_path)))[1])
+    assert default["box_hosts"] == "aimharder.com,*.aimharder.com,aimharder.es,*.aimharder.es"
+
+
+@pytest.mark.parametrize(
+    ("url", "hosts", "refused"),
+    [
+        ("https://aimharder.com", DEFAULT_BOX_HOSTS, None),
+        ("https://login.aimharder.es/", DEFAULT_BOX_HOSTS, None),
+        ("https://a.b.aimharder.com", DEFAULT_BOX_HOSTS, None),
+        ("https://AimHarder.com.:443", DEFAULT_BOX_HOSTS, None),
+        ("https://evilaimharder.com", DEFAULT_BOX_HOSTS, "host evilaimharder.com is not in"),
+        ("https://aimharder.com.evil.example", DEFAULT_BOX_HOSTS, "is not in"),
+        ("https://aimharder.io", DEFAULT_BOX_HOSTS, "host aimharder.io is not in"),
+        ("http://aimharder.com", DEFAULT_BOX_HOSTS, "plain http is only for a loopback"),
+        ("https://x@aimharder.com", DEFAULT_BOX_HOSTS, "user name or password"),
+        ("ws://aimharder.com", DEFAULT_BOX_HOSTS, "not an http(s) URL"),
+        ("http://127.0.0.1:8080", ("127.0.0.1",), None),
+        ("http://[::1]:8080", ("[::1]",), None),
+        ("http://localhost:8080", ("localhost",), None),
+        ("http://127.0.0.1:8080", DEFAULT_BOX_HOSTS, "host 127.0.0.1 is not in"),
+        ("http://127.0.0.2:8080", ("127.0.0.1",), "host 127.0.0.2 is not in"),
+        ("http://box.example", ("box.example",), "plain http is only for a loopback"),
+        ("https://box.example", ("box.example",), None),
+        ("https://sub.box.example", ("box.example",), "is not in"),
+        ("https://box.example", ("*.box.example",), "is not in"),  # the domain itself: no
+        ("http://10.0.0.1", ("10.0.0.1",), "plain http is only for a loopback"),
+        ("https://anything.example", (), "is not in PREBOOKD_BOX_HOSTS"),
+    ],
+)
+def test_which_urls_may_be_sent_cookies(
+    url: str, hosts: tuple[str, ...], refused: str | None
+) -> None:
+    problem = url_not_allowed(URL(url), parse_host_patterns(hosts))
+    if refused is None:
+        assert problem is None
+    else:
+        assert problem is not None and refused in problem
+
+
+def test_host_patterns() -> None:
+    assert parse_host_patterns(" A.example. ,, *.B.example,[::1],10.1.2.3,a.example") == (
+        "a.example",
+        "*.b.example",
+        "::1",
+        "10.1.2.3",
+    )
+    assert parse_host_patterns("") == ()
+    for bad in ("*", "*.com", "*.10.1.2.3", "a b", "https://a.example", "a_b.example", "-a.com"):
+        with pytest.raises(ValueError, match="is not a host name"):
+            parse_host_patterns(bad)
+    assert load_settings(box_hosts="127.0.0.1", aimharder_url="http://127.0.0.1:9").box_hosts == (
+        "127.0.0.1",
     )

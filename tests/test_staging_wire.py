@@ -152,7 +152,8 @@ def booking_for(wire: RecordingServer) -> Booking:
             "base_url": f"http://127.0.0.1:{wire.port}",
             "session_found": True,
             "aimharder_cookies": [{"name": "amhrdrauth", "value": "member-secret"}],
-        }
+        },
+        allowed_hosts=("127.0.0.1",),
     )
 
 

@@ -1,4 +1,5 @@
-"""The AimHarder account site (login, token refresh) and a box's class listing.
+"""The AimHarder account site (login, token refresh), and the requests and answers a
+box's class listing (prebookd.aimharder.classes) shares with it.
 
 A client with no SQL and no policy: `prebookd login`, `prebookd classes` and the daemon
 call these functions and decide what to store and when. The wire contract is
@@ -11,7 +12,9 @@ per member, so each request carries its member's cookies in one `Cookie` header 
 request (which may be another member's).
 
 Passwords and tokens never appear in a log line or an exception message: errors name
-the HTTP status and AimHarder's error code, nothing the member typed.
+the HTTP status and AimHarder's error code, nothing the member typed; and each password,
+token and cookie value that passes through here is registered with the log's redaction
+(`register_secret`), which masks it wherever it would show up later.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.cookies import Morsel, SimpleCookie
 from typing import Any
@@ -28,10 +30,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prebookd.errors import PrebookdError
-from prebookd.log import mask_email, redact_text
+from prebookd.log import mask_email, redact_text, register_secret
 from prebookd.models import AUTH_COOKIE, USER_AGENT, cookie_header
 from prebookd.text import one_line
 
@@ -64,10 +65,19 @@ class SessionExpired(AccountError):
 
 
 @dataclass(frozen=True)
+class Role:
+    """A box the member belongs to: an entry of the login answer's `data.userData.roles`."""
+
+    box_id: str  # boid: AimHarder's box id, as boxes.box_id holds it
+    centre_url: str  # the box's site, "https://SUB.aimharder.com" ("" when not given)
+
+
+@dataclass(frozen=True)
 class LoginResult:
     token: str  # data.auth.refreshToken: what tokenUpdate takes
     cookies: Cookies
     user: dict[str, Any]  # data.userData, as AimHarder sent it
+    roles: tuple[Role, ...] | None = None  # None: the answer did not say (no `roles`)
 
 
 @dataclass(frozen=True)
@@ -79,31 +89,6 @@ class Refreshed:
 @dataclass(frozen=True)
 class SessionDead:
     reason: str
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One class session of a day at a box, as `GET /api/bookings` lists it."""
-
-    session_id: str  # bookings[].id: what booking needs
-    time: str  # "07:00 - 08:00"
-    name: str
-    occupancy: int
-    limit: int
-    waitlist: int  # people on the waiting list
-    booked: bool  # this member holds a place
-    waitlisted: bool  # this member is on the waiting list
-    reservation_id: str | None  # idres: what cancelling needs
-
-    @property
-    def start(self) -> str:
-        """The start time, "07:00"."""
-        return self.time.split("-", 1)[0].strip()
-
-    @property
-    def label(self) -> str:
-        """ "07:00 WOD": how `prebookd add --class` names a class."""
-        return f"{self.start} {self.name}"
 
 
 def fingerprint_for(email: str) -> str:
@@ -125,6 +110,7 @@ def browser_headers(origin: str, cookies: Cookies | None = None) -> dict[str, st
         "Referer": origin + "/",
     }
     if cookies:
+        _register(None, cookies)
         try:
             headers["Cookie"] = cookie_header(cookies)
         except ValueError as exc:
@@ -132,7 +118,14 @@ def browser_headers(origin: str, cookies: Cookies | None = None) -> dict[str, st
     return headers
 
 
-async def _exchange(
+def _register(token: str | None, cookies: Iterable[Mapping[str, Any]]) -> None:
+    """A session's secrets, masked in every log line from now on."""
+    register_secret(token)
+    for cookie in cookies:
+        register_secret(cookie.get("value"))
+
+
+async def exchange(
     http: aiohttp.ClientSession,
     method: str,
     url: str,
@@ -146,14 +139,26 @@ async def _exchange(
         async with http.request(
             method, url, headers=headers, allow_redirects=False, timeout=REQUEST_TIMEOUT, **kwargs
         ) as response:
-            body = await response.content.read(MAX_ANSWER_BYTES)
-            return response.status, body, response.cookies
+            return response.status, await _read_body(response, what, url), response.cookies
     except TimeoutError:
         raise AccountError(f"{what}: {_origin(url)} did not answer in time") from None
     except (aiohttp.ClientError, OSError) as exc:
         # redact_text: some aiohttp errors quote the URL, and setrefresh's holds the token.
         detail = redact_text(str(exc)) or type(exc).__name__
         raise AccountError(f"{what}: cannot reach {_origin(url)}: {detail}") from None
+
+
+async def _read_body(response: aiohttp.ClientResponse, what: str, url: str) -> bytes:
+    """The whole body, however many reads it arrives in (a listing is tens of kB)."""
+    chunks, size = [], 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise AccountError(
+                f"{what}: {_origin(url)} answered more than {MAX_ANSWER_BYTES // 2**20} MiB"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _origin(url: str) -> str:
@@ -168,38 +173,52 @@ async def login(
     credentials and AccountError if it cannot be asked; never retries (repeated
     failures lock the account)."""
     account_url = account_url.rstrip("/")
+    register_secret(password)
     body = {"username": email, "password": password, "fingerprint": fingerprint, "iniframe": 0}
     headers = {**browser_headers(account_url), "Content-Type": "application/json"}
-    status, raw, set_cookies = await _exchange(
+    status, raw, set_cookies = await exchange(
         http, "POST", f"{account_url}/api/login", what="login", headers=headers, json=body
     )
     token, user = parse_login_answer(status, raw)
     cookies = merge_cookies([], cookie_updates(set_cookies))
+    _register(token, cookies)
+    roles = parse_roles(user)
     if not any(c["name"] == AUTH_COOKIE and c["value"] for c in cookies):
         raise AccountError(f"login: AimHarder accepted it but set no {AUTH_COOKIE} cookie")
     log.info(
-        "account_login_ok", member=mask_email(email), cookie_names=[c["name"] for c in cookies]
+        "account_login_ok",
+        member=mask_email(email),
+        cookie_names=[c["name"] for c in cookies],
+        boxes=None if roles is None else [role.box_id for role in roles],
     )
-    return LoginResult(token=token, cookies=cookies, user=user)
+    return LoginResult(token=token, cookies=cookies, user=user, roles=roles)
 
 
 async def set_refresh(
     http: aiohttp.ClientSession, account_url: str, token: str, fingerprint: str, cookies: Cookies
 ) -> Cookies:
-    """`GET {account}/setrefresh?token=..&fingerprint=..`, which some clients call after
-    login before a box accepts the cookie; returns the cookies merged with any it set."""
+    """`GET {account}/setrefresh?token=..&fingerprint=..` of the older HTML login, which
+    no JSON client calls (`login` does not need it); returns the cookies merged with any
+    it set. Best effort: when it fails, the cookies as they were (and a warning), since
+    a failure here must never undo a login that succeeded."""
     account_url = account_url.rstrip("/")
-    status, _, set_cookies = await _exchange(
-        http,
-        "GET",
-        f"{account_url}/setrefresh",
-        what="setrefresh",
-        headers=browser_headers(account_url, cookies),
-        params={"token": token, "fingerprint": fingerprint},
-    )
+    register_secret(token)
+    try:
+        status, _, set_cookies = await exchange(
+            http,
+            "GET",
+            f"{account_url}/setrefresh",
+            what="setrefresh",
+            headers=browser_headers(account_url, cookies),
+            params={"token": token, "fingerprint": fingerprint},
+        )
+    except AccountError as exc:
+        log.warning("account_setrefresh_failed", error=str(exc))
+        return cookies
     # A redirect is how a web page answers; only an error status means it failed.
     if status >= 400:
-        raise AccountError(f"setrefresh: AimHarder answered HTTP {status}")
+        log.warning("account_setrefresh_failed", error=f"HTTP {status}")
+        return cookies
     return merge_cookies(cookies, cookie_updates(set_cookies))
 
 
@@ -213,8 +232,9 @@ async def refresh_token(
     """`POST {account}/api/tokenUpdate`: a new token, or SessionDead when AimHarder ended
     the session (a new login is needed). AccountError on transport errors, 5xx, garbage."""
     account_url = account_url.rstrip("/")
+    _register(token, cookies)
     headers = {**browser_headers(account_url, cookies), "Content-Type": _FORM}
-    status, raw, set_cookies = await _exchange(
+    status, raw, set_cookies = await exchange(
         http,
         "POST",
         f"{account_url}/api/tokenUpdate",
@@ -225,41 +245,16 @@ async def refresh_token(
     answer = parse_refresh_answer(status, raw)
     if isinstance(answer, SessionDead):
         return answer
-    return Refreshed(token=answer, cookies=merge_cookies(cookies, cookie_updates(set_cookies)))
-
-
-async def list_classes(
-    http: aiohttp.ClientSession,
-    box_base_url: str,
-    aimharder_box_id: str,
-    day: str,
-    cookies: Cookies,
-    family_id: str = "",
-) -> list[ClassInfo]:
-    """`GET {box}/api/bookings` for `day` (YYYYMMDD), as the member whose cookies these
-    are sees it. Raises SessionExpired on `{"logout": 1}`."""
-    box_base_url = box_base_url.rstrip("/")
-    params = {
-        "day": day,
-        "familyId": family_id,
-        "box": aimharder_box_id,
-        "_": str(int(time.time() * 1000)),  # the front end's cache buster
-    }
-    status, raw, _ = await _exchange(
-        http,
-        "GET",
-        f"{box_base_url}/api/bookings",
-        what="class listing",
-        headers=browser_headers(box_base_url, cookies),
-        params=params,
-    )
-    return parse_classes(status, raw)
+    renewed = merge_cookies(cookies, cookie_updates(set_cookies))
+    _register(answer, renewed)
+    return Refreshed(token=answer, cookies=renewed)
 
 
 # --- answers (pure) ------------------------------------------------------------------
 
 
-def _json(status: int, raw: bytes, what: str) -> Any:
+def json_answer(status: int, raw: bytes, what: str) -> Any:
+    """An answer's JSON; AccountError for a 5xx, a 403, or a body that is no JSON."""
     if status >= 500:
         raise AccountError(f"{what}: AimHarder failed (HTTP {status}); try again later")
     if status == 403:
@@ -271,11 +266,15 @@ def _json(status: int, raw: bytes, what: str) -> Any:
         return json.loads(raw)
     except ValueError:
         raise AccountError(f"{what}: AimHarder answered HTTP {status} without JSON") from None
+    except RecursionError:  # brackets nested deeper than the parser goes: not an answer
+        raise AccountError(
+            f"{what}: AimHarder answered HTTP {status} with JSON nested too deeply to read"
+        ) from None
 
 
 def parse_login_answer(status: int, raw: bytes) -> tuple[str, dict[str, Any]]:
     """(refresh token, userData) from a login answer; LoginFailed or AccountError."""
-    answer = _json(status, raw, "login")
+    answer = json_answer(status, raw, "login")
     if not isinstance(answer, dict):
         raise AccountError(f"login: unexpected answer (HTTP {status})")
     error = answer.get("error")
@@ -308,6 +307,32 @@ def parse_login_answer(status: int, raw: bytes) -> tuple[str, dict[str, Any]]:
     return token, user if isinstance(user, dict) else {}
 
 
+def parse_roles(user: Mapping[str, Any]) -> tuple[Role, ...] | None:
+    """The boxes a login answer's `userData.roles` says the member belongs to; None when
+    it says nothing readable. An empty `roles` is a member of no box, which AimHarder's
+    own clients refuse ("El usuario no tiene ningún box asociado"): LoginFailed."""
+    raw = user.get("roles")
+    if isinstance(raw, dict):  # PHP writes an array with gaps in its keys as an object
+        raw = list(raw.values())
+    if not isinstance(raw, list):
+        return None
+    if not raw:
+        raise LoginFailed(
+            "login refused: the member belongs to no box (AimHarder lists no role for "
+            "them); nothing was stored"
+        )
+    roles = []
+    for entry in raw:
+        boid = entry.get("boid") if isinstance(entry, dict) else None
+        if isinstance(boid, bool) or not isinstance(boid, int | str) or not str(boid).strip():
+            continue
+        url = entry.get("centre_url")
+        roles.append(
+            Role(one_line(str(boid), 64), one_line(url, 200) if isinstance(url, str) else "")
+        )
+    return tuple(dict.fromkeys(roles)) or None
+
+
 def _error_code(error: Any) -> str:
     """AimHarder's error code as one short, printable line."""
     if isinstance(error, dict):
@@ -319,7 +344,7 @@ def parse_refresh_answer(status: int, raw: bytes) -> str | SessionDead:
     """The new token of a tokenUpdate answer, or SessionDead; AccountError on garbage."""
     if status == 401:
         return SessionDead("AimHarder refused the token refresh (HTTP 401)")
-    answer = _json(status, raw, "token refresh")
+    answer = json_answer(status, raw, "token refresh")
     if not isinstance(answer, dict) or status != 200:
         raise AccountError(f"token refresh: unexpected answer (HTTP {status})")
     if answer.get("logout"):
@@ -330,72 +355,6 @@ def parse_refresh_answer(status: int, raw: bytes) -> str | SessionDead:
     # Name the keys, never the values: they may hold a token.
     keys = ", ".join(sorted(map(str, answer))) or "none"
     raise AccountError(f"token refresh: answer without newToken (keys: {keys})")
-
-
-class _Listed(BaseModel):
-    """One entry of `bookings[]`; numbers may come as strings, extra keys are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: str
-    time: str
-    className: str = ""
-    ocupation: int = 0
-    limitc: int | None = None
-    limit: int | None = None
-    waitlist: int = 0
-    bookState: int | None = None
-    idres: str | None = None
-
-    @field_validator("id", "idres", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @field_validator("limitc", "limit", "ocupation", "waitlist", "bookState", mode="before")
-    @classmethod
-    def _blank(cls, value: Any) -> Any:
-        return None if value == "" else value
-
-
-class _Listing(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    bookings: list[_Listed] = Field(default_factory=list)
-
-
-def parse_classes(status: int, raw: bytes) -> list[ClassInfo]:
-    """A `GET /api/bookings` answer as ClassInfo, in the order listed."""
-    answer = _json(status, raw, "class listing")
-    if isinstance(answer, dict) and answer.get("logout"):
-        raise SessionExpired(
-            "AimHarder answered logout to the class listing: the session is dead, "
-            "log in again (`prebookd login`)"
-        )
-    if status != 200 or not isinstance(answer, dict) or "bookings" not in answer:
-        raise AccountError(f"class listing: unexpected answer (HTTP {status})")
-    try:
-        listing = _Listing.model_validate(answer)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(map(str, first["loc"]))
-        raise AccountError(f"class listing: unexpected answer ({where}: {first['msg']})") from None
-    return [
-        ClassInfo(
-            session_id=entry.id,
-            time=entry.time,
-            name=entry.className,
-            occupancy=entry.ocupation,
-            limit=entry.limitc if entry.limitc is not None else (entry.limit or 0),
-            waitlist=entry.waitlist,
-            booked=entry.bookState == 1,
-            # bookState 0 is the waiting list once there is a reservation; without one
-            # it is only a value some answers use for "not booked".
-            waitlisted=entry.bookState == 0 and entry.idres is not None,
-            reservation_id=entry.idres,
-        )
-        for entry in listing.bookings
-    ]
 
 
 # --- cookies (pure) ------------------------------------------------------------------

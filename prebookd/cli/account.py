@@ -23,9 +23,11 @@ import asyncpg
 
 from prebookd import timeparse
 from prebookd.aimharder import account
-from prebookd.aimharder.account import ClassInfo, SessionExpired
+from prebookd.aimharder.account import Role, SessionExpired
+from prebookd.aimharder.classes import ClassInfo, list_classes
 from prebookd.cli.common import (
     box_zone,
+    checked_box_url,
     database,
     known_box,
     parse_email,
@@ -37,6 +39,7 @@ from prebookd.cli.common import (
 from prebookd.db import admin_store
 from prebookd.errors import UsageError
 from prebookd.settings import Settings
+from prebookd.text import one_line
 
 _CLASSES_HEADERS = ("TIME", "CLASS", "SESSION ID", "BOOKED", "WAITING", "YOU")
 
@@ -54,7 +57,8 @@ def add_account_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPa
     login.add_argument(
         "--box",
         metavar="SUBDOMAIN",
-        help="also check that this box accepts the session (lists today's classes)",
+        help="the member must belong to this box (AimHarder's roles say so); also check "
+        "that it accepts the session (lists today's classes)",
     )
     login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     login.set_defaults(handler=_login)
@@ -93,25 +97,63 @@ async def _login(args: argparse.Namespace, settings: Settings) -> int:
     # The database first: a schema or box problem is told before a password is typed.
     async with database(settings) as conn:
         box = await known_box(conn, subdomain) if subdomain else None
+        box_url = checked_box_url(box, settings.box_hosts) if box else None
         # Read on the loop's thread, blocking it (nothing else runs): in a worker thread,
         # Ctrl-C would leave getpass waiting with the terminal's echo off.
         password = _read_password(email, args.password_stdin)
         async with _http() as http:
             result = await account.login(http, settings.aimharder_url, email, password, fingerprint)
             del password  # nothing below needs it
-            cookies = await account.set_refresh(
-                http, settings.aimharder_url, result.token, fingerprint, result.cookies
-            )
+            boxes = await admin_store.list_boxes(conn)
+            if box is not None and result.roles is not None:
+                _require_role(email, box, result.roles, boxes)
+            # No setrefresh: the JSON login's cookies are the session (shared/AIMHARDER.md).
             created = await admin_store.store_background_session(
-                conn, user_email=email, fingerprint=fingerprint, token=result.token, cookies=cookies
+                conn,
+                user_email=email,
+                fingerprint=fingerprint,
+                token=result.token,
+                cookies=result.cookies,
             )
             print(
                 f"logged in {email}: background session {'stored' if created else 'updated'} "
                 f"(fingerprint {fingerprint[:12]}...)"
             )
-            if box is not None:
-                await _check_box(http, box, email, cookies)
+            print(_describe_roles(email, result.roles, boxes))
+            if box is not None and box_url is not None:
+                await _check_box(http, box, box_url, email, result.cookies)
     return 0
+
+
+def _role_matches(role: Role, box: admin_store.Box) -> bool:
+    if role.box_id == (box.box_id or "").strip():
+        return True
+    own = (box.base_url or f"https://{box.subdomain}.aimharder.com").rstrip("/").lower()
+    return bool(role.centre_url) and role.centre_url.rstrip("/").lower() == own
+
+
+def _require_role(
+    email: str, box: admin_store.Box, roles: Sequence[Role], boxes: Sequence[admin_store.Box]
+) -> None:
+    """Refuse a --box the member has no role at: their bookings there would all fail."""
+    if not any(_role_matches(role, box) for role in roles):
+        raise UsageError(
+            f"{email} does not belong to box {box.subdomain} (box id {box.box_id}): "
+            f"{_describe_roles(email, roles, boxes)}; nothing was stored"
+        )
+
+
+def _describe_roles(
+    email: str, roles: Sequence[Role] | None, boxes: Sequence[admin_store.Box]
+) -> str:
+    if roles is None:
+        return f"AimHarder did not say which boxes {email} belongs to"
+    named = []
+    for role in roles:
+        known = [b.subdomain for b in boxes if _role_matches(role, b)]
+        where = known[0] if known else f"{role.centre_url or 'a box'} (not added)"
+        named.append(f"{one_line(where, 120)} (box id {role.box_id})")
+    return f"AimHarder says {email} belongs to: {', '.join(named)}"
 
 
 def _read_password(email: str, from_stdin: bool) -> str:
@@ -126,13 +168,17 @@ def _read_password(email: str, from_stdin: bool) -> str:
 
 
 async def _check_box(
-    http: aiohttp.ClientSession, box: admin_store.Box, email: str, cookies: account.Cookies
+    http: aiohttp.ClientSession,
+    box: admin_store.Box,
+    box_url: str,
+    email: str,
+    cookies: account.Cookies,
 ) -> None:
     """List today's classes at the box with the new session: proof the box accepts it."""
     today = datetime.now(UTC).astimezone(box_zone(box)).date()
     try:
-        listed = await account.list_classes(
-            http, _box_url(box), box.box_id or "", timeparse.format_day(today), cookies
+        listed = await list_classes(
+            http, box_url, box.box_id or "", timeparse.format_day(today), cookies
         )
     except SessionExpired:
         raise account.AccountError(
@@ -141,10 +187,6 @@ async def _check_box(
             f"{box.subdomain} --email {email}` in a minute"
         ) from None
     print(f"box {box.subdomain} accepts the session: {len(listed)} classes today")
-
-
-def _box_url(box: admin_store.Box) -> str:
-    return box.base_url or f"https://{box.subdomain}.aimharder.com"
 
 
 # --- classes -------------------------------------------------------------------------
@@ -158,7 +200,7 @@ async def _classes(args: argparse.Namespace, settings: Settings) -> int:
     async with database(settings) as conn:
         box = await known_box(conn, subdomain)
         zone = box_zone(box)
-        listed = await _list_for(conn, box, email, day, family_id)
+        listed = await _list_for(settings, conn, box, email, day, family_id)
     window = timeparse.window_from_columns(box.booking_window_kind, box.booking_window_length)
     opens = {c.session_id: _opening_or_none(c, day, zone, window) for c in listed}
     if args.json:
@@ -179,9 +221,15 @@ async def _classes(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _list_for(
-    conn: asyncpg.Connection, box: admin_store.Box, email: str, day: date, family_id: str
+    settings: Settings,
+    conn: asyncpg.Connection,
+    box: admin_store.Box,
+    email: str,
+    day: date,
+    family_id: str,
 ) -> list[ClassInfo]:
     """The day's classes as `email` sees them, with their stored background session."""
+    box_url = checked_box_url(box, settings.box_hosts)
     session = await admin_store.find_background_session(conn, email)
     if session is None or not session.aimharder_cookies:
         raise UsageError(
@@ -192,8 +240,8 @@ async def _list_for(
         raise UsageError(f"{email}'s background session cookies are malformed: log in again")
     async with _http() as http:
         try:
-            return await account.list_classes(
-                http, _box_url(box), box.box_id or "", timeparse.format_day(day), cookies, family_id
+            return await list_classes(
+                http, box_url, box.box_id or "", timeparse.format_day(day), cookies, family_id
             )
         except SessionExpired:
             raise SessionExpired(
@@ -252,7 +300,7 @@ async def resolve_class(
     family_id: str = "",
 ) -> ClassInfo:
     """The class `query` ("07:00 WOD") or `session_id` names in the day's listing."""
-    listed = await _list_for(conn, box, email, day, family_id)
+    listed = await _list_for(settings, conn, box, email, day, family_id)
     where = f"at {box.subdomain} on {timeparse.format_day(day)}"
     if session_id is not None:
         found = [c for c in listed if c.session_id == session_id]

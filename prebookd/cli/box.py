@@ -44,7 +44,11 @@ def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
     add.add_argument("--subdomain", required=True, help="as in https://SUBDOMAIN.aimharder.com")
     add.add_argument("--box-id", required=True, help="AimHarder's box id (the `box=` parameter)")
     add.add_argument("--name", required=True, help="display name")
-    add.add_argument("--base-url", help="default: https://SUBDOMAIN.aimharder.com")
+    add.add_argument(
+        "--base-url",
+        help="default: https://SUBDOMAIN.aimharder.com; another must be https on a host "
+        "PREBOOKD_BOX_HOSTS allows",
+    )
     add.add_argument(
         "--timezone", default=DEFAULT_TIMEZONE, help=f"IANA zone (default: {DEFAULT_TIMEZONE})"
     )
@@ -73,7 +77,9 @@ async def _box_add(args: argparse.Namespace, settings: Settings) -> int:
     name = args.name.strip()
     if not name:
         raise UsageError("the box name must not be empty")
-    base_url = parse_base_url(args.base_url or f"https://{subdomain}.aimharder.com")
+    base_url = parse_base_url(
+        args.base_url or f"https://{subdomain}.aimharder.com", subdomain, settings.box_hosts
+    )
     zone = timeparse.parse_zone(args.timezone)
     window = timeparse.parse_window(args.window) if args.window else None
     async with database(settings) as conn:

@@ -21,7 +21,8 @@ from prebookd import timeparse
 from prebookd.db import admin_store
 from prebookd.db.connection import connect, database_dsn
 from prebookd.db.migrate import pending_migrations
-from prebookd.errors import DatabaseError, UsageError
+from prebookd.errors import BadRow, DatabaseError, UsageError
+from prebookd.models import box_base_url
 from prebookd.settings import Settings
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -92,7 +93,9 @@ def parse_token(what: str, text: str) -> str:
     return token
 
 
-def parse_base_url(text: str) -> str:
+def parse_base_url(text: str, subdomain: str, allowed_hosts: Sequence[str]) -> str:
+    """A box's base URL, if the daemon would send members' cookies there (as
+    `models.box_base_url` decides at arming): a UsageError otherwise."""
     parts = urlsplit(text.strip())
     try:
         parts.port  # noqa: B018 - raises on a non-numeric port
@@ -100,7 +103,19 @@ def parse_base_url(text: str) -> str:
         raise UsageError(f"malformed base URL {text!r}: the port is not a number") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"malformed base URL {text!r}: expected http(s)://host[:port]")
-    return text.strip().rstrip("/")
+    try:
+        return box_base_url(text.strip(), subdomain, allowed_hosts)
+    except BadRow as exc:
+        raise UsageError(f"{exc.reason} (members' cookies would go there)") from None
+
+
+def checked_box_url(box: admin_store.Box, allowed_hosts: Sequence[str]) -> str:
+    """Where a box's requests go, refused as the daemon refuses it: before any cookie
+    of a member is sent to a host PREBOOKD_BOX_HOSTS does not allow."""
+    try:
+        return box_base_url(box.base_url, box.subdomain, allowed_hosts)
+    except BadRow as exc:
+        raise UsageError(f"box {box.subdomain}: {exc.reason}; fix the boxes row") from None
 
 
 # --- output --------------------------------------------------------------------------
