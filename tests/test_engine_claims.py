@@ -134,6 +134,7 @@ class Bed:
                 horizon=3600.0,
                 max_lead=86_400.0,
                 lease_seconds=10.0,
+                box_hosts=("127.0.0.1",),  # the simulator's boxes
                 timing=Timing(
                     stage_lead=0.3, spin_window=0.003, retry_window=0.5, retry_interval=0.05
                 ),

@@ -164,7 +164,7 @@ class Claims(EngineCore):
     def _arm_one(self, record: dict[str, Any]) -> None:
         cfg = self.config
         try:
-            booking = build_booking(record)
+            booking = build_booking(record, cfg.box_hosts)
         except BadRow as exc:
             self._fail(record["id"], "bad_row", exc.reason)
             return

@@ -28,7 +28,7 @@ from prebookd.daemon.results import ResultWriter
 from prebookd.daemon.scheduler import Entry, Schedule
 from prebookd.daemon.sessions import SessionKeeper
 from prebookd.models import ResultUpdate, RowState
-from prebookd.settings import Settings
+from prebookd.settings import DEFAULT_BOX_HOSTS, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +50,7 @@ class EngineConfig:
     max_lead: float
     lease_seconds: float
     timing: Timing
+    box_hosts: tuple[str, ...] = DEFAULT_BOX_HOSTS  # PREBOOKD_BOX_HOSTS
     # The lease owner of the process that ran before this one on its state directory,
     # dead (statedir.py): its rows are this one's to take back at once.
     predecessor: str | None = None
@@ -68,6 +69,7 @@ class EngineConfig:
             horizon=settings.horizon,
             max_lead=settings.max_lead_days * 86_400.0,
             lease_seconds=settings.lease_seconds,
+            box_hosts=settings.box_hosts,
             timing=Timing(
                 stage_lead=settings.stage_lead,
                 stage_requests=settings.stage_requests,

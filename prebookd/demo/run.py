@@ -346,6 +346,7 @@ class DemoDaemon:
         env.update(
             PREBOOKD_DATABASE_URL=dsn,
             PREBOOKD_AIMHARDER_URL=aimharder_url,
+            PREBOOKD_BOX_HOSTS="127.0.0.1",  # the simulator: plain http on loopback
             PREBOOKD_STATUS_PORT="0",
             PREBOOKD_STATE_DIR=str(self._state_dir),
             PREBOOKD_INSTANCE_NAME="demo",
