@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from yarl import URL
 
 from prebookd.errors import BadRow
+from prebookd.log import register_secret
 from prebookd.settings import DEFAULT_BOX_HOSTS, url_not_allowed
 from prebookd.text import clip, one_line
 
@@ -84,7 +85,7 @@ class MemberSession:
         return cls(
             id=record["session_id"],
             email=record["user_email"] or "",
-            token=record["aimharder_token"],
+            token=_secret(record["aimharder_token"]),
             fingerprint=record["fingerprint"],
             cookies=list(cookies) if isinstance(cookies, list) else [],
             refreshed_at=_epoch(record["last_token_update_date"]),
@@ -300,7 +301,14 @@ def cookie_header(cookies: Iterable[Any]) -> str:
         if not _COOKIE_TOKEN.match(name) or not _COOKIE_VALUE.match(value):
             raise ValueError(f"cookie {name[:40]!r} has a name or value unfit for a header")
         pairs.append(f"{name}={value}")
+        register_secret(value)  # a member's cookie: masked in any log line from now on
     return "; ".join(pairs)
+
+
+def _secret(value: Any) -> Any:
+    """A member's token, registered to be masked in any log line, as it is."""
+    register_secret(value)
+    return value
 
 
 def _epoch(value: dt.datetime | None) -> float | None:

@@ -20,6 +20,7 @@ from prebookd.log import (
     mask_email,
     register_secret,
 )
+from prebookd.models import MemberSession, cookie_header
 
 SECRETS = ("s3cretTok", "c00kieVal", "pa55word", "dsnPa55", "nestedTok", "jarVal", "bodyTok")
 
@@ -305,3 +306,26 @@ def test_the_oldest_registered_secrets_are_forgotten_first(
     assert [f"secret-number-{n}" in shown for n in range(6)] == [
         True, True, False, True, False, False,
     ]  # fmt: skip
+
+
+def test_a_session_read_from_the_table_has_its_secrets_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The daemon loads members' cookies and tokens from Postgres, not through the
+    account client: once a row is turned into a booking, they are masked in any line."""
+    cookie, token = "CookieFromTheTable42", "token-from-the-table-77"
+    record = {
+        "session_id": 1,
+        "aimharder_token": token,
+        "aimharder_cookies": [{"name": "amhrdrauth", "value": cookie}],
+        "fingerprint": "f" * 50,
+        "last_token_update_date": None,
+        "user_email": "ana@x.es",
+    }
+    session = MemberSession.from_record(record)
+    assert session is not None
+    cookie_header(record["aimharder_cookies"])
+    configure_logging("info", "console")
+    structlog.get_logger("test").warning("odd_answer", body=f"{cookie} and {token}")
+    out = capsys.readouterr().err
+    assert cookie not in out and token not in out
