@@ -133,8 +133,8 @@ async def test_login_stores_the_background_session(
     assert run.code == 0, run
     assert "logged in jane@example.com: background session stored" in run.out
     assert "box alpha accepts the session" in run.out
-    # The simulator's login answer has no roles (yet): nothing to check them against.
-    assert "AimHarder did not say which boxes jane@example.com belongs to" in run.out
+    # The simulator lists the member's boxes (login's userData.roles), as AimHarder does.
+    assert "AimHarder says jane@example.com belongs to: alpha" in run.out
     assert len(logins(sim)) == 1 and logins(sim)[0].email == EMAIL
     # The JSON login's cookies are the session: no setrefresh (the older HTML login's).
     assert [r.path for r in sim.requests if r.box == ""] == ["/api/login"]
@@ -149,7 +149,7 @@ async def test_login_stores_the_background_session(
     member = sim.member_for_token(row["aimharder_token"])
     assert member is not None and member.email == EMAIL
     cookies = {c["name"]: c["value"] for c in row["aimharder_cookies"]}
-    assert set(cookies) == {"amhrdrauth", "AWSALB", "PHPSESSID"}
+    assert set(cookies) == {"amhrdrauth", "AWSALB", "AWSALBCORS", "PHPSESSID"}
     assert sim.member_for_cookie(cookies["amhrdrauth"], time.time()) is member
 
     # The password went to AimHarder once and nowhere else.
