@@ -261,6 +261,9 @@ class Daemon:
     async def reload(self) -> None:
         """SIGHUP: re-read settings (env file included), apply the live ones, resync."""
         self._notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        # Parsing settings and reconfiguring logging take milliseconds of the loop: not
+        # while an instant is about to fire.
+        await self.engine.hot.wait_clear()
         try:
             new = read_settings()
         except ConfigError as exc:
