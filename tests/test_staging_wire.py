@@ -264,6 +264,28 @@ async def test_a_request_with_no_gate_writes_nothing_before_its_instant(
         assert attempt.written_at is not None and attempt.written_at >= instant
 
 
+def firing_at(
+    instant: float,
+    client: AimHarderClient,
+    reports: list[ResultUpdate],
+    *,
+    stage_lead: float,
+    retry_window: float,
+) -> Firing:
+    """The daemon's firing of one instant, reporting into `reports`."""
+    timing = Timing(
+        stage_lead=stage_lead, spin_window=0.003, retry_window=retry_window, retry_interval=0.05
+    )
+    return Firing(
+        instant,
+        client=client,
+        timing=timing,
+        report=reports.append,
+        instance="test",
+        hot=HotWindows(),
+    )
+
+
 @pytest.mark.parametrize("idle_action", ["close", "408"])
 async def test_a_staged_request_whose_connection_is_closed_as_idle_goes_at_its_instant(
     wire: RecordingServer, client: AimHarderClient, idle_action: str
@@ -274,14 +296,7 @@ async def test_a_staged_request_whose_connection_is_closed_as_idle_goes_at_its_i
     wire.idle_timeout, wire.idle_action = 0.3, idle_action
     reports: list[ResultUpdate] = []
     instant = time.time() + 1.3
-    firing = Firing(
-        instant,
-        client=client,
-        timing=Timing(stage_lead=1.0, spin_window=0.003, retry_window=1.0, retry_interval=0.05),
-        report=reports.append,
-        instance="test",
-        hot=HotWindows(),
-    )
+    firing = firing_at(instant, client, reports, stage_lead=1.0, retry_window=1.0)
     for _ in range(3):
         firing.add(booking_for(wire))
     await firing.run()
@@ -307,14 +322,7 @@ async def test_requests_on_connections_soon_closed_as_idle_are_staged_again_befo
     reports: list[ResultUpdate] = []
     lead = 1.55
     instant, instant_mono = time.time() + lead, time.monotonic() + lead
-    firing = Firing(
-        instant,
-        client=client,
-        timing=Timing(stage_lead=1.5, spin_window=0.003, retry_window=1.0, retry_interval=0.05),
-        report=reports.append,
-        instance="test",
-        hot=HotWindows(),
-    )
+    firing = firing_at(instant, client, reports, stage_lead=1.5, retry_window=1.0)
     for _ in range(2):
         firing.add(booking_for(wire))
     await firing.run()
@@ -333,14 +341,7 @@ async def test_a_booking_staged_again_can_still_be_withdrawn(
     wire.idle_timeout = 0.2
     reports: list[ResultUpdate] = []
     instant = time.time() + 1.2
-    firing = Firing(
-        instant,
-        client=client,
-        timing=Timing(stage_lead=1.0, spin_window=0.003, retry_window=0.5, retry_interval=0.05),
-        report=reports.append,
-        instance="test",
-        hot=HotWindows(),
-    )
+    firing = firing_at(instant, client, reports, stage_lead=1.0, retry_window=0.5)
     kept, withdrawn = booking_for(wire), booking_for(wire)
     firing.add(kept)
     firing.add(withdrawn)
