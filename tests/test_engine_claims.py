@@ -258,7 +258,10 @@ async def test_a_row_moved_while_its_claim_is_answered_fires_at_its_new_instant(
     requests = bed.book_requests()
     assert len(requests) == 1
     assert moved_to <= requests[0].arrived_at < moved_to + 0.1
-    assert bed.held.claims == 2  # the first claim was let go, the row claimed anew
+    # The first claim was let go and the row claimed anew; a third when that new claim
+    # met the first one's release still in flight (SKIP LOCKED passed the row by, and it
+    # was read again 0.2 s later): seen once in CI, sent once all the same.
+    assert bed.held.claims in (2, 3)
     assert bed.crashes == []
 
 
