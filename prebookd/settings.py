@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -386,15 +386,27 @@ def read_settings() -> Settings:
     systemd reads `EnvironmentFile=` only when it starts the service, so a reload
     (SIGHUP) must read the file itself, and what it says wins over the environment
     the process was started with."""
-    overrides: dict[str, Any] = {}
-    path = os.environ.get(ENV_FILE_VARIABLE)
-    if path:
-        if not os.path.exists(path):
-            raise ConfigError(f"{ENV_FILE_VARIABLE}: no such file: {path}")
-        for key, value in dotenv_values(path).items():
-            if key.startswith("PREBOOKD_") and key != ENV_FILE_VARIABLE and value is not None:
-                overrides[key.removeprefix("PREBOOKD_").lower()] = value
+    overrides = {
+        key.removeprefix("PREBOOKD_").lower(): value
+        for key, value in env_file_variables().items()
+        if key != ENV_FILE_VARIABLE
+    }
     return load_settings(**overrides)
+
+
+def env_file_variables(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The `PREBOOKD_*` variables of the file `PREBOOKD_ENV_FILE` names (none if unset),
+    names upper-cased as the settings read them (case does not matter to them)."""
+    path = environ.get(ENV_FILE_VARIABLE)
+    if not path:
+        return {}
+    if not os.path.exists(path):
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: no such file: {path}")
+    return {
+        key.upper(): value
+        for key, value in dotenv_values(path).items()
+        if key.upper().startswith("PREBOOKD_") and value is not None
+    }
 
 
 def changed_settings(old: Settings, new: Settings) -> set[str]:

@@ -35,11 +35,12 @@ async def test_config_prints_every_setting_with_the_password_masked(tmp_path: Pa
 
     assert code == 0, err
     assert SECRET not in out + err
-    lines = {line.split()[0]: line.split(maxsplit=1)[1] for line in out.splitlines()}
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
     assert set(lines) == {f"PREBOOKD_{name.upper()}" for name in Settings.model_fields}
-    assert lines["PREBOOKD_DATABASE_URL"] == "postgresql://u:****@host:5432/db"
-    assert lines["PREBOOKD_ARM_LEAD"] == "90.0"
-    assert lines["PREBOOKD_STATE_DIR"] == str(tmp_path)
+    assert lines["PREBOOKD_DATABASE_URL"] == ["postgresql://u:****@host:5432/db", "(environment)"]
+    assert lines["PREBOOKD_ARM_LEAD"] == ["90.0", "(environment)"]
+    assert lines["PREBOOKD_STAGE_LEAD"] == ["3.0", "(default)"]
+    assert lines["PREBOOKD_STATE_DIR"] == [str(tmp_path), "(environment)"]
 
 
 async def test_config_json(tmp_path: Path) -> None:
@@ -50,17 +51,73 @@ async def test_config_json(tmp_path: Path) -> None:
     assert code == 0, err
     assert SECRET not in out + err
     shown = json.loads(out)
-    assert set(shown) == set(Settings.model_fields)
-    assert shown["database_url"] == "postgresql://u:****@host:5432/db"
-    assert shown["db_pool_max"] == Settings.model_fields["db_pool_max"].default
-    assert shown["log_format"] == "console"
+    assert set(shown["settings"]) == set(shown["sources"]) == set(Settings.model_fields)
+    assert shown["settings"]["database_url"] == "postgresql://u:****@host:5432/db"
+    assert shown["sources"]["database_url"] == "environment"
+    assert shown["settings"]["db_pool_max"] == Settings.model_fields["db_pool_max"].default
+    assert shown["sources"]["db_pool_max"] == "default"
+    assert shown["settings"]["log_format"] == "console"
+    assert shown["unknown_variables"] == []
 
 
 async def test_config_without_database_url_says_embedded(tmp_path: Path) -> None:
     code, out, err = await run_prebookd("config", "--json", env=cli_env(tmp_path))
 
     assert code == 0, err
-    assert json.loads(out)["database_url"] == "(embedded)"
+    assert json.loads(out)["settings"]["database_url"] == "(embedded)"
+
+
+async def test_config_says_which_values_the_env_file_set(tmp_path: Path) -> None:
+    env_file = tmp_path / "prebookd.env"
+    env_file.write_text("PREBOOKD_ARM_LEAD=120\nPREBOOKD_RETRY_WINDOW=5\n")
+    env = cli_env(
+        tmp_path,
+        PREBOOKD_ENV_FILE=str(env_file),
+        PREBOOKD_ARM_LEAD="90",  # the file wins, as on a reload
+        PREBOOKD_STAGE_LEAD="2",
+    )
+    code, out, err = await run_prebookd("config", "--json", env=env)
+
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["settings"]["arm_lead"] == 120.0
+    assert shown["sources"]["arm_lead"] == f"env file {env_file}"
+    assert shown["sources"]["retry_window"] == f"env file {env_file}"
+    assert shown["sources"]["stage_lead"] == "environment"
+    assert shown["sources"]["retry_interval"] == "default"
+
+
+async def test_a_misspelt_variable_is_a_warning_naming_the_setting_it_resembles(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / "prebookd.env"
+    env_file.write_text("PREBOOKD_RETRYWINDOW=5\n")
+    env = cli_env(
+        tmp_path,
+        PREBOOKD_ARMLEAD="5",
+        PREBOOKD_COLOUR="blue",
+        PREBOOKD_ENV_FILE=str(env_file),
+        PREBOOKD_DATABASE_URL="postgresql://postgres@127.0.0.1:1/none",
+    )
+    (code, out, err), (_, _, list_err) = await asyncio.gather(
+        run_prebookd("config", env=env), run_prebookd("list", env=env)
+    )
+
+    assert code == 0, err
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: PREBOOKD_ARMLEAD (in the environment) is not a setting: ignored; "
+        "did you mean PREBOOKD_ARM_LEAD?",
+        "warning: PREBOOKD_COLOUR (in the environment) is not a setting: ignored",
+        f"warning: PREBOOKD_RETRYWINDOW (in the env file {env_file}) is not a setting: "
+        "ignored; did you mean PREBOOKD_RETRY_WINDOW?",
+    ]
+    # Every other command warns at start, in the log, before it does its work.
+    logged = [line for line in list_err.splitlines() if "unknown_setting" in line]
+    assert len(logged) == 3, list_err
+    assert "[warning]" in logged[0]
+    assert "variable=PREBOOKD_ARMLEAD" in logged[0]
+    assert "suggestion=PREBOOKD_ARM_LEAD" in logged[0]
 
 
 @pytest.mark.parametrize(
@@ -150,10 +207,12 @@ async def test_a_loopback_account_site_named_in_box_hosts(tmp_path: Path) -> Non
     code, out, err = await run_prebookd("config", "--json", env=env)
 
     assert code == 0, err
-    shown = json.loads(out)
+    shown = json.loads(out)["settings"]
     assert shown["aimharder_url"] == "http://127.0.0.1:8080"
     assert shown["box_hosts"] == "127.0.0.1,aimharder.com,*.aimharder.com"
-    default = json.loads((await run_prebookd("config", "--json", env=cli_env(tmp_path)))[1])
+    default = json.loads((await run_prebookd("config", "--json", env=cli_env(tmp_path)))[1])[
+        "settings"
+    ]
     assert default["box_hosts"] == "aimharder.com,*.aimharder.com,aimharder.es,*.aimharder.es"
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from prebookd import __version__
+import structlog
+
+from prebookd import __version__, setting_sources
 from prebookd.errors import PrebookdError
 from prebookd.log import configure_logging
 from prebookd.settings import Settings, read_settings
@@ -57,13 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(handler=_migrate)
 
-    config = commands.add_parser(
-        "config",
-        help="print the effective settings (secrets masked)",
-        description="Print every setting as prebookd sees it, secrets masked.",
-    )
-    config.add_argument("--json", action="store_true", help="print JSON")
-    config.set_defaults(handler=_config)
+    from prebookd.cli.config import add_config_parser
+
+    add_config_parser(commands)
 
     # --- producer-side commands (box, add, list, cancel) ---
     from prebookd.cli.account import add_account_parsers
@@ -113,15 +110,14 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _config(args: argparse.Namespace, settings: Settings) -> int:
-    shown = settings.describe()
-    if args.json:
-        print(json.dumps(shown, indent=2, default=str))
-    else:
-        width = max(len(name) for name in shown)
-        for name, value in shown.items():
-            print(f"PREBOOKD_{name.upper():<{width}}  {value}")
-    return 0
+def _warn_unknown_variables() -> None:
+    for variable in setting_sources.unknown_variables():
+        structlog.get_logger().warning(
+            "unknown_setting",
+            variable=variable.name,
+            source=variable.source,
+            suggestion=variable.suggestion,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = read_settings()
         configure_logging(settings.log_level, settings.log_format)
+        if getattr(args, "warns_unknown_variables", True):  # `config` lists them itself
+            _warn_unknown_variables()
         handler: Handler = args.handler
         return asyncio.run(handler(args, settings))
     except PrebookdError as exc:

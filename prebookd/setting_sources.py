@@ -1,0 +1,77 @@
+"""Where each setting's value came from, and the `PREBOOKD_*` variables no setting knows.
+
+pydantic-settings ignores a variable it has no field for, so a typo such as
+`PREBOOKD_ARMLEAD=5` would leave the default in force without a word: every command
+warns about such variables at start (and `prebookd config` lists them), with the
+setting the name is closest to.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from prebookd.settings import ENV_FILE_VARIABLE, Settings, env_file_variables
+
+PREFIX = "PREBOOKD_"
+
+# Variables that are no setting but mean something to prebookd or its tests.
+OTHER_VARIABLES = frozenset({ENV_FILE_VARIABLE, "PREBOOKD_TEST_DATABASE_URL"})
+
+DEFAULT = "default"
+ENVIRONMENT = "environment"
+
+
+def setting_variables() -> dict[str, str]:
+    """Each setting's variable name: {"PREBOOKD_ARM_LEAD": "arm_lead", ...}."""
+    return {f"{PREFIX}{name.upper()}": name for name in Settings.model_fields}
+
+
+def sources(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """For each setting, where its value came from: `env file PATH` (which wins, as
+    `read_settings` reads it last), `environment`, or `default`."""
+    from_file = env_file_variables(environ)
+    in_environment = {key.upper() for key in environ}
+    file_source = f"env file {environ.get(ENV_FILE_VARIABLE)}"
+    found: dict[str, str] = {}
+    for variable, name in setting_variables().items():
+        if variable in from_file:
+            found[name] = file_source
+        elif variable in in_environment:
+            found[name] = ENVIRONMENT
+        else:
+            found[name] = DEFAULT
+    return found
+
+
+@dataclass(frozen=True)
+class UnknownVariable:
+    name: str
+    source: str  # "environment" or "env file PATH"
+    suggestion: str | None  # the setting's variable it is closest to, if any
+
+    def describe(self) -> str:
+        hint = f"; did you mean {self.suggestion}?" if self.suggestion else ""
+        return f"{self.name} (in the {self.source}) is not a setting: ignored{hint}"
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[UnknownVariable]:
+    """`PREBOOKD_*` variables of the environment and the env file that no setting
+    reads, each with the closest setting's name when one is close."""
+    known = setting_variables()
+    file_source = f"env file {environ.get(ENV_FILE_VARIABLE)}"
+    seen: dict[str, str] = {key.upper(): ENVIRONMENT for key in environ}
+    seen.update(dict.fromkeys(env_file_variables(environ), file_source))
+    unknown = []
+    for name, source in sorted(seen.items()):
+        if not name.startswith(PREFIX) or name in known or name in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if not close:
+            # PREBOOKD_ARMLEAD and PREBOOKD_ARM_LEAD differ by an underscore only.
+            squeezed = {variable.replace("_", ""): variable for variable in known}
+            close = [squeezed[key] for key in (name.replace("_", ""),) if key in squeezed]
+        unknown.append(UnknownVariable(name, source, close[0] if close else None))
+    return unknown
