@@ -22,6 +22,10 @@ from prebookd.errors import UsageError
 _DAY = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 # fromisoformat() takes a bare date as midnight; an opening instant needs a time.
 _DATE_ONLY = re.compile(r"^\d{4}-?\d{2}-?\d{2}$")
+_RELATIVE_DAY = re.compile(r"^\+(\d{1,4})d?$")
+_NAMED_DAYS = {"today": 0, "tomorrow": 1}
+_RELATIVE_INSTANT = re.compile(r"^\+(\d{1,6})(s|m|h)$")
+_UNIT = {"s": timedelta(seconds=1), "m": timedelta(minutes=1), "h": timedelta(hours=1)}
 
 # Files in /usr/share/zoneinfo that zoneinfo loads but that are not IANA zone names:
 # stored on a box they would mean "whatever the machine reading the row uses".
@@ -33,15 +37,24 @@ INSTANT_FORMS = (
 )
 
 
-def parse_day(text: str) -> date:
-    """`YYYYMMDD` (AimHarder's form) or `YYYY-MM-DD`."""
-    match = _DAY.match(text.strip())
+def parse_day(text: str, today: date | None = None) -> date:
+    """`YYYYMMDD` (AimHarder's form) or `YYYY-MM-DD`; given `today` (in the box's
+    zone), also `today`, `tomorrow` and `+N` / `+Nd` (N days after today)."""
+    cleaned = text.strip().lower()
+    if today is not None:
+        relative = _RELATIVE_DAY.match(cleaned)
+        if cleaned in _NAMED_DAYS:
+            return today + timedelta(days=_NAMED_DAYS[cleaned])
+        if relative:
+            return today + timedelta(days=int(relative[1]))
+    match = _DAY.match(cleaned)
     if match:
         try:
             return date(int(match[1]), int(match[2]), int(match[3]))
         except ValueError:
             pass
-    raise UsageError(f"malformed day {text!r}: expected YYYYMMDD, e.g. 20301201")
+    relative_forms = ", today, tomorrow or +N (days from today)" if today is not None else ""
+    raise UsageError(f"malformed day {text!r}: expected YYYYMMDD, e.g. 20301201{relative_forms}")
 
 
 def format_day(day: date) -> str:
@@ -67,15 +80,20 @@ def parse_zone(name: str | None) -> ZoneInfo:
         ) from None
 
 
-def parse_instant(text: str, zone: ZoneInfo) -> datetime:
-    """The instant `text` names, in UTC; a time without offset is local to `zone`."""
+def parse_instant(text: str, zone: ZoneInfo, now: datetime | None = None) -> datetime:
+    """The instant `text` names, in UTC; a time without offset is local to `zone`.
+    Given `now`, also `+30s`, `+5m`, `+2h` (that long from now: for trying things)."""
     cleaned = text.strip()
+    relative = _RELATIVE_INSTANT.match(cleaned)
+    if relative and now is not None:
+        return (now + int(relative[1]) * _UNIT[relative[2]]).astimezone(UTC)
+    forms = f"{INSTANT_FORMS}{', or +30s, +5m, +2h from now' if now is not None else ''}"
     if not cleaned or _DATE_ONLY.match(cleaned):
-        raise UsageError(f"malformed instant {text!r}: expected {INSTANT_FORMS}")
+        raise UsageError(f"malformed instant {text!r}: expected {forms}")
     try:
         parsed = datetime.fromisoformat(cleaned)
     except ValueError:
-        raise UsageError(f"malformed instant {text!r}: expected {INSTANT_FORMS}") from None
+        raise UsageError(f"malformed instant {text!r}: expected {forms}") from None
     if parsed.tzinfo is None:
         return localize(parsed, zone)
     return parsed.astimezone(UTC)

@@ -10,8 +10,10 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -260,6 +262,42 @@ def test_opens_at_accepts_relative_iso_and_epoch_times() -> None:
         parse_opens_at("2027-01-15T09:00:00", now)
     with pytest.raises(ValueError, match="not a time"):
         parse_opens_at("tomorrow", now)
+
+
+async def test_control_classes_take_times_and_days_as_people_write_them(
+    http: aiohttp.ClientSession,
+) -> None:
+    sim = Simulator()
+    base = await sim.start()
+    try:
+        sim.add_box("gamma")
+        before = time.time()
+        payload = {
+            "box": "gamma",
+            "session_id": "555",
+            "day": "+5d",
+            "opens_at": "+60s",
+            "starts_at": "2030-12-01T07:00:00+01:00",
+        }
+        async with http.post(f"{base}/_sim/classes", data=json.dumps(payload)) as response:
+            assert response.status == 200, await response.text()
+        cls = sim.box("gamma").classes["555"]
+        today = datetime.fromtimestamp(before, ZoneInfo("Europe/Madrid")).date()
+        assert cls.day == (today + timedelta(days=5)).strftime("%Y%m%d")
+        assert before + 60 <= cls.opens_at <= time.time() + 60
+        assert cls.starts_at == datetime(2030, 12, 1, 6, tzinfo=UTC).timestamp()
+        async with http.post(
+            f"{base}/_sim/classes", json={**payload, "day": "2030-12-01", "opens_at": None}
+        ) as response:
+            assert response.status == 200
+        assert sim.box("gamma").classes["555"].day == "20301201"
+
+        for field, bad in [("day", "next week"), ("day", "20301301"), ("opens_at", "soon")]:
+            async with http.post(f"{base}/_sim/classes", json={**payload, field: bad}) as answer:
+                assert answer.status == 400
+                assert field in (await answer.json())["error"]
+    finally:
+        await sim.stop()
 
 
 # --- `prebookd simulate` as a real process ---------------------------------------------

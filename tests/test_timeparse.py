@@ -324,3 +324,40 @@ def test_parse_window_message_without_a_window(text: str) -> None:
 def test_window_from_message_keeps_the_unit() -> None:
     assert window_from_message("con más de 96 horas de antelación") == BookingWindow("hours", 96)
     assert window_from_message("con más de 4 días de antelación") == BookingWindow("days", 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("today", date(2030, 12, 31)),
+        ("Tomorrow", date(2031, 1, 1)),
+        ("+5", date(2031, 1, 5)),
+        ("+5d", date(2031, 1, 5)),
+        (" +0d ", date(2030, 12, 31)),
+        ("20301201", date(2030, 12, 1)),
+    ],
+)
+def test_parse_day_relative_to_today(text: str, expected: date) -> None:
+    assert parse_day(text, today=date(2030, 12, 31)) == expected
+
+
+@pytest.mark.parametrize("text", ["+", "-1d", "+5w", "yesterday", "+99999"])
+def test_parse_day_refuses_what_is_not_a_day_after_today(text: str) -> None:
+    with pytest.raises(UsageError, match="today, tomorrow or \\+N"):
+        parse_day(text, today=date(2030, 12, 31))
+
+
+def test_relative_days_need_today() -> None:
+    with pytest.raises(UsageError, match="malformed day"):
+        parse_day("tomorrow")
+
+
+def test_parse_instant_relative_to_now() -> None:
+    now = datetime(2030, 3, 31, 0, 59, 50, tzinfo=UTC)
+    assert parse_instant("+30s", MADRID, now=now) == datetime(2030, 3, 31, 1, 0, 20, tzinfo=UTC)
+    assert parse_instant("+5m", MADRID, now=now) == now + timedelta(minutes=5)
+    assert parse_instant("+2h", MADRID, now=now) == now + timedelta(hours=2)
+    with pytest.raises(UsageError, match=r"\+30s, \+5m, \+2h from now"):
+        parse_instant("+5d", MADRID, now=now)
+    with pytest.raises(UsageError, match="malformed instant"):
+        parse_instant("+30s", MADRID)  # without now, no relative instants

@@ -59,7 +59,8 @@ places, opening at --opens-at.
 Control endpoints: GET /_sim/requests (every request, with the instant its first byte
 arrived and any fault injected), GET /_sim/bookings, GET /_sim/waitlists,
 POST /_sim/reset, and POST /_sim/boxes, /_sim/classes, /_sim/members, /_sim/faults,
-/_sim/balancer (JSON bodies with the fields of the config file's entries); GET
+/_sim/balancer (JSON bodies with the fields of the config file's entries below, times
+and days in the same forms); GET
 /_sim/balancer says what the load balancer is set to and how many idle connections it
 closed (idle_closed), answered 408 (idle_408) or reset (idle_reset).
 Flags override the config file's [settings]. Stops on SIGINT or SIGTERM.
@@ -87,7 +88,9 @@ config file (TOML when FILE ends in .toml, else JSON with the same keys):
   [[classes]]
   box = "crossfitx"
   session_id = "106015104"
-  day = "20261201"
+  day = "20261201"           # or 2026-12-01, today, tomorrow, +5d (days in Europe/Madrid)
+  time = "07:00 - 08:00"     # as the listing shows it (default 07:00 - 08:00)
+  name = "WOD"               # the class's name in the listing (default WOD)
   capacity = 16              # default: --capacity
   waitlist_capacity = 4      # default: --waitlist
   opens_at = "+5s"           # or ISO time with offset, or epoch seconds; default: --opens-at
@@ -122,6 +125,12 @@ config file (TOML when FILE ends in .toml, else JSON with the same keys):
                              # then FIN) or "reset" (RST)
   connect_delay = 0.5        # seconds a new connection is left unread (the client's
                              # connect returns at once; its request waits); default 0
+
+examples:
+  prebookd simulate --port 8099 --box crossfitnorte --password jane@example.com=secret
+  curl -s http://127.0.0.1:8099/_sim/classes -d '{"box": "crossfitnorte",
+      "session_id": "106015104", "day": "+5d", "time": "07:00 - 08:00", "name": "WOD"}'
+  prebookd simulate --config sim.toml --faults crossfitnorte:error_rate=0.1
 """
 
 

@@ -6,13 +6,38 @@ offset, epoch seconds). Pure: reading the file and the flags is the command's
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
 _RELATIVE = re.compile(r"^([+-])(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DAY = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
+_RELATIVE_DAY = re.compile(r"^\+(\d{1,4})d?$")
+_NAMED_DAYS = {"today": 0, "tomorrow": 1}
+# A relative day ("+5d") is counted in the zone of AimHarder's boxes, as prebookd's
+# commands count it for a box in that zone: both name the same day at any hour.
+BOX_ZONE = ZoneInfo("Europe/Madrid")
+
+
+def parse_day(value: object, now: float) -> str:
+    """A class's day as AimHarder writes it (YYYYMMDD) from `20261201`, `2026-12-01`,
+    `today`, `tomorrow` or `+5d` (days after today in Europe/Madrid)."""
+    text = str(value).strip().lower()
+    today = datetime.fromtimestamp(now, BOX_ZONE).date()
+    relative = _RELATIVE_DAY.match(text)
+    if text in _NAMED_DAYS or relative:
+        offset = _NAMED_DAYS[text] if text in _NAMED_DAYS else int(relative[1])  # type: ignore[index]
+        return (today + timedelta(days=offset)).strftime("%Y%m%d")
+    match = _DAY.match(text)
+    if match:
+        try:
+            return date(int(match[1]), int(match[2]), int(match[3])).strftime("%Y%m%d")
+        except ValueError:
+            pass
+    raise ValueError(f"not a day: {text[:40]!r} (use 20261201, 2026-12-01, today, tomorrow or +5d)")
 
 
 def parse_opens_at(value: object, now: float) -> float:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prebookd.sim.config import parse_day, parse_opens_at
 from prebookd.sim.model import Answer, Balancer, Call, Faults, IdleAction, Reservation, SimClass
 from prebookd.sim.state import Route, SimState
 
@@ -34,19 +36,31 @@ class BoxSpec(_Spec):
     day_as_text: bool = False
 
 
+def _moment(value: Any) -> Any:
+    """A time field as epoch seconds: `+5s`, `-20m`, ISO with an offset, or epoch."""
+    return None if value is None else parse_opens_at(value, time.time())
+
+
 class ClassSpec(_Spec):
     box: str = Field(min_length=1)
     session_id: str = Field(min_length=1)
-    day: str = Field(pattern=r"^\d{8}$")
+    day: str  # 20261201, 2026-12-01, today, tomorrow or +5d (in Europe/Madrid)
     capacity: int | None = Field(default=None, ge=0)  # None: the simulator's default
-    opens_at: float | None = None  # epoch seconds; None: the simulator's default
+    opens_at: float | None = None  # a time (see _moment); None: the simulator's default
     name: str = "WOD"
     time: str = "07:00 - 08:00"
     waitlist_capacity: int | None = Field(default=None, ge=0)  # None: the simulator's default
-    starts_at: float | None = None  # epoch seconds
+    starts_at: float | None = None  # a time (see _moment)
     class_id: int = 1
     coach: str = ""
     limit_shows_waitlist: bool | None = None  # None: as the box says
+
+    _times = field_validator("opens_at", "starts_at", mode="before")(_moment)
+
+    @field_validator("day", mode="before")
+    @classmethod
+    def _day(cls, value: Any) -> str:
+        return parse_day(value, time.time())
 
 
 class MemberSpec(_Spec):
@@ -54,12 +68,14 @@ class MemberSpec(_Spec):
     auth_cookie: str | None = Field(default=None, min_length=1)  # None: a random one
     token: str | None = Field(default=None, min_length=1)
     password: str | None = None
-    issued_at: float | None = None  # epoch seconds; None: now
+    issued_at: float | None = None  # a time (see _moment); None: now
     name: str | None = None
     no_credits: bool = False
     user_id: int | None = None  # None: the next of a counter
     family_ids: list[str] | None = None
     boxes: list[str] | None = None  # subdomains; None: every box
+
+    _times = field_validator("issued_at", mode="before")(_moment)
 
 
 class FaultsSpec(_Spec):
