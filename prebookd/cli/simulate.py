@@ -127,7 +127,7 @@ config file (TOML when FILE ends in .toml, else JSON with the same keys):
                              # connect returns at once; its request waits); default 0
 
 examples:
-  prebookd simulate --port 8099 --box crossfitnorte --password jane@example.com=secret
+  prebookd simulate --port 8099 --box crossfitnorte:1234 --password jane@example.com=secret
   curl -s http://127.0.0.1:8099/_sim/classes -d '{"box": "crossfitnorte",
       "session_id": "106015104", "day": "+5d", "time": "07:00 - 08:00", "name": "WOD"}'
   prebookd simulate --config sim.toml --faults crossfitnorte:error_rate=0.1
@@ -190,8 +190,9 @@ def add_simulate_parser(commands: Any) -> None:
         "--box",
         action="append",
         default=[],
-        metavar="SUBDOMAIN",
-        help="serve this box (repeatable)",
+        metavar="SUBDOMAIN[:BOX_ID]",
+        help="serve this box, with AimHarder's numeric id for it if given (login lists "
+        "it among the member's boxes); repeatable",
     )
     # Setting flags default to None so that the config file's [settings] apply unless a
     # flag is given; the defaults in the help are Simulator's.
@@ -330,9 +331,12 @@ def build_simulator(args: argparse.Namespace, now: float) -> Simulator:
             where = "--balancer"
             balancer = BalancerSpec.model_validate({**config.balancer, **args.balancer})
         apply_balancer(sim, balancer)
-        for subdomain in args.box:
-            where = f"--box {subdomain}"
-            sim.add_box(subdomain)
+        for box in args.box:
+            where = f"--box {box}"
+            subdomain, _, box_id = box.partition(":")
+            if not subdomain or (box_id and not box_id.isdigit()):
+                raise ValueError("expected SUBDOMAIN or SUBDOMAIN:BOX_ID (a number)")
+            sim.add_box(subdomain, box_id)
         for i, entry in enumerate(config.boxes):
             where = f"{source}: boxes[{i}]"
             apply_box(sim, BoxSpec.model_validate(entry))
