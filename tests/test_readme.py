@@ -4,11 +4,12 @@ code. Only the simulator's port is changed (tests run side by side)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,23 +55,25 @@ async def test_the_readme_use_walkthrough_runs_as_written(
         PREBOOKD_STATUS_PORT="0",  # not the default 8791: tests run side by side
         HOME=str(tmp_path),
     )
-    proc = subprocess.Popen(
-        ["bash", "-euo", "pipefail", "-c", script],
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
         cwd=tmp_path,
         env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its background jobs are killed with it on failure
     )
     try:
-        out, err = proc.communicate(timeout=120)
+        raw_out, raw_err = await asyncio.wait_for(proc.communicate(), timeout=120)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    out, err = raw_out.decode(), raw_err.decode()
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
     assert "Traceback" not in err, err
     assert "[error]" not in err and "[warning]" not in err, err
