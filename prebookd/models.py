@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from yarl import URL
 
 from prebookd.errors import BadRow
+from prebookd.hosts import DEFAULT_BOX_HOSTS, url_not_allowed
 from prebookd.log import register_secret
-from prebookd.settings import DEFAULT_BOX_HOSTS, url_not_allowed
 from prebookd.text import clip, one_line
 
 # What a browser sends; AimHarder's front end posts forms through XMLHttpRequest.

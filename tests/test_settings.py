@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
-from prebookd.settings import (
-    DEFAULT_BOX_HOSTS,
-    Settings,
-    load_settings,
-    mask_dsn,
-    parse_host_patterns,
-    url_not_allowed,
-)
+from prebookd.hosts import DEFAULT_BOX_HOSTS, parse_host_patterns, url_not_allowed
+from prebookd.settings import Settings, load_settings, mask_dsn
 from tests.support import clean_env, run_prebookd
 
 SECRET = "s3cret"

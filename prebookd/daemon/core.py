@@ -27,8 +27,9 @@ from prebookd.daemon.metrics import Metrics
 from prebookd.daemon.results import ResultWriter
 from prebookd.daemon.scheduler import Entry, Schedule
 from prebookd.daemon.sessions import SessionKeeper
+from prebookd.hosts import DEFAULT_BOX_HOSTS
 from prebookd.models import ResultUpdate, RowState
-from prebookd.settings import DEFAULT_BOX_HOSTS, Settings
+from prebookd.settings import Settings
 
 log = structlog.get_logger(__name__)
 
