@@ -55,25 +55,29 @@ async def test_the_readme_use_walkthrough_runs_as_written(
         PREBOOKD_STATUS_PORT="0",  # not the default 8791: tests run side by side
         HOME=str(tmp_path),
     )
-    proc = await asyncio.create_subprocess_exec(
-        "bash",
-        "-euo",
-        "pipefail",
-        "-c",
-        script,
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its background jobs are killed with it on failure
-    )
+    # Output to files, not pipes: a background job (the simulator) left running by a
+    # failed step would keep a pipe open, and the test would wait for it, not for bash.
+    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
+    with out_path.open("w") as out_file, err_path.open("w") as err_file:
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            script,
+            cwd=tmp_path,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out_file,
+            stderr=err_file,
+            start_new_session=True,  # its background jobs are killed with it
+        )
     try:
-        raw_out, raw_err = await asyncio.wait_for(proc.communicate(), timeout=120)
+        await asyncio.wait_for(proc.wait(), timeout=90)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    out, err = raw_out.decode(), raw_err.decode()
+    out, err = out_path.read_text(), err_path.read_text()
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
     assert "Traceback" not in err, err
     assert "[error]" not in err and "[warning]" not in err, err
