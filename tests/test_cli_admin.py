@@ -1,7 +1,8 @@
-"""The producer-side commands, run as a user runs them: `python -m prebookd ...` in a
-subprocess against a real Postgres, asserting exit codes, output and the tables.
+"""The producer-side commands against a real Postgres, asserting exit codes, output and
+the tables. They run in this process, as `prebookd.cli.main.main` (tests/cli_support.py:
+a subprocess costs about a second to start); tests/test_cli_usage.py checks that a real
+process exits and prints the same.
 
-Independent invocations run concurrently (each costs about half a second to start).
 Dates are in 2030 so the tests do not expire; PREBOOKD_MAX_LEAD_DAYS is raised so
 that far a lead is allowed.
 """
@@ -10,50 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
 
+from tests.cli_support import NOT_USED_DSN, Run, cli
+
 # Europe/Madrid in 2030: summer time starts 31 March (02:00 -> 03:00) and ends
 # 27 October (03:00 -> 02:00).
-NOT_USED_DSN = "postgresql://prebookd@127.0.0.1:9/never"
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
 
 
 async def prebookd(dsn: str, *args: str, **settings: str) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREBOOKD_")}
-    env.update(PREBOOKD_DATABASE_URL=dsn, PREBOOKD_MAX_LEAD_DAYS="3650")
-    # Boxes on the simulator's loopback host may be added (never the real AimHarder).
-    env.update(PREBOOKD_BOX_HOSTS="127.0.0.1", PREBOOKD_AIMHARDER_URL="http://127.0.0.1:9")
-    env.update({f"PREBOOKD_{name.upper()}": value for name, value in settings.items()})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "prebookd",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    """`prebookd ARGS`, in this process (tests/cli_support.py)."""
+    return await cli(dsn, *args, **settings)
 
 
 async def prebookd_all(dsn: str, *commands: list[str]) -> list[Run]:
-    return list(await asyncio.gather(*(prebookd(dsn, *command) for command in commands)))
+    return [await prebookd(dsn, *command) for command in commands]
 
 
 class Added(NamedTuple):
@@ -126,7 +103,7 @@ async def test_every_command_has_help() -> None:
         ["list", "--help"],
         ["cancel", "--help"],
     ]
-    runs = await prebookd_all(NOT_USED_DSN, *commands)
+    runs = [await cli(NOT_USED_DSN, *command) for command in commands]  # in-process
     for command, run in zip(commands, runs, strict=True):
         name = " ".join(command[:-1])
         assert run.code == 0, run
