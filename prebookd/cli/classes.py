@@ -149,7 +149,7 @@ async def _list_with_any_session(
         )
     dead = []
     for session in sessions:
-        whose = mask_email(session.user_email)
+        whose = mask_email((session.user_email or "").lower())
         try:
             listed = await _list_with(settings, box, session, day, family_id)
         except SessionExpired:
