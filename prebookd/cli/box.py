@@ -223,7 +223,7 @@ async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
         if args.base_url is not None
         else None
     )
-    zone = timeparse.parse_zone(args.timezone).key if args.timezone is not None else None
+    timezone = timeparse.parse_zone(args.timezone).key if args.timezone is not None else None
     box_id = parse_box_id(args.box_id) if args.box_id is not None else None
     clear_window = args.window is not None and args.window.strip().lower() == "none"
     window = parse_window(args.window) if args.window is not None and not clear_window else None
@@ -242,7 +242,7 @@ async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
                 before.id,
                 name=name,
                 base_url=base_url,
-                timezone=zone,
+                timezone=timezone,
                 box_id=box_id,
                 set_window=args.window is not None,
                 window_kind=window.kind if window else None,
@@ -253,7 +253,8 @@ async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
         open_rows = sum((await admin_store.count_box_rows(conn, before.id))[0].values())
     changes = _changes(before, after)
     print(f"box {subdomain}: {', '.join(changes) if changes else 'nothing changed'}")
-    if open_rows and (zone is not None or args.window is not None):
+    moved = before.timezone != after.timezone or _window_code(before) != _window_code(after)
+    if open_rows and moved:
         print(
             f"note: {open_rows} prebookings of {subdomain} still to fire keep the opening "
             f"instants they were added with: see `prebookd list --box {subdomain}`",

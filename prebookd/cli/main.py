@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import structlog
 
 from prebookd import __version__, setting_sources
-from prebookd.errors import PrebookdError
+from prebookd.errors import PrebookdError, describe
 from prebookd.log import configure_logging
 from prebookd.settings import Settings, read_settings
 
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         return asyncio.run(handler(args, settings))
     except PrebookdError as exc:
-        print(f"prebookd: error: {exc}", file=sys.stderr)
+        print(f"prebookd: error: {describe(exc)}", file=sys.stderr)  # one line, always
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
