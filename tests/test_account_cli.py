@@ -1,6 +1,7 @@
-"""`prebookd login`, `prebookd classes`, `add --class` and box booking windows, run as a
-user runs them: `python -m prebookd ...` in a subprocess against a real Postgres and the
-simulator (in this process) as AimHarder.
+"""`prebookd login`, `prebookd classes`, `add --class` and box booking windows, against a
+real Postgres and the simulator as AimHarder, both in this process. The commands run
+in this process too, as `prebookd.cli.main.main` (tests/cli_support.py: a subprocess
+costs about a second to start).
 
 Classes are in 2030 so the tests do not expire; PREBOOKD_MAX_LEAD_DAYS is raised so
 that far a lead is allowed.
@@ -10,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,17 +25,11 @@ from aiohttp import web
 from prebookd.aimharder.account import fingerprint_for
 from prebookd.sim.model import SimClass
 from prebookd.sim.server import Simulator
+from tests.cli_support import Run, cli
 
 EMAIL = "jane@example.com"
 PASSWORD = "correct-Horse-9-battery"
 DAY = "20301204"  # a Wednesday; Madrid is on winter time (+01:00) the whole week
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
 
 
 @pytest.fixture
@@ -77,28 +69,11 @@ async def box(conn: asyncpg.Connection, sim: Simulator) -> uuid.UUID:
 async def prebookd(
     dsn: str, sim: Simulator | None, *args: str, stdin: str = "", account: str | None = None
 ) -> Run:
-    """`prebookd ARGS` with the simulator as AimHarder (`account`: another account site)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREBOOKD_")}
-    env.update(PREBOOKD_DATABASE_URL=dsn, PREBOOKD_MAX_LEAD_DAYS="3650")
-    # Debug logging: nothing secret may show even there.
-    env.update(PREBOOKD_LOG_LEVEL="debug")
-    # The simulator is plain http on loopback; never the real AimHarder.
-    env.update(PREBOOKD_BOX_HOSTS="127.0.0.1", PREBOOKD_AIMHARDER_URL="http://127.0.0.1:9")
-    if sim is not None:
-        env["PREBOOKD_AIMHARDER_URL"] = account or sim.base_url
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "prebookd",
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout=60)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    """`prebookd ARGS` with the simulator as AimHarder (`account`: another account site),
+    in this process (tests/cli_support.py); logging at debug: nothing secret may show
+    even there. The simulator is plain http on loopback; never the real AimHarder."""
+    aimharder = "http://127.0.0.1:9" if sim is None else (account or sim.base_url)
+    return await cli(dsn, *args, stdin=stdin, log_level="debug", aimharder_url=aimharder)
 
 
 def assert_refused(run: Run, *fragments: str, code: int | None = None) -> None:
@@ -433,7 +408,8 @@ async def test_box_windows_are_stored_and_shown(
     db_dsn: str, conn: asyncpg.Connection, sim: Simulator
 ) -> None:
     def box_add(subdomain: str, *extra: str) -> list[str]:
-        return ["box", "add", "--subdomain", subdomain, "--box-id", subdomain, "--name", "B",
+        box_id = str(sum(map(ord, subdomain)))  # a number of its own for each box
+        return ["box", "add", "--subdomain", subdomain, "--box-id", box_id, "--name", "B",
                 *extra]  # fmt: skip
 
     runs = await asyncio.gather(
@@ -558,12 +534,10 @@ async def test_add_without_at_needs_a_window(
 
 async def test_new_commands_have_help() -> None:
     dsn = "postgresql://prebookd@127.0.0.1:9/never"
-    login, classes, set_window, add = await asyncio.gather(
-        prebookd(dsn, None, "login", "--help"),
-        prebookd(dsn, None, "classes", "--help"),
-        prebookd(dsn, None, "box", "set-window", "--help"),
-        prebookd(dsn, None, "add", "--help"),
-    )
+    login, classes, set_window, add = [
+        await cli(dsn, *command, "--help")  # in-process: no database, no AimHarder
+        for command in (["login"], ["classes"], ["box", "set-window"], ["add"])
+    ]
     assert login.code == 0 and "--password-stdin" in login.out and "never stored" in login.out
     assert classes.code == 0 and "--day" in classes.out and "--json" in classes.out
     assert set_window.code == 0 and "same-day" in set_window.out
@@ -590,3 +564,55 @@ async def test_add_without_at_across_a_dst_change_and_for_a_same_day_box(
     )  # fmt: skip
     opens = (await added(conn, same_day))["available_at"]
     assert opens == datetime(2030, 4, 1, 22, 0, tzinfo=UTC), "00:00 Madrid summer time"
+
+
+async def test_classes_without_email_uses_a_members_session_and_says_whose(
+    db_dsn: str,
+    conn: asyncpg.Connection,
+    sim: Simulator,
+    box: uuid.UUID,
+) -> None:
+    """Run in this process (tests/cli_support.py): the simulator answers from this loop."""
+    bob = "bob@example.com"
+    sim.add_member(bob, "bob-cookie")
+    await store_session(conn)  # jane's: a session, no prebooking at the box
+    await conn.execute(
+        "INSERT INTO auth_sessions (user_email, fingerprint, session_type, aimharder_cookies, "
+        "updated_at) VALUES ('Bob@Example.com', 'fp-bob', 'background', $1, "
+        "now() - interval '1 day')",
+        [{"name": "amhrdrauth", "value": "bob-cookie"}],
+    )
+    await conn.execute(
+        "INSERT INTO prebookings (user_email, box_id, booking_data, available_at, status) "
+        "VALUES ($1, $2, '{}', now(), 'completed')",
+        bob,
+        box,
+    )
+    command = ["classes", "--box", "alpha", "--day", DAY]
+
+    # Bob has a prebooking at the box: his session is the one used, though older.
+    as_bob = await cli(db_dsn, *command)
+    assert as_bob.code == 0, as_bob
+    assert as_bob.err == (
+        "classes as bo***@example.com sees them (their background session; --email to choose)\n"
+    )
+    assert as_bob.out.splitlines()[1].split()[3:5] == ["WOD", "106015104"]
+    listings = [r for r in sim.requests if r.path == "/api/bookings"]
+    assert [r.email for r in listings] == [bob]
+
+    # His session dead: the next one is used (jane's), and said.
+    await conn.execute(
+        "UPDATE auth_sessions SET aimharder_cookies = $1 WHERE fingerprint = 'fp-bob'",
+        [{"name": "amhrdrauth", "value": "forgotten-by-aimharder"}],
+    )
+    as_jane = await cli(db_dsn, *command, "--json")
+    assert as_jane.code == 0, as_jane
+    assert as_jane.err.startswith("classes as ja***@example.com sees them")
+    assert [c["session_id"] for c in json.loads(as_jane.out)] == [
+        "106015104", "106015105", "106015106",
+    ]  # fmt: skip
+
+    await conn.execute("DELETE FROM auth_sessions")
+    nobody = await cli(db_dsn, *command)
+    assert nobody.code == 2
+    assert "no member has a background session to list the classes with" in nobody.error_line

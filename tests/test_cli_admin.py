@@ -1,7 +1,8 @@
-"""The producer-side commands, run as a user runs them: `python -m prebookd ...` in a
-subprocess against a real Postgres, asserting exit codes, output and the tables.
+"""The producer-side commands against a real Postgres, asserting exit codes, output and
+the tables. They run in this process, as `prebookd.cli.main.main` (tests/cli_support.py:
+a subprocess costs about a second to start); tests/test_cli_usage.py checks that a real
+process exits and prints the same.
 
-Independent invocations run concurrently (each costs about half a second to start).
 Dates are in 2030 so the tests do not expire; PREBOOKD_MAX_LEAD_DAYS is raised so
 that far a lead is allowed.
 """
@@ -10,50 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
 
+from tests.cli_support import NOT_USED_DSN, Run, cli
+
 # Europe/Madrid in 2030: summer time starts 31 March (02:00 -> 03:00) and ends
 # 27 October (03:00 -> 02:00).
-NOT_USED_DSN = "postgresql://prebookd@127.0.0.1:9/never"
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
 
 
 async def prebookd(dsn: str, *args: str, **settings: str) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREBOOKD_")}
-    env.update(PREBOOKD_DATABASE_URL=dsn, PREBOOKD_MAX_LEAD_DAYS="3650")
-    # Boxes on the simulator's loopback host may be added (never the real AimHarder).
-    env.update(PREBOOKD_BOX_HOSTS="127.0.0.1", PREBOOKD_AIMHARDER_URL="http://127.0.0.1:9")
-    env.update({f"PREBOOKD_{name.upper()}": value for name, value in settings.items()})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "prebookd",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    """`prebookd ARGS`, in this process (tests/cli_support.py)."""
+    return await cli(dsn, *args, **settings)
 
 
 async def prebookd_all(dsn: str, *commands: list[str]) -> list[Run]:
-    return list(await asyncio.gather(*(prebookd(dsn, *command) for command in commands)))
+    return [await prebookd(dsn, *command) for command in commands]
 
 
 class Added(NamedTuple):
@@ -126,7 +103,7 @@ async def test_every_command_has_help() -> None:
         ["list", "--help"],
         ["cancel", "--help"],
     ]
-    runs = await prebookd_all(NOT_USED_DSN, *commands)
+    runs = [await cli(NOT_USED_DSN, *command) for command in commands]  # in-process
     for command, run in zip(commands, runs, strict=True):
         name = " ".join(command[:-1])
         assert run.code == 0, run
@@ -226,7 +203,8 @@ async def test_box_add_refuses_bad_input_and_writes_nothing(
         (box_add("newbox", "777", "--timezone", "Mars/Olympus"), "invalid time zone"),
         (box_add("bad_name!"), "malformed subdomain"),
         (box_add("newbox", "777", "--base-url", "ftp://x"), "malformed base URL"),
-        (box_add("newbox", "has space"), "malformed box id"),
+        (box_add("newbox", "has space"), "box id 'has space' is not a whole number"),
+        (box_add("newbox", "0"), "box id '0' is out of range"),
         (["box", "add", "--subdomain", "newbox", "--box-id", "7", "--name", " "], "name"),
     ]
     runs = await prebookd_all(db_dsn, *(command for command, _ in cases))
@@ -239,7 +217,8 @@ async def test_box_add_refuses_a_base_url_members_cookies_must_not_go_to(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
     def box_add(subdomain: str, base_url: str) -> list[str]:
-        return ["box", "add", "--subdomain", subdomain, "--box-id", subdomain, "--name", "N",
+        box_id = str(sum(map(ord, subdomain)))  # a number of its own for each box
+        return ["box", "add", "--subdomain", subdomain, "--box-id", box_id, "--name", "N",
                 "--base-url", base_url]  # fmt: skip
 
     aimharder = {
@@ -393,7 +372,9 @@ async def test_add_refuses_bad_input_and_writes_nothing(
     for (_, fragment), run in zip(cases, runs, strict=True):
         assert_refused(run, fragment)
     missing = await prebookd(db_dsn, "add", "--email", "jane@example.com", "--box", "crossfitx")
-    assert missing.code == 2 and "the following arguments are required" in missing.err
+    assert missing.code == 2 and missing.out == "", missing
+    assert missing.err.startswith("prebookd add: error: the following arguments are required")
+    assert len(missing.err.splitlines()) == 1, missing
     assert await table_contents(conn) == before
 
 
@@ -462,7 +443,7 @@ async def test_list_filters_and_shows_both_time_zones(
     assert done["lateness_ms"] == 0.4 and done["outcome"] == "booked"
     assert done["executed_at"] == "2030-03-30T06:00:00.000400Z"
     assert_refused(unknown_box, "unknown box 'nope'")
-    assert_refused(zero, "--limit must be at least 1")
+    assert zero.code == 2 and "argument --limit: '0' is out of range" in zero.err, zero
     assert bad_status.code == 2 and "invalid choice: 'bogus'" in bad_status.err
 
 
@@ -482,7 +463,8 @@ async def test_cancel_only_rows_not_yet_sent(
     by_status = dict(zip(statuses, runs, strict=False))
     for status in ("pending", "loaded"):
         run = by_status[status]
-        assert run.code == 0 and run.out.strip() == f"cancelled {rows[status]}", run
+        assert run.code == 0 and run.out.startswith(f"cancelled {rows[status]}: "), run
+        assert "jane@example.com, class 106015104 on 20300404 at crossfitx" in run.out
     for status in ("executing", "completed", "failed", "cancelled"):
         assert_refused(by_status[status], f"is {status}, not pending or loaded")
     assert_refused(runs[-2], f"unknown prebooking {unknown}")

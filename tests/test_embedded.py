@@ -45,19 +45,22 @@ async def test_migrate_runs_on_an_embedded_postgres_and_stops_it(tmp_path: Path)
 
     assert code == 0, err
     assert "applied 0001_" in out
-    # Logs go to stderr; stdout holds only what the command says.
-    started = [line for line in err.splitlines() if "embedded_postgres_started" in line]
-    assert len(started) == 1
-    assert str(data_dir) in started[0]
+    # A command's stderr holds what it has to say: the server's start and stop are
+    # debug lines for a command (the daemon logs them at info).
+    assert "embedded_postgres" not in out + err
     assert (data_dir / "PG_VERSION").exists()
     assert not postgres_running_in(data_dir)
 
-    code, out, err = await run_prebookd("migrate", env=env)
+    code, out, err = await run_prebookd("migrate", env={**env, "PREBOOKD_LOG_LEVEL": "debug"})
 
     assert code == 0, err
     assert "nothing to apply" in out
     assert "applied" not in out
+    # Logs go to stderr; stdout holds only what the command says.
     assert "embedded_postgres" not in out
+    started = [line for line in err.splitlines() if "embedded_postgres_started" in line]
+    assert len(started) == 1 and "[debug]" in started[0], err
+    assert str(data_dir) in started[0]
     assert not postgres_running_in(data_dir)
 
 

@@ -28,13 +28,20 @@ endpoint at PREBOOKD_STATUS_HOST:PREBOOKD_STATUS_PORT (default 127.0.0.1:8791).
 Exit code 1 when no daemon answers there.
 """
 
+EPILOG = """\
+examples:
+  prebookd status
+  prebookd status --json | jq '.last_firings[0]'
+  PREBOOKD_STATUS_PORT=8792 prebookd status      # a daemon listening on another port
+"""
+
 
 def add_status_parser(commands: Any) -> None:
     status = commands.add_parser(
         "status",
         help="show what the running daemon holds",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     status.add_argument("--json", action="store_true", help="print the daemon's JSON as it is")
     status.set_defaults(handler=_status)

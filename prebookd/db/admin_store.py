@@ -1,9 +1,10 @@
-"""Every SQL statement of the producer-side commands (`box`, `add`, `list`, `cancel`,
-`login`, `classes`).
+"""The SQL of the producer-side commands on boxes and members' sessions (`box`,
+`login`, `classes`); `admin_prebookings` holds that on prebookings (`add`, `list`,
+`cancel`).
 
 The rows are written as the web app writes them: plain INSERT/UPDATE on its tables,
 so the trigger wakes the daemon exactly as it would for the web app. Nothing here
-decides anything; the command modules (`admin`, `box_cli`) validate first and call these
+decides anything; the command modules (`prebookd.cli.*`) validate first and call these
 functions last.
 """
 
@@ -16,8 +17,9 @@ from typing import Any
 
 import asyncpg
 
-# A row may still be withdrawn only before a daemon starts sending it.
-CANCELLABLE_STATUSES = ("pending", "loaded")
+# Statuses a row ends with. Any other (pending, loaded, executing, none at all, one
+# the web app invented) may still be sent, or is being sent.
+FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -45,25 +47,6 @@ class BackgroundSession:
     last_token_update_date: datetime | None
 
 
-@dataclass(frozen=True)
-class PrebookingView:
-    """A prebooking as `prebookd list` shows it, with its box's subdomain and zone."""
-
-    id: uuid.UUID
-    user_email: str | None
-    box: str | None
-    box_timezone: str | None
-    booking_data: Any
-    available_at: datetime | None
-    status: str | None
-    result: Any
-    error_message: str | None
-    created_at: datetime | None
-    executed_at: datetime | None
-    lateness_ms: float | None
-    outcome: str | None
-
-
 _BOX_COLUMNS = (
     "id, box_id, subdomain, name, base_url, timezone, created_at, "
     "booking_window_kind, booking_window_length"
@@ -80,7 +63,8 @@ async def find_box(conn: asyncpg.Connection, subdomain: str) -> Box | None:
 
 
 async def find_boxes_like(conn: asyncpg.Connection, subdomain: str, box_id: str) -> list[Box]:
-    """Boxes that already use this subdomain or this AimHarder box id."""
+    """Boxes that already use this subdomain or this AimHarder box id (`subdomain` ""
+    for the box id alone)."""
     rows = await conn.fetch(
         f"SELECT {_BOX_COLUMNS} FROM boxes WHERE subdomain = $1 OR box_id = $2",
         subdomain,
@@ -137,21 +121,81 @@ async def set_box_window(
     return _box(row) if row else None
 
 
-async def last_window_message(conn: asyncpg.Connection, box: uuid.UUID) -> str | None:
-    """AimHarder's latest "not open yet" message to a booking at this box, which names the
-    box's window ("... con más de 4 días de antelación"); None if there was none."""
-    message: str | None = await conn.fetchval(
-        """
-        SELECT result->>'errorMssg' FROM prebookings
-        WHERE box_id = $1
-          AND result->>'errorMssgLang' LIKE 'ERROR\\_ANTELACION\\_CLIENTE%'
-          AND result->>'errorMssg' IS NOT NULL
-        ORDER BY executed_at DESC NULLS LAST, created_at DESC
-        LIMIT 1
+async def update_box(
+    conn: asyncpg.Connection,
+    box: uuid.UUID,
+    *,
+    name: str | None,
+    base_url: str | None,
+    timezone: str | None,
+    box_id: str | None,
+    set_window: bool,
+    window_kind: str | None,
+    window_length: int | None,
+) -> Box:
+    """Change what is given (None: as it is); the window only with `set_window`, where
+    None clears it."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE boxes
+        SET name = coalesce($2, name), base_url = coalesce($3, base_url),
+            timezone = coalesce($4, timezone), box_id = coalesce($5, box_id),
+            booking_window_kind = CASE WHEN $6 THEN $7 ELSE booking_window_kind END,
+            booking_window_length = CASE WHEN $6 THEN $8::integer
+                                         ELSE booking_window_length END,
+            updated_at = now()
+        WHERE id = $1
+        RETURNING {_BOX_COLUMNS}
         """,
         box,
+        name,
+        base_url,
+        timezone,
+        box_id,
+        set_window,
+        window_kind,
+        window_length,
     )
-    return message
+    assert row is not None
+    return _box(row)
+
+
+async def lock_box(conn: asyncpg.Connection, subdomain: str) -> Box | None:
+    """The box, its row locked until the transaction ends: a prebooking added for it
+    meanwhile (its foreign key check) waits, and fails if the box is then gone."""
+    row = await conn.fetchrow(
+        f"SELECT {_BOX_COLUMNS} FROM boxes WHERE subdomain = $1 FOR UPDATE", subdomain
+    )
+    return _box(row) if row else None
+
+
+async def count_box_rows(conn: asyncpg.Connection, box: uuid.UUID) -> tuple[dict[str, int], int]:
+    """The box's prebookings: how many not final, by status ("none" for a null one),
+    and how many final (its history)."""
+    rows = await conn.fetch(
+        "SELECT status, count(*) AS n FROM prebookings WHERE box_id = $1 GROUP BY status", box
+    )
+    open_rows = {r["status"] or "none": r["n"] for r in rows if r["status"] not in FINAL_STATUSES}
+    return open_rows, sum(r["n"] for r in rows if r["status"] in FINAL_STATUSES)
+
+
+async def delete_box(conn: asyncpg.Connection, box: uuid.UUID) -> int:
+    """Delete the box and its final prebookings; how many of those. A row not final
+    makes the delete fail on the foreign key (or, where the web app's key cascades,
+    never exists: the command checked under the box's lock)."""
+    deleted = await conn.fetchval(
+        """
+        WITH gone AS (
+            DELETE FROM prebookings WHERE box_id = $1 AND status = ANY($2::text[])
+            RETURNING 1
+        )
+        SELECT count(*) FROM gone
+        """,
+        box,
+        list(FINAL_STATUSES),
+    )
+    await conn.execute("DELETE FROM boxes WHERE id = $1", box)
+    return int(deleted)
 
 
 async def list_boxes(conn: asyncpg.Connection) -> list[Box]:
@@ -247,82 +291,28 @@ async def store_background_session(
         return inserted
 
 
-async def insert_prebooking(
-    conn: asyncpg.Connection,
-    *,
-    user_email: str,
-    box: uuid.UUID,
-    booking_data: dict[str, Any],
-    available_at: datetime,
-) -> uuid.UUID:
-    """A new `pending` row; `created_at` (its FIFO place) is the database's now()."""
-    new_id = await conn.fetchval(
-        """
-        INSERT INTO prebookings (user_email, box_id, booking_data, available_at, status)
-        VALUES ($1, $2, $3, $4, 'pending')
-        RETURNING id
-        """,
-        user_email,
-        box,
-        booking_data,
-        available_at,
-    )
-    assert isinstance(new_id, uuid.UUID)
-    return new_id
-
-
-async def list_prebookings(
-    conn: asyncpg.Connection,
-    *,
-    status: str | None,
-    box: uuid.UUID | None,
-    user_email: str | None,
-    limit: int,
-) -> list[PrebookingView]:
-    """Matching rows in firing order (available_at, then FIFO by created_at)."""
+async def sessions_for_box(
+    conn: asyncpg.Connection, box: uuid.UUID, limit: int
+) -> list[BackgroundSession]:
+    """Background sessions to list a box's classes with, when no member is named: of
+    members with a prebooking at the box first, then anyone's; those whose last token
+    refresh did not fail before those that did; the freshest first."""
     rows = await conn.fetch(
         """
-        SELECT p.id, p.user_email, b.subdomain AS box, b.timezone AS box_timezone,
-               p.booking_data, p.available_at, p.status, p.result, p.error_message,
-               p.created_at, p.executed_at, p.lateness_ms, p.outcome
-        FROM prebookings p
-        LEFT JOIN boxes b ON b.id = p.box_id
-        WHERE ($1::text IS NULL OR p.status = $1)
-          AND ($2::uuid IS NULL OR p.box_id = $2)
-          AND ($3::text IS NULL OR lower(p.user_email) = lower($3))
-        ORDER BY p.available_at, p.created_at, p.id
-        LIMIT $4
+        SELECT a.id, a.user_email, a.aimharder_token, a.aimharder_cookies, a.fingerprint,
+               a.last_token_update_date
+        FROM auth_sessions a
+        WHERE a.session_type = 'background'
+          AND jsonb_typeof(a.aimharder_cookies) = 'array'
+          AND jsonb_array_length(a.aimharder_cookies) > 0
+        ORDER BY EXISTS (SELECT 1 FROM prebookings p
+                         WHERE p.box_id = $1
+                           AND lower(p.user_email) = lower(a.user_email)) DESC,
+                 a.last_token_update_error IS NULL DESC,
+                 a.updated_at DESC NULLS LAST, a.id
+        LIMIT $2
         """,
-        status,
         box,
-        user_email,
         limit,
     )
-    return [PrebookingView(**dict(row)) for row in rows]
-
-
-async def cancel_prebooking(conn: asyncpg.Connection, prebooking_id: uuid.UUID) -> bool:
-    """Set `cancelled` if the row is still pending or loaded; False if it was not."""
-    # One conditional UPDATE: a daemon moving the row to `executing` at the same moment
-    # either sees `cancelled` or makes this match nothing; never both.
-    cancelled = await conn.fetchval(
-        """
-        UPDATE prebookings SET status = 'cancelled'
-        WHERE id = $1 AND status = ANY($2::text[])
-        RETURNING id
-        """,
-        prebooking_id,
-        list(CANCELLABLE_STATUSES),
-    )
-    return cancelled is not None
-
-
-async def prebooking_status(
-    conn: asyncpg.Connection, prebooking_id: uuid.UUID
-) -> tuple[bool, str | None]:
-    """(whether the row exists, its status)."""
-    row = await conn.fetchrow("SELECT status FROM prebookings WHERE id = $1", prebooking_id)
-    if row is None:
-        return False, None
-    status: str | None = row["status"]
-    return True, status
+    return [BackgroundSession(**dict(row)) for row in rows]

@@ -31,15 +31,22 @@ CONNECT_KWARGS: dict[str, Any] = {
 
 
 @contextlib.asynccontextmanager
-async def database_dsn(settings: Settings) -> AsyncIterator[str]:
+async def database_dsn(settings: Settings, *, quiet: bool = False) -> AsyncIterator[str]:
     """The DSN to use: the configured one, or an embedded Postgres kept up meanwhile."""
-    async with database(settings) as (dsn, _):
+    async with database(settings, quiet=quiet) as (dsn, _):
         yield dsn
 
 
 @contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[tuple[str, EmbeddedPostgres | None]]:
-    """The DSN to use, and the embedded Postgres behind it (None: one configured)."""
+async def database(
+    settings: Settings, *, quiet: bool = False
+) -> AsyncIterator[tuple[str, EmbeddedPostgres | None]]:
+    """The DSN to use, and the embedded Postgres behind it (None: one configured).
+
+    The embedded server's start and release are logged at info for the daemon, whose
+    log is a record of what it did; `quiet` (a command such as `prebookd list`) logs
+    them at debug, so a command's stderr holds only what it has to say."""
+    announce = log.debug if quiet else log.info
     if settings.database_url is not None:
         dsn = settings.database_url.get_secret_value()
         log.debug("database_configured", dsn=mask_dsn(dsn))
@@ -49,12 +56,12 @@ async def database(settings: Settings) -> AsyncIterator[tuple[str, EmbeddedPostg
         asyncio.to_thread(start_embedded, settings.state_dir),
         timeout=settings.embedded_pg_timeout,
     )
-    log.info("embedded_postgres_started", data_dir=str(embedded.data_dir))
+    announce("embedded_postgres_started", data_dir=str(embedded.data_dir))
     try:
         yield embedded.dsn, embedded
     finally:
         await asyncio.to_thread(embedded.stop)
-        log.info("embedded_postgres_released", data_dir=str(embedded.data_dir))
+        announce("embedded_postgres_released", data_dir=str(embedded.data_dir))
 
 
 def _decode_json(text: str) -> Any:

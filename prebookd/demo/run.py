@@ -70,11 +70,20 @@ BOX, BOX_ID, BOX_NAME = "demo", "10001", "CrossFit Demo"
 # --- the command ---------------------------------------------------------------------
 
 
+DEMO_EPILOG = """\
+examples:
+  prebookd demo
+  prebookd demo --members 50 --places 5 --lead 15
+  prebookd demo --state-dir ~/.cache/prebookd-demo --verbose    # faster the next time
+"""
+
+
 def add_demo_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "demo",
         help="watch prebookd book a class against a simulated AimHarder",
         description=__doc__.split("\n\n")[1],
+        epilog=DEMO_EPILOG,
     )
     add = parser.add_argument
     add("--members", type=int, default=30, help="members prebooking (%(default)s)")
