@@ -82,11 +82,15 @@ def parse_zone(name: str | None) -> ZoneInfo:
 
 def parse_instant(text: str, zone: ZoneInfo, now: datetime | None = None) -> datetime:
     """The instant `text` names, in UTC; a time without offset is local to `zone`.
-    Given `now`, also `+30s`, `+5m`, `+2h` (that long from now: for trying things)."""
+    Given `now`, also `+30s`, `+5m`, `+2h` (that long from now, rounded up to a whole
+    second: for trying things)."""
     cleaned = text.strip()
     relative = _RELATIVE_INSTANT.match(cleaned)
     if relative and now is not None:
-        return (now + int(relative[1]) * _UNIT[relative[2]]).astimezone(UTC)
+        # Rounded up to a whole second: an opening instant as a box would have it.
+        later = now + int(relative[1]) * _UNIT[relative[2]]
+        whole = later.replace(microsecond=0)
+        return (whole if whole == later else whole + timedelta(seconds=1)).astimezone(UTC)
     forms = f"{INSTANT_FORMS}{', or +30s, +5m, +2h from now' if now is not None else ''}"
     if not cleaned or _DATE_ONLY.match(cleaned):
         raise UsageError(f"malformed instant {text!r}: expected {forms}")

@@ -357,6 +357,10 @@ def test_parse_instant_relative_to_now() -> None:
     assert parse_instant("+30s", MADRID, now=now) == datetime(2030, 3, 31, 1, 0, 20, tzinfo=UTC)
     assert parse_instant("+5m", MADRID, now=now) == now + timedelta(minutes=5)
     assert parse_instant("+2h", MADRID, now=now) == now + timedelta(hours=2)
+    # Rounded up to a whole second, as opening instants are.
+    assert parse_instant("+10s", MADRID, now=now.replace(microsecond=1)) == now + timedelta(
+        seconds=11
+    )
     with pytest.raises(UsageError, match=r"\+30s, \+5m, \+2h from now"):
         parse_instant("+5d", MADRID, now=now)
     with pytest.raises(UsageError, match="malformed instant"):
