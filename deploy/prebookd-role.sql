@@ -18,9 +18,9 @@
 -- LISTEN/NOTIFY needs no grant: any role may LISTEN, and the notify trigger runs with
 -- the rights of whoever updates the row.
 --
--- The producer-side CLI (`prebookd box add`, `add`, `cancel`) also INSERTs boxes and
--- prebookings and (for cancel) updates status; run it as the owner or the web app's
--- role, not as this one. See the note at the end for a role that may.
+-- The producer-side CLI (`prebookd box add|set|remove`, `add`, `cancel`, `login`) also
+-- INSERTs, UPDATEs and (`box remove`) DELETEs boxes and prebookings; run it as the
+-- owner or the web app's role, not as this one. See the note at the end.
 
 DO $$
 BEGIN
@@ -74,5 +74,6 @@ GRANT UPDATE (status, result, error_message, loaded_at, executed_at,
 
 -- Note: to let this role also run the producer-side CLI (tests, a demo), add
 --     GRANT INSERT ON boxes, prebookings TO prebookd_app;
--- `prebookd cancel` needs nothing more than the UPDATE (status) above. prebookd never
--- DELETEs; keep DELETE with the web app.
+-- `prebookd cancel` needs nothing more than the UPDATE (status) above; `box set` and
+-- `box remove` need UPDATE and DELETE on boxes (and DELETE on prebookings for
+-- `--with-history`): keep those with the owner. The daemon itself never DELETEs.
