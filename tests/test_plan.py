@@ -53,7 +53,9 @@ def listed(day: date, *labels: str) -> list[ClassInfo]:
         start, name = label.split(" ", 1)
         hour = int(start[:2]) + 1
         classes.append(
-            ClassInfo(f"{day:%m%d}{n}", f"{start} - {hour:02d}:00", name, 0, 16, 0, False, False, None)
+            ClassInfo(
+                f"{day:%m%d}{n}", f"{start} - {hour:02d}:00", name, 0, 16, 0, False, False, None
+            )
         )
     return classes
 
@@ -83,7 +85,10 @@ def test_hours_windows_count_elapsed_hours_across_the_change() -> None:
     hours = rule(weekdays=frozenset({3}), window=BookingWindow("hours", 96))
     decided = decide(utc(2027, 3, 24, 12), [hours], [], [], HORIZON)
     # Wed 31 March 07:00 CEST = 05:00Z; 96 h earlier is 06:00 CET on the 27th.
-    assert [(n.day, n.instant) for n in decided.needs][0] == (date(2027, 3, 31), utc(2027, 3, 27, 5))
+    assert [(n.day, n.instant) for n in decided.needs][0] == (
+        date(2027, 3, 31),
+        utc(2027, 3, 27, 5),
+    )
 
 
 def test_a_day_planned_once_is_not_needed_again_even_if_cancelled_by_hand() -> None:
