@@ -85,7 +85,7 @@ def test_hours_windows_count_elapsed_hours_across_the_change() -> None:
     hours = rule(weekdays=frozenset({3}), window=BookingWindow("hours", 96))
     decided = decide(utc(2027, 3, 24, 12), [hours], [], [], HORIZON)
     # Wed 31 March 07:00 CEST = 05:00Z; 96 h earlier is 06:00 CET on the 27th.
-    assert [(n.day, n.instant) for n in decided.needs][0] == (
+    assert (decided.needs[0].day, decided.needs[0].instant) == (
         date(2027, 3, 31),
         utc(2027, 3, 27, 5),
     )
