@@ -196,6 +196,18 @@ class Settings(BaseSettings):
     status_port: int = Field(
         default=8791, ge=0, le=65_535, description="Port of the status endpoint; 0 turns it off."
     )
+    plan_horizon: float = Field(
+        default=8 * 86_400.0,
+        ge=3600.0,
+        le=60 * 86_400.0,
+        description="Rules plan the days whose booking opens within this many seconds.",
+    )
+    plan_interval: float = Field(
+        default=300.0,
+        ge=0.2,
+        le=86_400.0,
+        description="Seconds between planning rounds (rules into prebookings).",
+    )
 
     log_format: Literal["console", "json"] = Field(
         default="console", description="key=value lines for journald/terminals, or JSON."

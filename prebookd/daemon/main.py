@@ -24,6 +24,7 @@ from prebookd.daemon.engine import Engine, EngineConfig
 from prebookd.daemon.firing_report import iso_instant
 from prebookd.daemon.listener import Listener
 from prebookd.daemon.metrics import Metrics
+from prebookd.daemon.planner import Planner
 from prebookd.daemon.results import ResultWriter
 from prebookd.daemon.sessions import SessionKeeper
 from prebookd.daemon.spool import Spool
@@ -149,6 +150,13 @@ class Daemon:
             keep_horizon=settings.session_keep_horizon,
             wait_clear=self.hot.wait_clear,
         )
+        self.planner = Planner(
+            pool,
+            horizon=settings.plan_horizon,
+            interval=settings.plan_interval,
+            allowed_hosts=settings.box_hosts,
+            wait_clear=self.hot.wait_clear,
+        )
         self.metrics = Metrics()
         self.engine = Engine(
             self._engine_config(),
@@ -184,6 +192,7 @@ class Daemon:
 
     async def serve(self) -> int:
         await self.sessions.start()
+        await self.planner.start()
         await self._start_status_server()
         try:
             return await self._serve()
@@ -191,6 +200,7 @@ class Daemon:
             if self.status_server is not None:
                 await self.status_server.stop()
             await self.sessions.close()
+            await self.planner.close()
 
     async def _start_status_server(self) -> None:
         if self.status_server is None:
@@ -220,6 +230,7 @@ class Daemon:
         if self._embedded is not None:
             self._background.start(self._keep_embedded_up(self._embedded), "embedded-postgres")
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
+        self._background.start(self.planner.run(stop), "planner")
 
         await first_of(
             self.listener.ready.wait(), self._signals.stop.wait(), wait_future(self._crashed)
@@ -336,6 +347,7 @@ class Daemon:
             "listener_reconnects": self.listener.reconnects,
             **self.engine.snapshot(),
             "sessions_kept": self.sessions.refreshed,
+            "planner": self.planner.snapshot(),
             "db_pool": {
                 "size": self._pool.get_size(),
                 "idle": self._pool.get_idle_size(),

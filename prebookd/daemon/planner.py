@@ -86,7 +86,9 @@ class Planner:
         while not stop.is_set():
             try:
                 await self.plan_once()
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:
+                # Bookings already armed matter more than planning new ones: a round
+                # that fails (Postgres away, a bug) is logged and tried again.
                 self.last_errors = [f"planning round failed: {describe(exc)}"]
                 log.warning("planning_failed", error=describe(exc))
             try:
