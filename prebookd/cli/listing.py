@@ -81,6 +81,9 @@ def add_list_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     listing.add_argument("--status", choices=STATUSES, help="only rows with this status")
     listing.add_argument("--box", metavar="SUBDOMAIN", help="only this box's rows")
     listing.add_argument("--email", help="only this member's rows")
+    listing.add_argument(
+        "--rule", type=whole_number(1, 2**63 - 1), metavar="ID", help="only this rule's rows"
+    )
     history = listing.add_mutually_exclusive_group()
     history.add_argument("--all", action="store_true", help="the history too: every row")
     history.add_argument(
@@ -127,6 +130,7 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
             since=since,
             everything=everything,
             limit=args.limit + 1,
+            rule_id=args.rule,
         )
     shown = _without_the_cut(rows, args.limit)
     if args.json:

@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_parsers(commands)
     add_account_parsers(commands)
 
+    from prebookd.cli.rules import add_rules_parsers
+
+    add_rules_parsers(commands)
+
     # --- the demo: prebookd against a simulated AimHarder, nothing to configure ---
     from prebookd.demo.run import add_demo_parser
 

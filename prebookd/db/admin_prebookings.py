@@ -101,6 +101,7 @@ async def list_prebookings(
     since: datetime | None,
     everything: bool,
     limit: int,
+    rule_id: int | None = None,
 ) -> list[PrebookingView]:
     """Matching rows in firing order (available_at, then FIFO by created_at): the
     upcoming ones, and of the others (history) those whose instant is at or after
@@ -113,6 +114,7 @@ async def list_prebookings(
                 WHERE ($2::text IS NULL OR p.status = $2)
                   AND ($3::uuid IS NULL OR p.box_id = $3)
                   AND ($4::text IS NULL OR lower(p.user_email) = lower($4))
+                  AND ($8::bigint IS NULL OR p.rule_id = $8)
             ) AS matching
             WHERE upcoming OR $5 OR available_at >= $6
             ORDER BY upcoming DESC,
@@ -129,6 +131,7 @@ async def list_prebookings(
         everything,
         since,
         limit,
+        rule_id,
     )
     return [_view(row) for row in rows]
 
