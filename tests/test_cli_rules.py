@@ -128,3 +128,21 @@ async def test_bad_rules_are_refused_in_one_line(
     run = await cli(db_dsn, "rule", "add", "--email", EMAIL, "--box", "norte", *args)
     assert run.code == 2 and run.error_line.startswith("prebookd: error:")
     assert await conn.fetchval("SELECT count(*) FROM prebookd_rules") == 0
+
+
+def test_status_shows_the_planner() -> None:
+    from prebookd.cli.status import format_status
+
+    now = datetime(2030, 4, 1, 12, tzinfo=UTC)
+    snapshot = {
+        "planner": {
+            "rules_active": 2,
+            "next_planned_day": "2030-04-03",
+            "last_round_at": "2030-04-01T11:59:30+00:00",
+            "rounds": 4,
+            "last_errors": ["listing norte 20300405: j***@example.com's session is dead"],
+        }
+    }
+    text = format_status(snapshot, now=now)
+    assert "rules      2 active, next planned day 2030-04-03, last planning round 30 s ago" in text
+    assert "! listing norte 20300405: j***@example.com's session is dead" in text

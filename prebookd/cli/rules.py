@@ -296,3 +296,18 @@ async def _away_remove(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(f"unknown days away {args.id}: see `prebookd away list`")
     print(f"removed days away {args.id}; the daemon plans those days again on its next round")
     return 0
+
+
+def planner_lines(planner: Any, now: datetime) -> list[str]:
+    """`prebookd status`'s lines on the planner: rules, next planned day, last round."""
+    if not isinstance(planner, dict):
+        return []
+    last = timeparse.read_iso(planner.get("last_round_at"))
+    ago = f"{int((now - last).total_seconds())} s ago" if last else "not yet"
+    lines = [
+        f"  rules      {planner.get('rules_active', 0)} active, next planned day "
+        f"{planner.get('next_planned_day') or 'none'}, last planning round {ago}"
+    ]
+    errors = planner.get("last_errors") or []
+    lines += [f"  {'':<10} ! {error}" for error in errors if isinstance(error, str)]
+    return lines

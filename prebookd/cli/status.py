@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from prebookd.cli.rules import planner_lines
 from prebookd.errors import PrebookdError
 from prebookd.settings import Settings
 from prebookd.text import one_line
@@ -136,6 +137,7 @@ def format_status(snapshot: dict[str, Any], *, now: dt.datetime) -> str:
         )
 
     lines.append(f"  sessions   {snapshot.get('sessions_kept', 0)} kept alive")
+    lines.extend(planner_lines(snapshot.get("planner"), now))
     db_pool = snapshot.get("db_pool") or {}
     lines.append(
         f"  db pool    {db_pool.get('size', '?')} open of {db_pool.get('max', '?')}, "
