@@ -320,6 +320,8 @@ LIVE_SETTINGS = frozenset(
         "shutdown_timeout",
         "token_refresh_age",
         "session_keep_horizon",
+        "plan_horizon",
+        "plan_interval",
         "log_format",
         "log_level",
     }

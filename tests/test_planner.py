@@ -241,3 +241,46 @@ async def test_a_dead_session_is_a_warning_not_a_crash(
     assert done["planned"] == 0 and done["missing"] == 0
     assert any(e["event"] == "planner_session_dead" for e in logs)
     assert "session is dead" in planner.snapshot()["last_errors"][0]
+
+
+async def test_a_box_window_or_rule_changed_moves_or_replaces_the_pending_row(
+    conn: asyncpg.Connection, sim: Simulator, pool: asyncpg.Pool, box: uuid.UUID
+) -> None:
+    day = class_day()
+    add_class(sim, day)
+    sim.add_class(
+        "norte",
+        SimClass(
+            session_id="600",
+            day=f"{day:%Y%m%d}",
+            capacity=10,
+            opens_at=0,
+            name="Open Box",
+            time="08:00 - 09:00",
+        ),
+    )
+    rule = await add_rule(conn, box)
+    planner = await started(make_planner(pool))
+    try:
+        await planner.plan_once()
+        await conn.execute("UPDATE boxes SET booking_window_length = 3 WHERE id = $1", box)
+        assert (await planner.plan_once())["moved"] == 1
+        moved = await rule_rows(conn)
+        assert [r["available_at"] for r in moved] == [
+            timeparse.opening_instant(
+                day, clock_time(7), MADRID, timeparse.BookingWindow("days", 3)
+            )
+        ]
+        await conn.execute(
+            "UPDATE prebookd_rules SET class_time = '08:00', class_name = 'open box' WHERE id = $1",
+            rule,
+        )
+        done = await planner.plan_once()
+    finally:
+        await planner.close()
+    assert (done["withdrawn"], done["planned"]) == (1, 1)
+    rows = await rule_rows(conn)
+    assert [(r["status"], r["class_label"], r["booking_data"]["id"]) for r in rows] == [
+        ("cancelled", "07:00 WOD", "555"),
+        ("pending", "08:00 Open Box", "600"),
+    ]

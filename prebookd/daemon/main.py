@@ -291,6 +291,8 @@ class Daemon:
             self.results.flush_interval = self.settings.result_flush_interval
             self.sessions.refresh_age = self.settings.token_refresh_age
             self.sessions.keep_horizon = self.settings.session_keep_horizon
+            self.planner.horizon = self.settings.plan_horizon
+            self.planner.interval = self.settings.plan_interval
         log.info("settings_reloaded", applied=live, need_restart=need_restart)
         if need_restart:
             log.warning("settings_need_restart", settings=need_restart)
