@@ -11,7 +11,10 @@
 --   * The daemon connects as prebookd_app (PREBOOKD_DATABASE_URL in
 --     /etc/prebookd/prebookd.env). It can read what it needs and write only the columns
 --     it owns on prebookings and the token columns of auth_sessions; it cannot create,
---     alter, drop or delete anything, nor touch a booking's user, box, class or instant.
+--     alter, drop or delete anything, nor change a booking's user, box or class. Its
+--     planner inserts the prebookings recurring rules make, and moves their instant
+--     when a box's booking window changes (it could move any row's: column grants
+--     cannot tell a rule's rows from others).
 --
 -- Run it again after each upgrade that brings a migration (deploy/README.md says
 -- when): it is idempotent, and a new column prebookd writes needs its grant here.
@@ -48,6 +51,7 @@ $$;
 -- also takes away what is no longer listed.
 REVOKE ALL ON boxes, auth_sessions, prebookings FROM prebookd_app;
 REVOKE ALL ON prebookd_migrations FROM prebookd_app;
+REVOKE ALL ON prebookd_rules, prebookd_away, prebookd_rule_misses FROM prebookd_app;
 
 GRANT USAGE ON SCHEMA public TO prebookd_app;
 
@@ -72,8 +76,20 @@ GRANT UPDATE (status, result, error_message, loaded_at, executed_at,
               outcome, fired_by, send_note)
     ON prebookings TO prebookd_app;
 
+-- Recurring rules and days away: read only (the CLI or the web app writes them). The
+-- planner inserts the rows rules make, moves their instant when a box's window
+-- changes, clears rule_day when a rule withdraws a row, and keeps the classes it found
+-- missing.
+GRANT SELECT ON prebookd_rules, prebookd_away TO prebookd_app;
+GRANT INSERT (user_email, box_id, booking_data, available_at, status, class_label,
+              rule_id, rule_day)
+    ON prebookings TO prebookd_app;
+GRANT UPDATE (available_at, rule_day) ON prebookings TO prebookd_app;
+GRANT SELECT, INSERT, UPDATE ON prebookd_rule_misses TO prebookd_app;
+
 -- Note: to let this role also run the producer-side CLI (tests, a demo), add
 --     GRANT INSERT ON boxes, prebookings TO prebookd_app;
+-- (`rule ...` and `away ...` write prebookd_rules and prebookd_away: the owner's too.)
 -- `prebookd cancel` needs nothing more than the UPDATE (status) above; `box set` and
 -- `box remove` need UPDATE and DELETE on boxes (and DELETE on prebookings for
 -- `--with-history`): keep those with the owner. The daemon itself never DELETEs.

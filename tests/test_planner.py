@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -22,6 +23,7 @@ from prebookd.db.connection import create_pool
 from prebookd.settings import Settings
 from prebookd.sim.server import SimClass, Simulator
 from tests.support import add_box, add_member
+from tests.test_deploy import role  # noqa: F401 - the least-privilege role fixture
 
 MADRID = ZoneInfo("Europe/Madrid")
 EMAIL = "jane@example.com"
@@ -284,3 +286,32 @@ async def test_a_box_window_or_rule_changed_moves_or_replaces_the_pending_row(
         ("cancelled", "07:00 WOD", "555"),
         ("pending", "08:00 Open Box", "600"),
     ]
+
+
+async def test_the_least_privilege_role_can_plan(
+    conn: asyncpg.Connection,
+    sim: Simulator,
+    db_dsn: str,
+    box: uuid.UUID,
+    role: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    day = class_day()
+    add_class(sim, day)
+    rule = await add_rule(conn, box)
+    parts = urlsplit(db_dsn)
+    as_role = parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}").geturl()
+    pool = await create_pool(as_role, Settings(database_url=as_role, db_pool_min=1, db_pool_max=1))
+    planner = await started(make_planner(pool))
+    try:
+        assert (await planner.plan_once())["planned"] == 1
+        await conn.execute("UPDATE boxes SET booking_window_length = 3 WHERE id = $1", box)
+        assert (await planner.plan_once())["moved"] == 1
+        await rules_store.set_rule_active(conn, rule, False)
+        assert (await planner.plan_once())["withdrawn"] == 1
+        await conn.execute("DELETE FROM prebookings")
+        sim.box("norte").classes.clear()
+        await rules_store.set_rule_active(conn, rule, True)
+        assert (await planner.plan_once())["missing"] == 1
+    finally:
+        await planner.close()
+        await pool.close()
