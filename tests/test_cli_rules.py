@@ -56,12 +56,14 @@ async def test_rules_are_added_listed_paused_resumed_and_removed(
         "--class", " 07:00  WOD ", "--waitlist", "--alt", "08:00 WOD", "--alt", "9:00 Open",
     )  # fmt: skip
     assert added.code == 0, added
+    assert "has no background session yet" in added.err
     rule = int(added.out)
     stored = await conn.fetchrow("SELECT * FROM prebookd_rules WHERE id = $1", rule)
     assert stored["weekdays"] == [1, 3] and stored["class_name"] == "WOD"
     assert stored["insist"] == 1 and stored["alternatives"] == ["08:00 WOD", "09:00 Open"]
     planned, by_hand = await add_row(conn, box, rule), await add_row(conn, box, None)
-    listed = await cli(db_dsn, "rule", "list", "--json")
+    assert (await cli(db_dsn, "rule", "list", "--email", "joe@example.com")).out == "no rules\n"
+    listed = await cli(db_dsn, "rule", "list", "--json", "--email", "Jane@example.com")
     assert [(r["id"], r["days"], r["pending"], r["next_day"]) for r in json.loads(listed.out)] == [
         (rule, "mon,wed", 1, DAY.isoformat())
     ]

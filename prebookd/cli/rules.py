@@ -25,7 +25,7 @@ from prebookd.cli.common import (
     whole_number,
 )
 from prebookd.daemon.plan import format_weekdays, parse_weekdays
-from prebookd.db import rules_store
+from prebookd.db import admin_store, rules_store
 from prebookd.errors import UsageError
 from prebookd.settings import Settings
 
@@ -86,6 +86,7 @@ def add_rules_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     add.set_defaults(handler=_rule_add)
     listing = actions.add_parser("list", help="list rules")
+    listing.add_argument("--email", help="only this member's rules")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_rule_list)
     for name, handler, text in (
@@ -152,6 +153,7 @@ async def _rule_add(args: argparse.Namespace, settings: Settings) -> int:
             insist=1 if args.waitlist else 0,
             alternatives=alternatives,
         )
+        has_session = await admin_store.has_background_session(conn, email)
     print(new_id)
     print(
         f"rule {new_id}: {email} at {subdomain}, {format_weekdays(weekdays)} {start:%H:%M} "
@@ -159,6 +161,12 @@ async def _rule_add(args: argparse.Namespace, settings: Settings) -> int:
         f"whose booking opens within {settings.plan_horizon / 86400:g} days",
         file=sys.stderr,
     )
+    if not has_session:
+        print(
+            f"warning: {email} has no background session yet: the daemon cannot read the "
+            f"day's classes, nor book, until one is stored (`prebookd login --email {email}`)",
+            file=sys.stderr,
+        )
     if window is None:
         print(
             f"warning: box {subdomain} has no booking window: nothing is planned until one is "
@@ -170,7 +178,8 @@ async def _rule_add(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _rule_list(args: argparse.Namespace, settings: Settings) -> int:
     async with database(settings) as conn:
-        rules = await rules_store.list_rules(conn)
+        email = parse_email(args.email) if args.email else None
+        rules = await rules_store.list_rules(conn, user_email=email)
     if args.json:
         print_json([_rule_json(r) for r in rules])
     elif not rules:

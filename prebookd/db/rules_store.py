@@ -87,7 +87,9 @@ async def insert_rule(
     return new_id
 
 
-async def list_rules(conn: Db, rule_id: int | None = None) -> list[RuleView]:
+async def list_rules(
+    conn: Db, rule_id: int | None = None, user_email: str | None = None
+) -> list[RuleView]:
     rows = await _fetch(
         conn,
         """
@@ -98,12 +100,14 @@ async def list_rules(conn: Db, rule_id: int | None = None) -> list[RuleView]:
         FROM prebookd_rules r
         LEFT JOIN boxes b ON b.id = r.box_id
         LEFT JOIN prebookings p ON p.rule_id = r.id AND p.rule_day IS NOT NULL
-        WHERE $1::bigint IS NULL OR r.id = $1
+        WHERE ($1::bigint IS NULL OR r.id = $1)
+          AND ($3::text IS NULL OR lower(r.user_email) = lower($3))
         GROUP BY r.id, b.subdomain
         ORDER BY r.id
         """,
         rule_id,
         WITHDRAWABLE,
+        user_email,
     )
     return [RuleView(**dict(row)) for row in rows]
 
