@@ -315,3 +315,63 @@ async def test_the_least_privilege_role_can_plan(
     finally:
         await planner.close()
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        # Clocks go forward on Sunday 28 March 2027: 07:00 Madrid is 06:00Z, then 05:00Z.
+        (
+            datetime(2027, 3, 24, 12, tzinfo=UTC),
+            {
+                date(2027, 3, 29): datetime(2027, 3, 25, 6, tzinfo=UTC),
+                date(2027, 3, 31): datetime(2027, 3, 27, 6, tzinfo=UTC),
+                date(2027, 4, 5): datetime(2027, 4, 1, 5, tzinfo=UTC),
+            },
+        ),
+        # Clocks go back on Sunday 25 October 2026: 05:00Z, then 06:00Z.
+        (
+            datetime(2026, 10, 21, 12, tzinfo=UTC),
+            {
+                date(2026, 10, 26): datetime(2026, 10, 22, 5, tzinfo=UTC),
+                date(2026, 10, 28): datetime(2026, 10, 24, 5, tzinfo=UTC),
+                date(2026, 11, 2): datetime(2026, 10, 29, 6, tzinfo=UTC),
+            },
+        ),
+    ],
+)
+async def test_two_planners_across_a_dst_change_make_each_days_row_once(
+    conn: asyncpg.Connection,
+    sim: Simulator,
+    pool: asyncpg.Pool,
+    box: uuid.UUID,
+    now: datetime,
+    expected: dict[date, datetime],
+) -> None:
+    for n, day in enumerate([*expected, max(expected) + timedelta(days=2)]):
+        add_class(sim, day, str(900 + n))  # the last one opens beyond the horizon
+    rule = await rules_store.insert_rule(
+        conn,
+        user_email=EMAIL,
+        box=box,
+        weekdays=[1, 3],  # Mon, Wed
+        class_time=clock_time(7),
+        class_name="WOD",
+        family_id="",
+        insist=0,
+        alternatives=[],
+    )
+    planners = []
+    for _ in range(2):
+        planner = make_planner(pool, clock=now.timestamp)
+        planner.horizon = 8 * 86400
+        planners.append(await started(planner))
+    try:
+        await asyncio.gather(*(p.plan_once() for p in planners))
+        await asyncio.gather(*(p.plan_once() for p in planners))
+    finally:
+        for planner in planners:
+            await planner.close()
+    rows = await rule_rows(conn)
+    assert {r["rule_day"]: r["available_at"] for r in rows} == expected
+    assert len(rows) == len(expected) and {r["rule_id"] for r in rows} == {rule}

@@ -143,7 +143,9 @@ class Planner:
                 "rule_class_not_listed", rule=need.rule.id, text=missing_text(need.rule, need.day)
             )
         reported = await self._report(decided.passed)
-        self._note_round(now, rules, rows, planned, errors)
+        gone = {row_id for row_id, _ in decided.withdraw}
+        kept = [row for row in rows if row.id not in gone]
+        self._note_round(now, rules, kept, planned, errors)
         return {
             "planned": made,
             "withdrawn": withdrawn,
