@@ -12,6 +12,9 @@ import asyncpg
 import pytest
 
 from tests.cli_support import cli
+from tests.test_cli_usage import (
+    test_every_commands_help_ends_with_examples as _help_ends_with_examples,
+)
 
 EMAIL = "jane@example.com"
 DAY = date(2030, 4, 3)  # a Wednesday
@@ -148,3 +151,14 @@ def test_status_shows_the_planner() -> None:
     text = format_status(snapshot, now=now)
     assert "rules      2 active, next planned day 2030-04-03, last planning round 30 s ago" in text
     assert "! listing norte 20300405: j***@example.com's session is dead" in text
+
+
+RULE_COMMANDS = [
+    ["rule"], ["rule", "add"], ["rule", "list"], ["rule", "pause"], ["rule", "resume"],
+    ["rule", "remove"], ["away"], ["away", "add"], ["away", "list"], ["away", "remove"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", RULE_COMMANDS, ids=" ".join)
+async def test_every_rule_commands_help_ends_with_examples(command: list[str]) -> None:
+    await _help_ends_with_examples(command)  # the check every command's help passes

@@ -31,31 +31,30 @@ from prebookd.settings import Settings
 
 MAX_ID = 2**63 - 1
 
-RULE_EPILOG = """\
+PLANNER_TEXT = """\
 The planner inside `prebookd run` makes each rule's prebookings: for every matching day
 whose booking window opens within PREBOOKD_PLAN_HORIZON (8 days), it finds the class in
 the day's listing (names compared without case, accents or extra spaces) and stores the
-row, once. A day away (`prebookd away add`) is skipped.
-
-examples:
-  prebookd rule add --email jane@example.com --box crossfitnorte --days mon,wed,fri \\
-      --class "07:00 WOD"
-  prebookd rule add --email jane@example.com --box crossfitnorte --days tue --class "19:00 Open" \\
-      --waitlist --alt "20:00 Open"
-  prebookd rule list
-  prebookd rule pause 3
-  prebookd list --rule 3
+row, once. Days away (`prebookd away add`) are skipped.
 """
-AWAY_EPILOG = """\
+AWAY_TEXT = """\
 Days are class days, both included. Pending prebookings rules made inside them are
 cancelled at once; prebookings added by hand are left alone.
-
-examples:
-  prebookd away add --email jane@example.com --from 2026-12-20 --to 2027-01-06
-  prebookd away add --email jane@example.com --from 20261224 --to 20261224 --box crossfitnorte
-  prebookd away list
-  prebookd away remove 2
 """
+ID_ACTIONS = (
+    (
+        "pause",
+        "pause a rule: its pending prebookings are cancelled",
+        "prebookd list --rule 3 --all",
+    ),
+    ("resume", "resume a rule: the planner plans its days again", "prebookd rule list"),
+    ("remove", "remove a rule: its pending prebookings are cancelled", "prebookd rule list"),
+)
+
+
+def _examples(*lines: str, text: str = "") -> str:
+    body = "".join(f"  {line}\n" for line in lines)
+    return f"{text}\nexamples:\n{body}" if text else f"examples:\n{body}"
 
 
 def add_rules_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,10 +62,27 @@ def add_rules_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "rule",
         help="book a class every week, by rule",
         description="Recurring prebookings: on these weekdays, this class.",
-        epilog=RULE_EPILOG,
+        epilog=_examples(
+            "prebookd rule add --email jane@example.com --box crossfitnorte --days mon,wed,fri \\",
+            "    --class '07:00 WOD'",
+            "prebookd rule list",
+            "prebookd list --rule 3",
+            text=PLANNER_TEXT,
+        ),
     )
     actions = rule.add_subparsers(dest="rule_command", metavar="ACTION", required=True)
-    add = actions.add_parser("add", help="add a rule", epilog=RULE_EPILOG)
+    add = actions.add_parser(
+        "add",
+        help="add a rule",
+        description="Add a rule: on these weekdays, book this class for this member.",
+        epilog=_examples(
+            "prebookd rule add --email jane@example.com --box crossfitnorte --days mon,wed,fri \\",
+            "    --class '07:00 WOD'",
+            "prebookd rule add --email jane@example.com --box crossfitnorte --days tue \\",
+            "    --class '19:00 Open' --waitlist --alt '20:00 Open'",
+            text=PLANNER_TEXT,
+        ),
+    )
     add.add_argument("--email", required=True, help="the member's AimHarder e-mail")
     add.add_argument("--box", required=True, metavar="SUBDOMAIN", help="the box")
     add.add_argument("--days", required=True, help="weekdays, e.g. mon,wed,fri")
@@ -85,27 +101,50 @@ def add_rules_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="a backup class (stored; not booked yet); may be repeated",
     )
     add.set_defaults(handler=_rule_add)
-    listing = actions.add_parser("list", help="list rules")
+    listing = actions.add_parser(
+        "list",
+        help="list rules",
+        description="List rules, with their pending prebookings and the next day planned.",
+        epilog=_examples(
+            "prebookd rule list", "prebookd rule list --email jane@example.com --json"
+        ),
+    )
     listing.add_argument("--email", help="only this member's rules")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_rule_list)
-    for name, handler, text in (
-        ("pause", _rule_pause, "pause a rule: its pending prebookings are cancelled"),
-        ("resume", _rule_resume, "resume a rule: the planner plans its days again"),
-        ("remove", _rule_remove, "remove a rule: its pending prebookings are cancelled"),
-    ):
-        action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+    handlers = {"pause": _rule_pause, "resume": _rule_resume, "remove": _rule_remove}
+    for name, text, other in ID_ACTIONS:
+        action = actions.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=_examples(f"prebookd rule {name} 3", other),
+        )
         action.add_argument("id", type=whole_number(1, MAX_ID), metavar="ID")
-        action.set_defaults(handler=handler)
+        action.set_defaults(handler=handlers[name])
 
     away = commands.add_parser(
         "away",
         help="days away: no rule books inside them",
         description="Days a member is away: no rule books a class inside them.",
-        epilog=AWAY_EPILOG,
+        epilog=_examples(
+            "prebookd away add --email jane@example.com --from 2026-12-20 --to 2027-01-06",
+            "prebookd away list",
+            text=AWAY_TEXT,
+        ),
     )
     away_actions = away.add_subparsers(dest="away_command", metavar="ACTION", required=True)
-    away_add = away_actions.add_parser("add", help="add days away", epilog=AWAY_EPILOG)
+    away_add = away_actions.add_parser(
+        "add",
+        help="add days away",
+        description="Add days away for a member, at one box or all.",
+        epilog=_examples(
+            "prebookd away add --email jane@example.com --from 2026-12-20 --to 2027-01-06",
+            "prebookd away add --email jane@example.com --from 20261224 --to 20261224 \\",
+            "    --box crossfitnorte",
+            text=AWAY_TEXT,
+        ),
+    )
     away_add.add_argument("--email", required=True, help="the member's AimHarder e-mail")
     away_add.add_argument(
         "--from", dest="first", required=True, help="first day: YYYY-MM-DD, YYYYMMDD"
@@ -113,10 +152,20 @@ def add_rules_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     away_add.add_argument("--to", dest="last", required=True, help="last day (included)")
     away_add.add_argument("--box", metavar="SUBDOMAIN", help="only this box (default: all)")
     away_add.set_defaults(handler=_away_add)
-    away_list = away_actions.add_parser("list", help="list days away")
+    away_list = away_actions.add_parser(
+        "list",
+        help="list days away",
+        description="List days away.",
+        epilog=_examples("prebookd away list", "prebookd away list --json"),
+    )
     away_list.add_argument("--json", action="store_true", help="print JSON")
     away_list.set_defaults(handler=_away_list)
-    away_remove = away_actions.add_parser("remove", help="remove days away")
+    away_remove = away_actions.add_parser(
+        "remove",
+        help="remove days away",
+        description="Remove days away: the planner plans those days again.",
+        epilog=_examples("prebookd away remove 2", "prebookd away list"),
+    )
     away_remove.add_argument("id", type=whole_number(1, MAX_ID), metavar="ID")
     away_remove.set_defaults(handler=_away_remove)
 
