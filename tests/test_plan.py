@@ -185,3 +185,10 @@ def test_weekdays_and_names() -> None:
 def test_a_box_without_window_is_a_problem_not_a_crash() -> None:
     decided = decide(utc(2027, 3, 24, 12), [rule(window=None)], [], [], HORIZON)
     assert not decided.needs and decided.problems
+
+
+def test_rows_of_a_box_with_a_bad_zone_stay_as_they_are() -> None:
+    row = _pending(date(2027, 3, 29), utc(2027, 3, 25, 6))
+    decided = decide(utc(2027, 3, 24, 12), [rule(zone=None)], [], [row], HORIZON)
+    assert not decided.moves and not decided.withdraw and not decided.needs
+    assert decided.problems

@@ -270,9 +270,8 @@ def _candidate_days(rule: Rule, now: datetime, horizon: timedelta) -> list[date]
 
 
 def _instant(rule: Rule, day: date, problems: list[str]) -> datetime | None:
-    assert rule.zone is not None
-    if rule.window is None:
-        return None
+    if rule.zone is None or rule.window is None:
+        return None  # said once per round in `decide`'s problems
     try:
         return timeparse.opening_instant(day, rule.class_time, rule.zone, rule.window)
     except UsageError as exc:  # a wall time a DST change skips or repeats
