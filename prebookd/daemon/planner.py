@@ -106,9 +106,10 @@ class Planner:
         rows = [_row(r) for r in await rules_store.planner_rows(self._pool, since)]
         decided = decide(now, rules, aways, rows, timedelta(seconds=self.horizon))
         errors = list(decided.problems)
-        withdrawn = await rules_store.withdraw_rows(self._pool, decided.withdraw)
+        withdrawn = set(await rules_store.withdraw_rows(self._pool, decided.withdraw))
         for row_id, reason in decided.withdraw:
-            log.info("rule_row_withdrawn", prebooking_id=str(row_id), reason=reason)
+            if row_id in withdrawn:
+                log.info("rule_row_withdrawn", prebooking_id=str(row_id), reason=reason)
         moved = await rules_store.move_rows(self._pool, decided.moves)
         if moved:
             log.info("rule_rows_moved", rows=moved)
@@ -148,7 +149,7 @@ class Planner:
         self._note_round(now, rules, kept, planned, errors)
         return {
             "planned": made,
-            "withdrawn": withdrawn,
+            "withdrawn": len(withdrawn),
             "moved": moved,
             "missing": len(missing),
             "reported": reported,

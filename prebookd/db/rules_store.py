@@ -296,22 +296,25 @@ async def insert_rule_row(
     return rows[0]["id"] if rows else None
 
 
-async def withdraw_rows(db: Db, withdrawals: Sequence[tuple[UUID, str]]) -> int:
+async def withdraw_rows(db: Db, withdrawals: Sequence[tuple[UUID, str]]) -> list[UUID]:
+    """Cancel these rows, each with its reason, if still pending or loaded: the ids
+    this call cancelled (another planner may have been first)."""
     if not withdrawals:
-        return 0
-    status = await _execute(
+        return []
+    rows = await _fetch(
         db,
         """
         UPDATE prebookings p
         SET status = 'cancelled', error_message = w.reason, rule_day = NULL
         FROM unnest($1::uuid[], $2::text[]) AS w(id, reason)
         WHERE p.id = w.id AND p.status = ANY($3::text[])
+        RETURNING p.id
         """,
         [w[0] for w in withdrawals],
         [w[1] for w in withdrawals],
         WITHDRAWABLE,
     )
-    return int(status.split()[-1])
+    return [row["id"] for row in rows]
 
 
 async def move_rows(db: Db, moves: Sequence[tuple[UUID, dt.datetime]]) -> int:
