@@ -56,6 +56,10 @@ SECRET_PATTERNS = [
     # netloc: an unescaped '@' inside the password must not leave its tail visible)
     (re.compile(r"(\w+://[^:/@\s]*:)([^\s/]+)(@)"), r"\1****\3"),
 ]
+# Every pattern above needs one of these to match: text without any of them (ids,
+# emails, instants, outcome codes: most of what is logged) skips the patterns, which
+# are most of the cost of a line.
+_MAY_MATCH = re.compile(r"""[='"]|://|bearer""", re.IGNORECASE)
 # Values logged as they are: they cannot hold a secret and keep their own rendering.
 _PLAIN = (int, float, bool, type(None))
 
@@ -112,7 +116,7 @@ def _mask_known(text: str) -> str:
         return text
     # Every window of the text, compared with the prefixes at C speed: most lines hold
     # no secret, and only those that do are walked character by character.
-    windows = set(map(text.__getitem__, map(slice, range(count), range(_PREFIX, len(text) + 1))))
+    windows = map(text.__getitem__, map(slice, range(count), range(_PREFIX, len(text) + 1)))
     if _by_prefix.keys().isdisjoint(windows):
         return text
     parts: list[str] = []
@@ -131,6 +135,8 @@ def _mask_known(text: str) -> str:
 
 def redact_text(text: str) -> str:
     text = _mask_known(text)
+    if _MAY_MATCH.search(text) is None:
+        return text
     for pattern, replacement in SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
