@@ -262,8 +262,17 @@ class Settings(BaseSettings):
         default=8791, ge=0, le=65_535, description="Port of the status endpoint; 0 turns it off."
     )
 
-    log_format: Literal["console", "json"] = Field(
-        default="console", description="key=value lines for journald/terminals, or JSON."
+    @staticmethod
+    def _log_format_here() -> Literal["console", "journal"]:
+        from prebookd.log import default_log_format  # the detection lives with the formats
+
+        return default_log_format()
+
+    log_format: Literal["console", "journal", "json"] = Field(
+        default_factory=_log_format_here,
+        description="console: timestamped key=value lines; journal: the same with each "
+        "line's syslog priority (<4>) and no timestamp, for journald; json: one object a "
+        "line. Default: journal when stderr is the journal (JOURNAL_STREAM), else console.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged."
