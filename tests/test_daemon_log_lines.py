@@ -6,6 +6,7 @@ subprocess, simulator over loopback, Postgres; and the row log's own queue."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from prebookd import __version__
+from prebookd.daemon import rowlog
 from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.firing_report import iso_instant
 from prebookd.daemon.rowlog import RESYNC_LISTED, RowLog, class_of
@@ -161,7 +163,7 @@ async def test_startup_says_version_database_rows_held_and_next_instant_without_
         f"version={__version__}",
         f"armed={rows}",
         f"next_instant={iso_instant(first)}",
-        "database=postgresql://postgres:****@",
+        "postgresql://postgres:****@",  # the database, its password masked
     ):
         assert field in ready, (field, ready)
     assert not any("dsnS3cret" in line for line in daemon.lines)
@@ -178,21 +180,56 @@ async def test_startup_says_version_database_rows_held_and_next_instant_without_
 # ---- the row log --------------------------------------------------------------------
 
 
-async def test_lines_queued_just_before_an_instant_are_written_once_it_has_passed() -> None:
+class Written:
+    """Stands in for the row log's logger: what was written, and when."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[float, str, str]] = []
+
+    def log(self, level: int, event: str, **fields: object) -> None:
+        self.lines.append((time.time(), logging.getLevelName(level).lower(), event))
+
+
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> Written:
+    recorder = Written()
+    monkeypatch.setattr(rowlog, "log", recorder)
+    return recorder
+
+
+async def test_lines_queued_just_before_an_instant_wait_until_its_burst_is_out(
+    written: Written,
+) -> None:
     hot = HotWindows()
     instant = time.time() + 0.008  # inside the guard before it: the loop is kept free
     hot.add(instant)
     rows = RowLog(hot.wait_clear)
-    with capture_logs() as logs:
-        rows.info("prebooking_fired", prebooking_id="a")
-        rows.log("warning", "booking_sent", prebooking_id="a", outcome="full")
-        await asyncio.sleep(0)  # the writer has looked: not now
-        assert logs == []
-        await asyncio.sleep(instant + 0.05 - time.time())
-    assert [(e["event"], e["log_level"]) for e in logs] == [
-        ("prebooking_fired", "info"),
-        ("booking_sent", "warning"),
+    rows.info("prebooking_fired", prebooking_id="a")
+    rows.log("warning", "booking_sent", prebooking_id="a", outcome="full")
+    await asyncio.sleep(instant + rowlog.QUIET_AFTER + 0.05 - time.time())
+
+    assert [(level, event) for _, level, event in written.lines] == [
+        ("info", "prebooking_fired"),
+        ("warning", "booking_sent"),
     ]
+    assert all(at >= instant + rowlog.QUIET_AFTER for at, _, _ in written.lines)
+
+
+async def test_instants_one_after_another_do_not_hold_lines_back_for_ever(
+    written: Written,
+) -> None:
+    hot = HotWindows()
+    start = time.time()
+    instants = [start + 0.02 * n for n in range(1, 75)]  # every 20 ms for 1.5 s
+    for instant in instants:
+        hot.add(instant)
+    rows = RowLog(hot.wait_clear)
+    rows.info("result_written", prebooking_id="a")
+    await asyncio.sleep(rowlog.MAX_HOLD + 0.3)
+
+    ((at, _, _),) = written.lines
+    assert at < start + rowlog.MAX_HOLD + 0.1
+    assert not any(t - 0.010 <= at <= t + 0.003 for t in instants), "never at an instant"
 
 
 async def test_flush_writes_what_is_queued_at_once() -> None:

@@ -24,14 +24,17 @@ bookings that did not book, each in one line a person can act on.
 
 A line costs tens of microseconds (redaction, rendering, the write): a burst of
 answers, a resync or a flood of NOTIFYs would be milliseconds of them. So callers only
-queue a line (`RowLog`), and a task writes the queue a few lines per loop turn, each
-batch after `wait_clear`: logging never runs in the moments around an instant, and
-the lines keep the order they were queued in.
+queue a line (`RowLog`), and a task writes the queue a few lines per loop turn, none
+from just before an instant until QUIET_AFTER past it (a burst's last writes go out
+tens of milliseconds after its first; lines held longer than MAX_HOLD, instants
+following each other, wait only for the usual hot window). The lines keep the order
+they were queued in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -51,14 +54,17 @@ log = structlog.get_logger(__name__)
 
 RESYNC_LISTED = 50  # rows new to a resync told one by one, at most
 LINES_PER_TURN = 16  # a few milliseconds at most, well inside an instant's guard
+QUIET_AFTER = 0.05  # no line this long after an instant: 2000 requests are written in ~50 ms
+MAX_HOLD = 1.0
 # Rows that cannot be sent at all: the row or the daemon is at fault, not the box.
 ERROR_OUTCOMES = frozenset({"bad_row", "missed", "unknown"})
 _LEVELS = logging.getLevelNamesMapping()
 
-WaitClear = Callable[[], Awaitable[None]]
+# HotWindows.wait_clear: returns once no instant is near (`settle`: how long after it).
+WaitClear = Callable[[float | None], Awaitable[None]]
 
 
-async def _never_wait() -> None:
+async def _never_wait(settle: float | None = None) -> None:
     return None
 
 
@@ -94,7 +100,9 @@ class RowLog:
     async def _write(self) -> None:
         try:
             while self._queue:
-                await self._wait_clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_clear(QUIET_AFTER), MAX_HOLD)
+                await self._wait_clear(None)
                 for _ in range(min(LINES_PER_TURN, len(self._queue))):
                     self._write_one()
                 await asyncio.sleep(0)  # whatever else is ready goes first
