@@ -55,7 +55,7 @@ log = structlog.get_logger(__name__)
 RESYNC_LISTED = 50  # rows new to a resync told one by one, at most
 LINES_PER_TURN = 16  # a few milliseconds at most, well inside an instant's guard
 QUIET_AFTER = 0.05  # no line this long after an instant: 2000 requests are written in ~50 ms
-MAX_HOLD = 1.0
+MAX_HOLD = 1.0  # a line waits at most this long for QUIET_AFTER (then for the hot window only)
 # Rows that cannot be sent at all: the row or the daemon is at fault, not the box.
 ERROR_OUTCOMES = frozenset({"bad_row", "missed", "unknown"})
 _LEVELS = logging.getLevelNamesMapping()
@@ -74,7 +74,8 @@ class RowLog:
 
     def __init__(self, wait_clear: WaitClear = _never_wait) -> None:
         self._wait_clear = wait_clear
-        self._queue: deque[tuple[int, str, dict[str, Any]]] = deque()
+        # (loop time queued, level, event, fields)
+        self._queue: deque[tuple[float, int, str, dict[str, Any]]] = deque()
         self._writer: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -84,13 +85,14 @@ class RowLog:
         self.log("info", event, **fields)
 
     def log(self, level: str, event: str, **fields: Any) -> None:
-        self._queue.append((_LEVELS[level.upper()], event, fields))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test calling in directly): write now
+            self._queue.append((0.0, _LEVELS[level.upper()], event, fields))
+            self.flush()
+            return
+        self._queue.append((loop.time(), _LEVELS[level.upper()], event, fields))
         if self._writer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop (a test calling in directly): write now
-                self.flush()
-                return
             self._writer = loop.create_task(self._write(), name="row-log")
 
     def flush(self) -> None:
@@ -98,10 +100,12 @@ class RowLog:
             self._write_one()
 
     async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
+                hold = self._queue[0][0] + MAX_HOLD - loop.time()  # the oldest line's
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_clear(QUIET_AFTER), MAX_HOLD)
+                    await asyncio.wait_for(self._wait_clear(QUIET_AFTER), max(hold, 0.0))
                 await self._wait_clear(None)
                 for _ in range(min(LINES_PER_TURN, len(self._queue))):
                     self._write_one()
@@ -110,7 +114,7 @@ class RowLog:
             self._writer = None
 
     def _write_one(self) -> None:
-        level, event, fields = self._queue.popleft()
+        _, level, event, fields = self._queue.popleft()
         try:
             log.log(level, event, **fields)
         except Exception:
