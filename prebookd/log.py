@@ -7,16 +7,25 @@ Events are stable snake_case names with key=value fields (or JSON). A redaction 
 runs last before rendering, so no code path can log a cookie, token or password by
 accident: keys that name a secret are masked, and so are secret-looking substrings
 (`amhrdrauth=...`, DSN passwords) inside any string value.
+
+Three formats (PREBOOKD_LOG_FORMAT): `console`, a UTC timestamp then `[level] event
+key=value`; `journal`, the same without the timestamp (journald stamps each line) and
+with the line's syslog priority in front (`<4>[warning] ...`, sd-daemon(3)), so that
+`journalctl -u prebookd -p warning` shows exactly the lines that need a human; `json`,
+one object a line, prefixed the same way only when stderr is the journal (journald
+strips the prefix: the message stays JSON). The default is `journal` when stderr is
+the journal (systemd's JOURNAL_STREAM), else `console`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -56,6 +65,10 @@ SECRET_PATTERNS = [
     # netloc: an unescaped '@' inside the password must not leave its tail visible)
     (re.compile(r"(\w+://[^:/@\s]*:)([^\s/]+)(@)"), r"\1****\3"),
 ]
+# Every pattern above needs one of these to match: text without any of them (ids,
+# emails, instants, outcome codes: most of what is logged) skips the patterns, which
+# are most of the cost of a line.
+_MAY_MATCH = re.compile(r"""[='"]|://|bearer""", re.IGNORECASE)
 # Values logged as they are: they cannot hold a secret and keep their own rendering.
 _PLAIN = (int, float, bool, type(None))
 
@@ -112,7 +125,7 @@ def _mask_known(text: str) -> str:
         return text
     # Every window of the text, compared with the prefixes at C speed: most lines hold
     # no secret, and only those that do are walked character by character.
-    windows = set(map(text.__getitem__, map(slice, range(count), range(_PREFIX, len(text) + 1))))
+    windows = map(text.__getitem__, map(slice, range(count), range(_PREFIX, len(text) + 1)))
     if _by_prefix.keys().isdisjoint(windows):
         return text
     parts: list[str] = []
@@ -131,6 +144,8 @@ def _mask_known(text: str) -> str:
 
 def redact_text(text: str) -> str:
     text = _mask_known(text)
+    if _MAY_MATCH.search(text) is None:
+        return text
     for pattern, replacement in SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -216,17 +231,62 @@ def _route_library_logs(level: int) -> None:
     root.setLevel(max(level, logging.WARNING))
 
 
+# --- journald ---------------------------------------------------------------------------
+
+# Syslog priorities by level, as journald reads them from the start of a line
+# (sd-daemon(3): SD_CRIT "<2>", SD_ERR "<3>", SD_WARNING "<4>", SD_INFO "<6>", SD_DEBUG "<7>").
+PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def stderr_is_journal() -> bool:
+    """stderr is the stream systemd connected to the journal: JOURNAL_STREAM names its
+    `device:inode`. The variable alone is not enough: a command run from the service
+    with its stderr sent elsewhere (a pipe, a file) inherits it (systemd.exec(5))."""
+    device, sep, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        stat = os.fstat(2)
+        return (int(device), int(inode)) == (stat.st_dev, stat.st_ino)
+    except (OSError, ValueError):
+        return False
+
+
+def default_log_format() -> Literal["console", "journal"]:
+    """PREBOOKD_LOG_FORMAT when unset."""
+    return "journal" if stderr_is_journal() else "console"
+
+
+class PriorityPrefix:
+    """Wraps a renderer: every line of the event starts with its syslog priority.
+    Every line, not just the first: journald stores each line of a traceback as an
+    entry of its own, and an unprefixed one would be filed as info."""
+
+    def __init__(self, renderer: Any) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> str:
+        prefix = f"<{PRIORITIES.get(event_dict.get('level', ''), 6)}>"
+        text = str(self._renderer(logger, name, event_dict))
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
+    """`fmt`: console, journal or json (see the module's docstring)."""
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0, pad_level=False)
+    if fmt == "journal" or (fmt == "json" and stderr_is_journal()):
+        renderer = PriorityPrefix(renderer)
+    # journald stamps every line itself; JSON keeps its own (it may be shipped elsewhere).
+    stamp = [] if fmt == "journal" else [structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamp,
             structlog.processors.format_exc_info,
             redact,
             renderer,

@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import structlog
+
 from prebookd.settings import ENV_FILE_VARIABLE, Settings, env_file_variables
 
 PREFIX = "PREBOOKD_"
@@ -75,3 +77,14 @@ def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[UnknownVa
             close = [squeezed[key] for key in (name.replace("_", ""),) if key in squeezed]
         unknown.append(UnknownVariable(name, source, close[0] if close else None))
     return unknown
+
+
+def log_unknown_variables() -> None:
+    """One warning per unknown variable: at every command's start and on a reload."""
+    for variable in unknown_variables():
+        structlog.get_logger(__name__).warning(
+            "unknown_setting",
+            variable=variable.name,
+            source=variable.source,
+            suggestion=variable.suggestion,
+        )

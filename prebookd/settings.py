@@ -22,6 +22,7 @@ from yarl import URL
 
 from prebookd.errors import ConfigError
 from prebookd.hosts import DEFAULT_BOX_HOSTS, parse_host_patterns, url_not_allowed
+from prebookd.log import default_log_format
 
 
 def default_state_dir() -> Path:
@@ -209,8 +210,11 @@ class Settings(BaseSettings):
         description="Seconds between planning rounds (rules into prebookings).",
     )
 
-    log_format: Literal["console", "json"] = Field(
-        default="console", description="key=value lines for journald/terminals, or JSON."
+    log_format: Literal["console", "journal", "json"] = Field(
+        default_factory=default_log_format,  # the detection lives with the formats
+        description="console: timestamped key=value lines; journal: the same with each "
+        "line's syslog priority (<4>) and no timestamp, for journald; json: one object a "
+        "line. Default: journal when stderr is the journal (JOURNAL_STREAM), else console.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged."

@@ -85,7 +85,9 @@ async def test_plays_systemd_ready_watchdog_reload_stopping(
         assert "WATCHDOG=1" in await next_messages(receiver, "WATCHDOG=1", timeout=2)
 
         # The operator edits the env file and reloads.
-        env_file.write_text("PREBOOKD_RETRY_INTERVAL=0.1\nPREBOOKD_DB_POOL_MAX=5\n")
+        env_file.write_text(
+            "PREBOOKD_RETRY_INTERVAL=0.1\nPREBOOKD_DB_POOL_MAX=5\nPREBOOKD_RETRYWINDOW=9\n"
+        )
         daemon.process.send_signal(signal.SIGHUP)
         reload = await next_messages(receiver, "RELOADING=1")
         assert "READY=1" not in reload[reload.index("RELOADING=1") :]
@@ -96,6 +98,10 @@ async def test_plays_systemd_ready_watchdog_reload_stopping(
         line = await daemon.wait_for("settings_reloaded")
         assert "retry_interval" in line and "db_pool_max" in line
         assert "settings_need_restart" in " ".join(daemon.lines)
+        # A typo in the file just edited is named, with the setting it resembles.
+        typo = await daemon.wait_for("unknown_setting")
+        assert "PREBOOKD_RETRYWINDOW" in typo and "suggestion=PREBOOKD_RETRY_WINDOW" in typo
+        assert "[warning]" in typo
 
         daemon.process.send_signal(signal.SIGTERM)
         await next_messages(receiver, "STOPPING=1")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +23,7 @@ from prebookd.log import (
     register_secret,
 )
 from prebookd.models import MemberSession, cookie_header
+from prebookd.settings import load_settings
 
 SECRETS = ("s3cretTok", "c00kieVal", "pa55word", "dsnPa55", "nestedTok", "jarVal", "bodyTok")
 
@@ -329,3 +332,101 @@ def test_a_session_read_from_the_table_has_its_secrets_masked(
     structlog.get_logger("test").warning("odd_answer", body=f"{cookie} and {token}")
     out = capsys.readouterr().err
     assert cookie not in out and token not in out
+
+
+# --- journald ---------------------------------------------------------------------------
+
+
+def test_journal_lines_carry_their_priority_and_no_timestamp(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    try:
+        configure_logging("debug", "journal")
+        log = structlog.get_logger("test")
+        log.debug("quiet", n=1)
+        log.info("booking_sent", outcome="booked")
+        log.warning("booking_sent", outcome="full", reason="class full")
+        log.error("prebooking_rejected", outcome="bad_row", token="s3cretTok")
+        log.critical("on_fire")
+    finally:
+        structlog.reset_defaults()
+
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "<7>[debug] quiet n=1",
+        "<6>[info] booking_sent outcome=booked",
+        "<4>[warning] booking_sent outcome=full reason='class full'",
+        "<3>[error] prebooking_rejected outcome=bad_row token=****",
+        "<2>[critical] on_fire",
+    ]
+
+
+def test_every_line_of_a_journal_traceback_carries_the_priority(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """journald files each line of a message as an entry of its own: a traceback's
+    lines without the prefix would be filed as info, out of `journalctl -p err`."""
+    try:
+        configure_logging("info", "journal")
+        try:
+            raise RuntimeError("token=s3cretTok refused")
+        except RuntimeError:
+            structlog.get_logger("test").exception("refresh_crashed")
+    finally:
+        structlog.reset_defaults()
+
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) > 3 and lines[0] == "<3>[error] refresh_crashed"
+    assert all(line.startswith("<3>") for line in lines), lines
+    assert any("RuntimeError" in line for line in lines)
+    assert not any("s3cretTok" in line for line in lines)
+
+
+def test_console_lines_are_unchanged_timestamp_first(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        emit("console", "booking_sent", outcome="booked")
+    finally:
+        structlog.reset_defaults()
+
+    line = capsys.readouterr().err
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z \[info\] booking_sent outcome=booked\n", line
+    ), line
+
+
+def test_json_is_prefixed_only_when_stderr_is_the_journal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """journald strips the prefix: the message it stores is the JSON object."""
+    try:
+        emit("json", "booking_sent", outcome="full")
+        monkeypatch.setattr(prebookd_log, "stderr_is_journal", lambda: True)
+        configure_logging("info", "json")
+        structlog.get_logger("test").warning("booking_sent", outcome="full")
+    finally:
+        structlog.reset_defaults()
+
+    plain, prefixed = capsys.readouterr().err.splitlines()
+    assert json.loads(plain)["outcome"] == "full"
+    assert prefixed.startswith("<4>{")
+    assert json.loads(prefixed.removeprefix("<4>"))["level"] == "warning"
+
+
+def test_the_default_format_is_journal_only_when_stderr_is_the_journal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """systemd sets JOURNAL_STREAM to the device:inode of the stream it gave the
+    service; a command whose stderr goes elsewhere inherits the variable, not the
+    stream."""
+    monkeypatch.delenv("PREBOOKD_LOG_FORMAT", raising=False)
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    assert load_settings().log_format == "console"
+    stderr = os.fstat(2)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{stderr.st_dev}:{stderr.st_ino}")
+    assert load_settings().log_format == "journal"
+    monkeypatch.setenv("JOURNAL_STREAM", f"{stderr.st_dev}:{stderr.st_ino + 1}")
+    assert load_settings().log_format == "console"
+    monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+    assert load_settings().log_format == "console"
+    monkeypatch.setenv("PREBOOKD_LOG_FORMAT", "json")
+    assert load_settings().log_format == "json"

@@ -17,8 +17,6 @@ import textwrap
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
-import structlog
-
 from prebookd import __version__, setting_sources
 from prebookd.errors import PrebookdError, describe
 from prebookd.log import configure_logging
@@ -212,16 +210,6 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _warn_unknown_variables() -> None:
-    for variable in setting_sources.unknown_variables():
-        structlog.get_logger().warning(
-            "unknown_setting",
-            variable=variable.name,
-            source=variable.source,
-            suggestion=variable.suggestion,
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -229,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = read_settings()
         configure_logging(settings.log_level, settings.log_format)
         if getattr(args, "warns_unknown_variables", True):  # `config` lists them itself
-            _warn_unknown_variables()
+            setting_sources.log_unknown_variables()
         handler: Handler = args.handler
         return asyncio.run(handler(args, settings))
     except PrebookdError as exc:

@@ -16,6 +16,7 @@ import structlog
 from prebookd.aimharder.account import SessionDead
 from prebookd.daemon.core import ACTIVE, ARM_RETRY_DELAY, EngineCore
 from prebookd.daemon.firing import Firing
+from prebookd.daemon.rowlog import row_fields
 from prebookd.daemon.scheduler import Entry
 from prebookd.db import store
 from prebookd.errors import BadRow, describe
@@ -143,7 +144,7 @@ class Claims(EngineCore):
         for record in records:
             outcome = outcomes.get(record["session_id"])
             if isinstance(outcome, SessionDead):
-                self._fail(record["id"], "session_expired", "session expired: log in again")
+                self._fail(record["id"], "session_expired", "session expired: log in again", record)
                 continue
             if isinstance(outcome, MemberSession):
                 record["aimharder_cookies"] = outcome.cookies
@@ -166,7 +167,7 @@ class Claims(EngineCore):
         try:
             booking = build_booking(record, cfg.box_hosts)
         except BadRow as exc:
-            self._fail(record["id"], "bad_row", exc.reason)
+            self._fail(record["id"], "bad_row", exc.reason, record)
             return
         late = self._clock() - booking.available_at
         if late > cfg.late_grace:
@@ -176,6 +177,7 @@ class Claims(EngineCore):
                     "unknown",
                     "sent, but the instance sending it stopped before recording the "
                     "answer; not sent again this late: check AimHarder",
+                    record,
                 )
             else:
                 self._fail(
@@ -183,6 +185,7 @@ class Claims(EngineCore):
                     "missed",
                     f"opening instant passed {late:.0f} s ago, more than late_grace "
                     f"({cfg.late_grace:g} s): not sent",
+                    record,
                 )
             return
         instant = booking.available_at + cfg.fire_offset
@@ -197,13 +200,15 @@ class Claims(EngineCore):
                 hot=self.hot,
                 renew=self._renew,
                 clock=self._clock,
+                rows=self.rows,
             )
             self.firings[instant] = firing
             task = self._spawn(self._run_firing(firing), name=f"firing-{instant:.3f}")
             self._firing_of[task] = firing
-        firing.add(booking)
+        fields = row_fields(record)
+        self.rows.info("prebooking_armed", prebooking_id=str(booking.id), **fields)
+        firing.add(booking, label=fields["class"])  # staged at once if its firing is
         self._armed[booking.id] = firing
-        log.debug("prebooking_armed", prebooking_id=str(booking.id), instant=instant)
 
     async def _run_firing(self, firing: Firing) -> None:
         try:

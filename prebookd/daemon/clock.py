@@ -84,18 +84,20 @@ class HotWindows:
         if index < len(self._instants) and self._instants[index] == instant:
             del self._instants[index]
 
-    def busy_until(self, now: float) -> float | None:
-        """End of the hot window `now` falls in, or None when the loop is free."""
+    def busy_until(self, now: float, settle: float | None = None) -> float | None:
+        """End of the hot window `now` falls in, or None when the loop is free. `settle`:
+        how long after an instant the window lasts, when not the usual."""
+        settle = self._settle if settle is None else settle
         # Instants in [now - settle, now + guard] make `now` hot; the last one decides.
-        first = bisect.bisect_left(self._instants, now - self._settle)
+        first = bisect.bisect_left(self._instants, now - settle)
         last = bisect.bisect_right(self._instants, now + self._guard)
         if first >= last:
             return None
-        return self._instants[last - 1] + self._settle
+        return self._instants[last - 1] + settle
 
-    async def wait_clear(self) -> None:
-        """Return once no instant is about to fire, or has just fired."""
-        while (end := self.busy_until(self._clock())) is not None:
+    async def wait_clear(self, settle: float | None = None) -> None:
+        """Return once no instant is about to fire, or has just fired (`settle` ago)."""
+        while (end := self.busy_until(self._clock(), settle)) is not None:
             await sleep_until(end, clock=self._clock)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -25,6 +25,7 @@ from prebookd.daemon.clock import HotWindows, WallClock
 from prebookd.daemon.firing import Firing, Timing
 from prebookd.daemon.metrics import Metrics
 from prebookd.daemon.results import ResultWriter
+from prebookd.daemon.rowlog import RowLog, instant_of, outcome_level, row_fields
 from prebookd.daemon.scheduler import Entry, Schedule
 from prebookd.daemon.sessions import SessionKeeper
 from prebookd.hosts import DEFAULT_BOX_HOSTS
@@ -124,6 +125,7 @@ class EngineCore:
         self._firing_of: dict[asyncio.Task[Any], Firing] = {}
         self._stopping = False
         self.hot = hot
+        self.rows = RowLog(hot.wait_clear)  # lines about rows: written when no instant is near
         self.last_firings: deque[dict[str, Any]] = deque(maxlen=20)
         # id -> clock() when sent or failed. Kept until Postgres has confirmed the final
         # result and a resync has read the table since (see `resync`): until then the
@@ -186,7 +188,15 @@ class EngineCore:
             if not firing.withdraw(row.id):
                 return  # already on the wire: too late to move it
             del self._armed[row.id]
-            log.info("prebooking_rescheduled", prebooking_id=str(row.id))
+            moved = True
+        else:
+            moved = (held := self.schedule.get(row.id)) is not None and held != entry
+        if moved:
+            self.rows.info(
+                "prebooking_rescheduled",
+                prebooking_id=str(row.id),
+                instant=instant_of(row.available_at),
+            )
         if self.schedule.upsert(entry) and self.schedule.head() == entry:
             # A new head: wake earlier. (A head moved later just wakes for nothing.)
             self._rearm()
@@ -215,8 +225,26 @@ class EngineCore:
             self._moved_while_arming.pop(row_id, None)
             removed = True
         if removed:
-            log.info("prebooking_withdrawn", prebooking_id=str(row_id), reason=why)
+            self.rows.info("prebooking_withdrawn", prebooking_id=str(row_id), reason=why)
             self._rearm()
+
+    def _knows(self, row_id: UUID) -> bool:
+        """The row is somewhere in this process's memory (see the module's docstring)."""
+        return (
+            row_id in self.schedule
+            or row_id in self._armed
+            or row_id in self._arming
+            or row_id in self._done
+            or row_id in self._watched
+        )
+
+    def _received(self, row_id: UUID, via: str, available_at: object) -> None:
+        self.rows.info(
+            "prebooking_received",
+            prebooking_id=str(row_id),
+            via=via,
+            instant=instant_of(available_at),
+        )
 
     def _fetch(self, row_id: UUID) -> None:
         self._to_fetch.add(row_id)
@@ -247,11 +275,27 @@ class EngineCore:
         now = self._clock()
         for update in updates:
             self._confirmed[update.id] = now
+            self.rows.info(
+                "result_written",
+                prebooking_id=str(update.id),
+                status=update.status,
+                outcome=update.outcome,
+            )
 
-    def _fail(self, row_id: UUID, code: str, reason: str) -> None:
+    def _fail(
+        self, row_id: UUID, code: str, reason: str, about: Mapping[str, Any] | None = None
+    ) -> None:
+        """Fail a row before any request (`about`: the claimed row, when there is one)."""
         self.schedule.remove(row_id)
         self._done[row_id] = self._clock()
-        log.error("prebooking_rejected", prebooking_id=str(row_id), reason=reason)
+        self.rows.log(
+            outcome_level("failed", code),
+            "prebooking_rejected",
+            prebooking_id=str(row_id),
+            **(row_fields(about) if about is not None else {}),
+            outcome=code,
+            reason=reason,
+        )
         self._results.report(
             ResultUpdate(
                 row_id,

@@ -41,7 +41,7 @@ from prebookd.daemon.firing_report import (
     summarize,
 )
 from prebookd.daemon.retries import Tries, next_try
-from prebookd.log import mask_email
+from prebookd.daemon.rowlog import RowLog, tell_outcome
 from prebookd.models import Booking, ResultUpdate
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,7 @@ class Timing:
 class _Slot:
     booking: Booking
     attempt: Attempt  # the latest staging of its first request
+    label: str | None = None  # its class, as lines show it
     task: asyncio.Task[ExchangeSummary] | None = None
     staging: asyncio.Future[Exchange] | None = None  # the request of `attempt`, in flight
     written_reported: bool = False
@@ -111,8 +112,10 @@ class Firing:
         hot: HotWindows,
         renew: Renew | None = None,
         clock: WallClock = time.time,
+        rows: RowLog | None = None,
     ) -> None:
         self.instant = instant
+        self._rows = RowLog(hot.wait_clear) if rows is None else rows  # see rowlog.py
         self._hot = hot
         self._renew = renew
         self._client = client
@@ -139,11 +142,11 @@ class Firing:
         slot = self._slots.get(booking_id)
         return None if slot is None else slot.booking.box
 
-    def add(self, booking: Booking) -> None:
+    def add(self, booking: Booking, *, label: str | None = None) -> None:
         if booking.id in self._slots:
             return
         loop = asyncio.get_running_loop()
-        slot = _Slot(booking, self._attempt(loop.create_future()))
+        slot = _Slot(booking, self._attempt(loop.create_future()), label)
         self._slots[booking.id] = slot
         if self.released:
             slot.gate.set_result(None)  # late arrival: the instant has come, send now
@@ -202,7 +205,10 @@ class Firing:
                     summaries.append(outcome)
                 elif not isinstance(outcome, asyncio.CancelledError):
                     log.error("send_crashed", error=repr(outcome))  # a bug: say it loudly
-        return summarize(summaries, self.instant)
+        summary = summarize(summaries, self.instant)
+        if summary is not None:
+            self._rows.info("instant_fired", **summary)
+        return summary
 
     def cancel_unsent(self) -> list[UUID]:
         """Shutdown: withdraw what has not been written; return those ids."""
@@ -280,7 +286,7 @@ class Firing:
         if end < len(slots):
             asyncio.get_running_loop().call_soon(self._after_release, slots, end)
             return
-        log.info(
+        self._rows.info(
             "instant_released",
             instant=iso_instant(self.instant),
             rows=len(slots),
@@ -300,6 +306,15 @@ class Firing:
 
     def _stage(self, slot: _Slot) -> None:
         slot.task = asyncio.create_task(self._send(slot), name=f"send-{slot.booking.id}")
+        if self.released:
+            return  # sent at once (a late arrival, or staging turned off): not staged
+        self._rows.info(
+            "prebooking_staged",
+            prebooking_id=str(slot.booking.id),
+            box=slot.booking.box,
+            instant=iso_instant(self.instant),
+            before_instant_s=round(self.instant - self._clock(), 3),
+        )
 
     def _report_written(self, slot: _Slot) -> None:
         """`executing`, with the first write's time and the attempt, once per slot."""
@@ -345,7 +360,7 @@ class Firing:
                 self._idle_limit = min(lasted, self._idle_limit or lasted)
             slot.restaged += 1
             slot.lost_because = exchange.outcome.reason
-            log.info(
+            self._rows.info(
                 "staged_request_lost",
                 prebooking_id=str(slot.booking.id),
                 box=slot.booking.box,
@@ -367,6 +382,17 @@ class Firing:
         written_at = first.written_at
         lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
         self._report_written(slot)  # if the answer came before _after_release ran
+        if written_at is not None:
+            self._rows.info(
+                "prebooking_fired",
+                prebooking_id=str(booking.id),
+                box=booking.box,
+                lateness_ms=None if lateness_ms is None else round(lateness_ms, 3),
+                warm=slot.attempt.parked,  # it waited at its gate: only the write was left
+                new_connection=slot.attempt.new_connection,
+                restaged=slot.restaged,
+                answer=first.outcome.code,
+            )
         exchange = first
         # The window is measured on the loop's monotonic clock: a wall-clock step after
         # the release must not stretch (or cut) the retries.
@@ -392,27 +418,18 @@ class Firing:
                 if written_at is None:
                     written_at = exchange.written_at
                     lateness_ms = (written_at - self.instant) * 1000
-        self._report(
-            final_update(
-                exchange,
-                booking_id=booking.id,
-                attempts=attempts,
-                written_at=written_at,
-                lateness_ms=lateness_ms,
-                retry_window=t.retry_window,
-                instance=self._instance,
-                note=send_note(slot.restaged, slot.lost_because, slot.sent_cold, written_at),
-            )
-        )
-        log.info(
-            "booking_sent" if written_at is not None else "booking_not_sent",
-            prebooking_id=str(booking.id),
-            box=booking.box,
-            member=mask_email(booking.member),
-            lateness_ms=None if lateness_ms is None else round(lateness_ms, 3),
+        update = final_update(
+            exchange,
+            booking_id=booking.id,
             attempts=attempts,
-            outcome=exchange.outcome.code,
+            written_at=written_at,
+            lateness_ms=lateness_ms,
+            retry_window=t.retry_window,
+            instance=self._instance,
+            note=send_note(slot.restaged, slot.lost_because, slot.sent_cold, written_at),
         )
+        self._report(update)
+        tell_outcome(self._rows, booking, slot.label, update)
         return ExchangeSummary(
             booking,
             written_at,

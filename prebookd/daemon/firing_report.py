@@ -78,7 +78,8 @@ def final_update(
 
 
 def summarize(summaries: list[ExchangeSummary], instant: float) -> dict[str, Any] | None:
-    """The instant's summary (logged as `instant_fired`); None when nothing was sent."""
+    """The instant's summary (the firing logs it as `instant_fired`); None when nothing
+    was sent."""
     if not summaries:
         return None
     lateness = [s.lateness_ms for s in summaries if s.lateness_ms is not None]
@@ -98,7 +99,6 @@ def summarize(summaries: list[ExchangeSummary], instant: float) -> dict[str, Any
         # Requests written per box, retries included: what AimHarder saw of us.
         "requests": dict(_requests_by_box(summaries)),
     }
-    log.info("instant_fired", **summary)
     return summary
 
 

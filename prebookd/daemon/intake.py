@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 
 from prebookd.daemon.core import ARM_RETRY_DELAY, EngineCore
+from prebookd.daemon.rowlog import RESYNC_LISTED
 from prebookd.db import store
 from prebookd.errors import describe
 from prebookd.models import RowState, parse_notice
@@ -40,6 +41,8 @@ class Intake(EngineCore):
             self._done.pop(row_id, None)
             del self._confirmed[row_id]
         seen = set()
+        new = 0  # rows this process did not know: told one by one, the soonest first,
+        # up to RESYNC_LISTED (a start on a big table must not write a line per row)
         for index, record in enumerate(records):
             if index and index % RESYNC_CHUNK == 0:
                 await self.hot.wait_clear()  # a big table must not hold up an instant
@@ -47,7 +50,13 @@ class Intake(EngineCore):
             row = RowState.from_record(record)
             seen.add(row.id)
             if not self._heard_since(row.id, started):
+                if not self._knows(row.id):
+                    new += 1
+                    if new <= RESYNC_LISTED:
+                        self._received(row.id, "resync", row.available_at)
                 self._accept(row)
+        if new > RESYNC_LISTED:
+            self.rows.info("prebookings_received", via="resync", rows=new, listed=RESYNC_LISTED)
         # Known rows the table no longer offers us were cancelled, deleted, or taken,
         # unless a notification about them arrived after the query began.
         unsent = set().union(*(f.unsent_ids() for f in self.firings.values()))
@@ -70,6 +79,7 @@ class Intake(EngineCore):
         if notice.op == "delete":
             self._forget(notice.id, "deleted")
         elif notice.status == "pending":
+            self._received(notice.id, "notify", notice.available_at)
             if notice.created_at is None or notice.available_at is None:
                 self._fetch(notice.id)  # the table says more than the payload
             else:

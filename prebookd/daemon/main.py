@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from prebookd import __version__, setting_sources
 from prebookd.aimharder.client import AimHarderClient
 from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.engine import Engine, EngineConfig
@@ -38,7 +39,7 @@ from prebookd.db.embedded import EmbeddedPostgres
 from prebookd.db.migrate import migrate, pending_migrations
 from prebookd.errors import ConfigError, DatabaseError, EmbeddedPostgresError, describe
 from prebookd.log import configure_logging
-from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, read_settings
+from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, mask_dsn, read_settings
 
 log = structlog.get_logger(__name__)
 
@@ -57,8 +58,15 @@ async def run_daemon(settings: Settings) -> int:
     # Before anything else: a second `prebookd run` on this state directory must leave
     # it (spool, embedded Postgres) and the database untouched (StateDirInUse).
     with lock_state_dir(settings.state_dir, settings.instance_name) as lock:
-        lease = {"lease_owner": lock.lease_owner, "predecessor": lock.predecessor}
-        log.info("daemon_starting", **settings.describe(), **lease)
+        # What this process is; its settings are `prebookd config`'s to show.
+        log.info(
+            "daemon_starting",
+            version=__version__,
+            instance=settings.instance_name,
+            lease_owner=lock.lease_owner,
+            predecessor=lock.predecessor,
+            state_dir=str(settings.state_dir),
+        )
         return await _run(settings, lock)
 
 
@@ -237,8 +245,14 @@ class Daemon:
         )
         if self.listener.ready.is_set() and not self._stopping():
             self._notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            nxt = self.engine.next_instant()
             log.info(
-                "daemon_ready", armed=self.engine.armed_count, instance=self.settings.instance_name
+                "daemon_ready",
+                version=__version__,
+                instance=self.settings.instance_name,
+                database=self._database(),
+                armed=self.engine.armed_count,  # rows held: within the horizon, to fire
+                next_instant=None if nxt is None else iso_instant(nxt),
             )
             while not self._stopping():
                 await first_of(
@@ -266,6 +280,12 @@ class Daemon:
         log.info("spool_written", results=recovered)
         return True
 
+    def _database(self) -> str:
+        if self._embedded is not None:
+            return f"embedded at {self._embedded.data_dir}"
+        url = self.settings.database_url
+        return mask_dsn(url.get_secret_value()) if url is not None else "?"
+
     def _stopping(self) -> bool:
         return self._signals.stop.is_set() or self._crashed.done()
 
@@ -277,6 +297,7 @@ class Daemon:
         await self.engine.hot.wait_clear()
         try:
             new = read_settings()
+            setting_sources.log_unknown_variables()  # a typo in the env file just edited
         except ConfigError as exc:
             log.error("settings_reload_failed", error=describe(exc), action="kept the old settings")
             new = self.settings
@@ -331,6 +352,7 @@ class Daemon:
         self._tasks_stop.set()
         written = await self.results.drain(max(deadline, loop.time() + 0.5))
         await self._background.stop()
+        self.engine.rows.flush()  # the lines about rows still queued: before the last one
         log.info(
             "daemon_stopped",
             results_written=self.results.written,
