@@ -299,7 +299,9 @@ async def test_the_least_privilege_role_can_plan(
     add_class(sim, day)
     rule = await add_rule(conn, box)
     parts = urlsplit(db_dsn)
-    as_role = parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}").geturl()
+    # The same server (a host and port, or the embedded one's socket in the query): only
+    # the user changes.
+    as_role = parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}").geturl()
     pool = await create_pool(as_role, Settings(database_url=as_role, db_pool_min=1, db_pool_max=1))
     planner = await started(make_planner(pool))
     try:
