@@ -196,6 +196,39 @@ class Settings(BaseSettings):
     status_port: int = Field(
         default=8791, ge=0, le=65_535, description="Port of the status endpoint; 0 turns it off."
     )
+    operator_notify_urls: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated apprise URLs (tgram://, ntfy://, mailto://, ...) the "
+        "operator is told on: Postgres away longer than alarm_after, and later more.",
+    )
+    heartbeat_url: SecretStr | None = Field(
+        default=None,
+        description="Dead-man's switch (healthchecks.io, Uptime Kuma push): fetched every "
+        "heartbeat_interval while healthy, URL/fail once when not.",
+    )
+    heartbeat_interval: float = Field(
+        default=60.0, ge=1.0, le=3600.0, description="Seconds between heartbeat pings."
+    )
+    alarm_after: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="Postgres unreachable this long: the heartbeat fails and the operator "
+        "is told.",
+    )
+    notify_workers: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="Threads that send notifications (apprise is synchronous): at most "
+        "this many hung channels at once.",
+    )
+    notify_timeout: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=300.0,
+        description="A notification not sent after this long is given up and retried later.",
+    )
 
     log_format: Literal["console", "json"] = Field(
         default="console", description="key=value lines for journald/terminals, or JSON."

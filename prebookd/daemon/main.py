@@ -37,6 +37,7 @@ from prebookd.db.embedded import EmbeddedPostgres
 from prebookd.db.migrate import migrate, pending_migrations
 from prebookd.errors import ConfigError, DatabaseError, EmbeddedPostgresError, describe
 from prebookd.log import configure_logging
+from prebookd.notify.service import Notifications
 from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, read_settings
 
 log = structlog.get_logger(__name__)
@@ -172,6 +173,15 @@ class Daemon:
         self.listener = Listener(
             dsn, on_notification=self.engine.on_notification, on_connected=self.engine.resync
         )
+        self.notify = Notifications(  # issue 15: outbox sender, heartbeat, alarms
+            settings,
+            pool,
+            wait_clear=self.hot.wait_clear,
+            next_instant=self.engine.next_instant,
+            db_connected=lambda: self.listener.connected,
+        )
+        self.results.on_confirmed(self.notify.results_written)
+        self.sessions.on_dead = self.notify.session_dead
 
     def _engine_config(self) -> EngineConfig:
         return EngineConfig.from_settings(
@@ -220,6 +230,7 @@ class Daemon:
         if self._embedded is not None:
             self._background.start(self._keep_embedded_up(self._embedded), "embedded-postgres")
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
+        self._background.start(self.notify.run(stop), "notify")
 
         await first_of(
             self.listener.ready.wait(), self._signals.stop.wait(), wait_future(self._crashed)
@@ -347,6 +358,7 @@ class Daemon:
             },
             "results_backlog": self.results.backlog,
             "spooled": self.results.spooled,
+            **self.notify.snapshot(),
         }
 
     def status_line(self) -> str:

@@ -1,0 +1,133 @@
+"""Channels are apprise URLs: `tgram://`, `ntfy://`, `mailto://`, `json://`, ...
+
+A URL holds the channel's secret (a bot token, a password, a private topic), so it is
+shown masked everywhere, registered with the log's redaction before any use, and never
+part of an error message. apprise is synchronous: `send` blocks (call it from a thread)
+and is bounded by the timeout given to each plugin's sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from urllib.parse import unquote, urlsplit
+
+import apprise
+
+from prebookd.errors import UsageError
+from prebookd.log import redact_text, register_secret
+from prebookd.text import one_line
+
+EVENTS = ("outcome", "warning")
+LANGS = ("es", "en")
+
+
+class ChannelError(UsageError):
+    """A URL apprise cannot use."""
+
+
+def check_url(url: str) -> None:
+    """Raise ChannelError, in one line without the URL itself, unless apprise parses it."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not scheme or _instantiate(url) is None:
+        what = f"a {scheme}:// URL" if scheme else "not a URL (scheme://...)"
+        raise ChannelError(f"apprise cannot use this channel URL ({what}); see apprise's wiki")
+
+
+def check_events(events: Sequence[str]) -> list[str]:
+    unknown = sorted(set(events) - set(EVENTS))
+    if unknown or not events:
+        raise ChannelError(f"--events: one or more of {','.join(EVENTS)} (got {','.join(events)})")
+    return sorted(set(events), key=EVENTS.index)
+
+
+def mask_url(url: str) -> str:
+    """`scheme://` and the host, the rest reduced to its first two characters a part:
+    enough to tell two channels apart, not to use one."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return url.split("://", 1)[0] + "://****"
+    user = "****@" if parts.username or parts.password else ""
+    if parts.port:
+        host += f":{parts.port}"
+    if len(host) > 16:  # a token in the host's place (tgram://BOT_TOKEN/CHAT)
+        host = host[:2] + "…"
+    path = "/".join(_hint(segment) for segment in parts.path.split("/"))
+    return f"{parts.scheme}://{user}{host}{path}" + ("?…" if parts.query else "")
+
+
+def _hint(segment: str) -> str:
+    return segment if len(segment) <= 2 else segment[:2] + "…"
+
+
+def register_url(url: str) -> None:
+    """Mask this URL, and its secret-looking parts, in every log line from now on."""
+    register_secret(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    for piece in (parts.password, parts.username, parts.hostname, *parts.path.split("/")):
+        if piece:
+            register_secret(unquote(piece))
+
+
+def send(urls: Sequence[str], title: str, body: str, timeout: float) -> str | None:
+    """Deliver to every URL (blocking); None when all took it, else what went wrong (one
+    line, URLs and their secrets masked)."""
+    errors = []
+    for url in urls:
+        plugin = _instantiate(url)
+        if plugin is None:
+            errors.append(f"{mask_url(url)}: apprise cannot use this URL")
+            continue
+        plugin.socket_connect_timeout = timeout
+        plugin.socket_read_timeout = timeout
+        if hasattr(plugin, "timeout"):  # the e-mail plugin's SMTP timeout
+            plugin.timeout = timeout
+        _captured.records = []
+        try:
+            ok = plugin.notify(body=body, title=title)
+        except Exception as exc:  # a plugin's bug must not kill the sender's worker
+            ok = False
+            _captured.records.append(f"{type(exc).__name__}: {exc}")
+        if not ok:
+            said = "; ".join(_captured.records[-2:]) or "not delivered"
+            errors.append(f"{mask_url(url)}: {_masked(said, url)}")
+    return "; ".join(errors) or None
+
+
+def _masked(text: str, url: str) -> str:
+    return one_line(redact_text(text.replace(url, mask_url(url))), 300)
+
+
+def _instantiate(url: str) -> apprise.plugins.NotifyBase | None:
+    try:
+        return apprise.Apprise.instantiate(url, suppress_exceptions=True)
+    except Exception:
+        return None
+
+
+class _Captured(threading.local):
+    records: list[str]
+
+    def __init__(self) -> None:
+        self.records = []
+
+
+_captured = _Captured()
+
+
+class _PerThreadCapture(logging.Handler):
+    """apprise says why a send failed only in its log: keep each worker thread's own
+    warnings, for that send's error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            _captured.records.append(record.getMessage())
+
+
+logging.getLogger("apprise").addHandler(_PerThreadCapture())
