@@ -213,8 +213,7 @@ class Settings(BaseSettings):
         default=60.0,
         ge=1.0,
         le=3600.0,
-        description="Postgres unreachable this long: the heartbeat fails and the operator "
-        "is told.",
+        description="Postgres unreachable this long: the heartbeat fails and the operator is told.",
     )
     notify_workers: int = Field(
         default=4,

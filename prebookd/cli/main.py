@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_parsers(commands)
     add_account_parsers(commands)
+    from prebookd.cli.notify import add_notify_parsers
+
+    add_notify_parsers(commands)
 
     # --- the demo: prebookd against a simulated AimHarder, nothing to configure ---
     from prebookd.demo.run import add_demo_parser

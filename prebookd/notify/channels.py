@@ -30,7 +30,12 @@ class ChannelError(UsageError):
 def check_url(url: str) -> None:
     """Raise ChannelError, in one line without the URL itself, unless apprise parses it."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    if not scheme or _instantiate(url) is None:
+    _captured.quiet = True  # our one line says it: not apprise's own as well
+    try:
+        plugin = _instantiate(url) if scheme else None
+    finally:
+        _captured.quiet = False
+    if plugin is None:
         what = f"a {scheme}:// URL" if scheme else "not a URL (scheme://...)"
         raise ChannelError(f"apprise cannot use this channel URL ({what}); see apprise's wiki")
 
@@ -113,9 +118,11 @@ def _instantiate(url: str) -> apprise.plugins.NotifyBase | None:
 
 class _Captured(threading.local):
     records: list[str]
+    quiet: bool
 
     def __init__(self) -> None:
         self.records = []
+        self.quiet = False
 
 
 _captured = _Captured()
@@ -130,4 +137,9 @@ class _PerThreadCapture(logging.Handler):
             _captured.records.append(record.getMessage())
 
 
+def _not_quiet(_: logging.LogRecord) -> bool:
+    return not _captured.quiet
+
+
 logging.getLogger("apprise").addHandler(_PerThreadCapture())
+logging.getLogger("apprise").addFilter(_not_quiet)

@@ -36,8 +36,7 @@ WARNINGS: dict[str, tuple[str, str]] = {
     "session_dead": (
         "Tu sesión de AimHarder ha caducado: inicia sesión de nuevo antes de {when} "
         "o la reserva fallará.",
-        "Your AimHarder session has ended: log in again before {when} or the booking "
-        "will fail.",
+        "Your AimHarder session has ended: log in again before {when} or the booking will fail.",
     ),
     "listing_rejected": (
         "El box rechaza tu sesión: inicia sesión de nuevo antes de {when}.",
@@ -103,8 +102,10 @@ def _class_line(p: dict[str, Any], en: bool) -> str:
     name = p.get("class_name") or (("class " if en else "clase ") + str(p.get("class_id") or "?"))
     day = _day(p.get("day"))
     opens = _clock(p.get("available_at"), p, ms=False, weekday=True, en=en)
-    return f"{box}: {name}" + (f" ({day})" if day else "") + (
-        "; " + ("booking opened " if en else "apertura ") + opens
+    return (
+        f"{box}: {name}"
+        + (f" ({day})" if day else "")
+        + ("; " + ("booking opened " if en else "apertura ") + opens)
     )
 
 
