@@ -85,7 +85,7 @@ class _Mailbox:
     def __init__(self) -> None:
         self.messages: list[dict[str, str]] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         mail = message_from_bytes(envelope.content)
         part = mail.get_payload(0) if mail.is_multipart() else mail
         body = part.get_payload(decode=True).decode(errors="replace")  # type: ignore[union-attr]

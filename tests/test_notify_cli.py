@@ -62,7 +62,7 @@ async def test_channels_are_added_listed_masked_tested_and_removed(
 
 async def test_a_url_apprise_cannot_parse_is_refused_in_one_line_without_it(db_dsn: str) -> None:
     for url in ("nonsense://tok3n-abcdef/x", "not a url", "mailto://"):
-        code, out, err = await run_prebookd(
+        code, _, err = await run_prebookd(
             "notify", "add", "--email", "a@b.es", "--url", url, env=env(db_dsn)
         )
         assert code == 2, err
