@@ -85,6 +85,7 @@ class OutboxSender:
         # (not when we stop waiting for it: a hung send keeps its worker).
         self._free = asyncio.Semaphore(workers)
         self._wakeup = asyncio.Event()
+        self._worker_back_event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_instant = float("-inf")  # the latest instant seen near
         self.sent = 0
@@ -104,14 +105,26 @@ class OutboxSender:
                 except TimeoutError:
                     pass
                 self._wakeup.clear()
-                if stop.is_set():
-                    break
                 try:
-                    await self.send_due()
+                    while not stop.is_set() and await self._worker_free(stop):
+                        if not await self.send_due():
+                            break
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                     log.warning("notify_outbox_unreachable", error=describe(e))
+                except Exception:  # a bug must not stop the daemon: notifications wait
+                    log.exception("notify_round_failed")
         finally:
             await self.close()
+
+    async def _worker_free(self, stop: asyncio.Event) -> bool:
+        """Wait for a free worker (all may be held by hung sends); False if stopping."""
+        while self._free_workers() == 0 and not stop.is_set():
+            self._worker_back_event.clear()
+            try:
+                await asyncio.wait_for(self._worker_back_event.wait(), timeout=POLL)
+            except TimeoutError:
+                pass
+        return not stop.is_set()
 
     async def send_due(self) -> int:
         """One round: claim what is due (as many as workers are free) and start sending
@@ -123,13 +136,10 @@ class OutboxSender:
         lease = self.send_timeout * 2 + 30.0
         messages = await notify_store.claim_due(self._pool, min(free, BATCH), lease)
         for message in messages:
-            await self.quiet()
             await self._free.acquire()
             task = asyncio.create_task(self._deliver(message), name=f"notify-{message['id']}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if len(messages) == min(free, BATCH):
-            self._wakeup.set()  # there may be more
         return len(messages)
 
     def _free_workers(self) -> int:
@@ -150,6 +160,12 @@ class OutboxSender:
             await asyncio.sleep(min(wait, POLL))
 
     async def _deliver(self, message: asyncpg.Record) -> None:
+        try:
+            await self._deliver_one(message)
+        except Exception:  # a bug here must not go unseen, nor stop the sender
+            log.exception("notification_delivery_bug", message_id=message["id"])
+
+    async def _deliver_one(self, message: asyncpg.Record) -> None:
         urls = self._urls(message)
         payload = _payload(message["payload"])
         text = render(message["event"], payload, message["lang"])
@@ -181,12 +197,13 @@ class OutboxSender:
 
     def _worker_back(self, _: object) -> None:
         self._free.release()
+        self._worker_back_event.set()
 
     def _hung_back(self, _: object) -> None:
         self.hung -= 1
 
     async def _record(self, message: asyncpg.Record, error: str | None, took: float) -> None:
-        fields = {"message_id": message["id"], "event": message["event"], "took_s": round(took, 3)}
+        fields = {"message_id": message["id"], "kind": message["event"], "took_s": round(took, 3)}
         await self.quiet()
         try:
             if error is None:
