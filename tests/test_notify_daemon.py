@@ -15,8 +15,14 @@ import pytest
 from prebookd.db.connection import connect
 from prebookd.sim.server import Simulator
 from tests.receivers import HttpReceiver, http_receiver
-from tests.support import add_box, add_member, add_prebooking, open_class, running_daemon
-from tests.support import wait_rows_final
+from tests.support import (
+    add_box,
+    add_member,
+    add_prebooking,
+    open_class,
+    running_daemon,
+    wait_rows_final,
+)
 
 
 @pytest.fixture
@@ -36,7 +42,7 @@ async def add_channels(conn: asyncpg.Connection, receiver: HttpReceiver, emails:
 
 async def wait_messages(receiver: HttpReceiver, count: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while len(receiver.received) < count and time.monotonic() < deadline:
+    while len(receiver.received) < count and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     assert len(receiver.received) >= count, f"{len(receiver.received)} of {count} messages"
 
@@ -98,8 +104,9 @@ async def test_a_burst_of_50_tells_each_member_once_after_the_result_is_in_postg
         assert expected in title, (email, title)
         assert "Burst" in body and "7" in body and "ms" in body
         # It left only once the result was in Postgres (read as it arrived).
-        assert message.checked == f"{'completed' if outcome[email] == 'booked' else 'failed'}:" + (
-            outcome[email]
+        assert (
+            message.checked
+            == f"{'completed' if outcome[email] == 'booked' else 'failed'}:" + (outcome[email])
         )
         assert message.at > t
     sent = await conn.fetchval("SELECT count(*) FROM prebookd_outbox WHERE status = 'sent'")

@@ -133,7 +133,9 @@ class OutboxSender:
         free = self._free_workers()
         if free == 0:
             return 0
-        lease = self.send_timeout * 2 + 30.0
+        # Our own wait gives up at send_timeout + 1: a lease past that is never cut short
+        # by a live sender; after a crash the messages are due again this soon.
+        lease = self.send_timeout + 2.0
         messages = await notify_store.claim_due(self._pool, min(free, BATCH), lease)
         for message in messages:
             await self._free.acquire()
