@@ -35,6 +35,7 @@ class HttpReceiver:
     on_receive: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    in_flight: int = 0  # requests being answered (hanging) right now
     _runner: web.AppRunner | None = None
 
     def url(self, scheme: str, path: str) -> str:
@@ -49,8 +50,12 @@ class HttpReceiver:
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = {"raw": raw.decode(errors="replace")}
-        if self.hang:
-            await asyncio.sleep(self.hang)
+        self.in_flight += 1
+        try:
+            if self.hang:
+                await asyncio.sleep(self.hang)
+        finally:
+            self.in_flight -= 1
         checked = None
         if self.on_receive is not None:
             checked = await self.on_receive(request.path, body)
