@@ -48,6 +48,7 @@ $$;
 -- also takes away what is no longer listed.
 REVOKE ALL ON boxes, auth_sessions, prebookings FROM prebookd_app;
 REVOKE ALL ON prebookd_migrations FROM prebookd_app;
+REVOKE ALL ON prebookd_notify_channels, prebookd_outbox FROM prebookd_app;
 
 GRANT USAGE ON SCHEMA public TO prebookd_app;
 
@@ -71,6 +72,11 @@ GRANT UPDATE (status, result, error_message, loaded_at, executed_at,
               lease_owner, lease_expires_at, attempts, written_at, lateness_ms,
               outcome, fired_by, send_note)
     ON prebookings TO prebookd_app;
+
+-- Notifications (migration 0007): read members' channels; write the outbox (a message
+-- is inserted with the result it reports, then marked sent, retried or dead).
+GRANT SELECT ON prebookd_notify_channels TO prebookd_app;
+GRANT SELECT, INSERT, UPDATE ON prebookd_outbox TO prebookd_app;
 
 -- Note: to let this role also run the producer-side CLI (tests, a demo), add
 --     GRANT INSERT ON boxes, prebookings TO prebookd_app;
