@@ -9,9 +9,10 @@ and is bounded by the timeout given to each plugin's sockets.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import apprise
 
@@ -49,19 +50,22 @@ def check_events(events: Sequence[str]) -> list[str]:
 
 def mask_url(url: str) -> str:
     """`scheme://` and the host, the rest reduced to its first two characters a part:
-    enough to tell two channels apart, not to use one."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        return url.split("://", 1)[0] + "://****"
-    user = "****@" if parts.username or parts.password else ""
-    if parts.port:
-        host += f":{parts.port}"
-    if len(host) > 16:  # a token in the host's place (tgram://BOT_TOKEN/CHAT)
+    enough to tell two channels apart, not to use one. Parsed by hand: apprise's URLs
+    need not be valid URLs (tgram://BOT:TOKEN/CHAT has a token where a port goes)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "****"
+    rest, query, _ = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    user = "****@" if "@" in netloc else ""
+    host = netloc.rsplit("@", 1)[-1]
+    if len(host) > 24 or not _PLAIN_HOST.fullmatch(host):  # a token in the host's place
         host = host[:2] + "…"
-    path = "/".join(_hint(segment) for segment in parts.path.split("/"))
-    return f"{parts.scheme}://{user}{host}{path}" + ("?…" if parts.query else "")
+    path = "/".join(_hint(segment) for segment in path.split("/")) if slash else ""
+    return f"{scheme}://{user}{host}" + (f"/{path}" if slash else "") + ("?…" if query else "")
+
+
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]+(:\d{1,5})?")
 
 
 def _hint(segment: str) -> str:
@@ -69,15 +73,26 @@ def _hint(segment: str) -> str:
 
 
 def register_url(url: str) -> None:
-    """Mask this URL, and its secret-looking parts, in every log line from now on."""
+    """Mask this URL, and its secret-looking parts, in every log line from now on: the
+    password, a token in the host's place, path segments (bot tokens, private topics,
+    webhook ids) and secret-named query values. Plain host names stay readable."""
     register_secret(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return
-    for piece in (parts.password, parts.username, parts.hostname, *parts.path.split("/")):
+    rest, _, query = url.partition("://")[2].partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    pieces = [*userinfo.split(":", 1), *path.split("/")] if at else path.split("/")
+    if not _PLAIN_HOST.fullmatch(host):
+        pieces += [host, *host.split(":")]
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if _SECRET_KEY.search(key):
+            pieces.append(value)
+    for piece in pieces:
         if piece:
-            register_secret(unquote(piece))
+            register_secret(unquote(piece))  # shorter than 8 characters: ignored
+
+
+_SECRET_KEY = re.compile(r"pass|token|key|secret|auth|webhook", re.IGNORECASE)
 
 
 def send(urls: Sequence[str], title: str, body: str, timeout: float) -> str | None:
