@@ -122,3 +122,23 @@ def test_a_channels_secrets_are_masked_in_logs_and_its_host_is_not() -> None:
     assert "AAbb" not in text and "hunter2" not in text and "0ther" not in text
     assert "private-topic" not in text
     assert "smtp.example.com" in text
+
+
+def test_operator_alerts_from_an_instants_summary_and_an_unclean_start() -> None:
+    from prebookd.notify.operator import firing_alerts, unclean_start_alert
+
+    calm = {"instant": "T", "count": 5, "spread_ms": 2.1, "outcomes": {"booked": 5}}
+    assert firing_alerts(calm) == []
+    bad = {
+        "instant": "T",
+        "count": 9,
+        "spread_ms": 1500.0,
+        "outcomes": {"booked": 3, "rate_limited": 4, "blocked": 2},
+        "requests": {"norte": 9},
+    }
+    keys = [a.key for a in firing_alerts(bad)]
+    assert keys == ["slow:T", "rate_limited:T", "blocked:T"]
+    assert unclean_start_alert("p1", {"loaded": 0, "executing": 0}, 0) is None
+    alert = unclean_start_alert("p1", {"loaded": 1, "executing": 2}, 10)
+    assert alert is not None and alert.key == "unclean:p1"
+    assert "2 row(s) were on the wire and are sent again" in alert.body

@@ -11,10 +11,18 @@ from pathlib import Path
 
 import asyncpg
 
-from prebookd.sim.server import Simulator
+from prebookd.sim.server import Faults, Simulator
 from tests.pgproxy import pg_proxy
 from tests.receivers import HttpReceiver, http_receiver
-from tests.support import add_box, add_member, add_prebooking, running_daemon
+from tests.support import (
+    add_box,
+    add_member,
+    add_prebooking,
+    open_class,
+    running_daemon,
+    start_daemon,
+    wait_rows_final,
+)
 
 
 async def wait_for_path(receiver: HttpReceiver, path: str, count: int = 1, timeout: float = 15.0):
@@ -96,3 +104,35 @@ async def test_heartbeat_pings_while_healthy_and_fails_when_postgres_goes_away(
     assert "Postgres unreachable" in alarm.body["title"]
     assert back[-1].at > fail.at
     assert "uuid-1234" not in "\n".join(daemon.lines)  # the URL is a secret
+
+
+async def test_the_operator_hears_of_an_unclean_stop_and_of_a_box_rate_limiting(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    box = await add_box(conn, sim, "ops")
+    sim.set_faults("ops", Faults(throttled_rate=1.0))
+    await add_member(conn, sim, "m@ops.es")
+    t = time.time() + 4.0
+    open_class(sim, "ops", "1", t, 10)
+    async with http_receiver() as receiver:
+        operator = {"operator_notify_urls": receiver.url("json", "ops")}
+        first = await start_daemon(db_dsn, tmp_path, **operator)
+        try:
+            await first.wait_for("daemon_ready")
+            row = await add_prebooking(conn, box, "m@ops.es", "1", t)
+            status = "SELECT status FROM prebookings WHERE id = $1"
+            while await conn.fetchval(status, row) != "loaded":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # claimed (arm_lead is 60 s): then killed
+            await first.kill()
+        finally:
+            await first.kill()
+        async with running_daemon(db_dsn, tmp_path, **operator) as daemon:
+            (final,) = await wait_rows_final(conn, [row])
+            await wait_for_path(receiver, "ops", count=2)
+            assert await daemon.stop() == 0
+
+    assert final["outcome"] == "rate_limited"
+    unclean, limited = (m.body for m in receiver.at("ops"))
+    assert "unclean stop" in unclean["title"]
+    assert "1 claimed row(s) fire now" in unclean["message"]
+    assert "rate-limiting" in limited["title"] and "ops" in limited["message"]

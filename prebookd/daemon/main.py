@@ -179,6 +179,8 @@ class Daemon:
             wait_clear=self.hot.wait_clear,
             next_instant=self.engine.next_instant,
             db_connected=lambda: self.listener.connected,
+            firings=lambda: self.engine.last_firings,
+            spooled=lambda: self.results.spooled,
         )
         self.results.on_confirmed(self.notify.results_written)
         self.sessions.on_dead = self.notify.session_dead
@@ -218,6 +220,7 @@ class Daemon:
             self.status_server = None
 
     async def _serve(self) -> int:
+        await self.notify.started(self._lock.predecessor, self.spool.size())
         if not await self._recover_spool():
             return await self.shutdown()
         stop = self._tasks_stop

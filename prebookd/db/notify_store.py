@@ -124,6 +124,18 @@ async def enqueue_operator(db: Db, dedup_key: str, event: str, payload: dict[str
     return result.endswith(" 1")
 
 
+async def rows_left_by(db: Db, owner: str) -> dict[str, int]:
+    """Rows a dead process left claimed (`loaded`) or on the wire (`executing`)."""
+    records = await db.fetch(
+        """SELECT status, count(*) AS n FROM prebookings
+            WHERE lease_owner = $1 AND status IN ('loaded', 'executing') GROUP BY status""",
+        owner,
+    )
+    counts = {"loaded": 0, "executing": 0}
+    counts.update({r["status"]: r["n"] for r in records})
+    return counts
+
+
 async def claim_due(db: Db, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
     """Due messages, leased to this sender for `lease_seconds` (pushed ahead: another
     sender, or this one after a crash, sees them again only once the lease is over)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,7 @@ from prebookd.errors import describe
 from prebookd.log import mask_email
 from prebookd.notify import channels
 from prebookd.notify.heartbeat import Heartbeat
+from prebookd.notify.operator import Alert, firing_alerts, unclean_start_alert
 from prebookd.notify.sender import OutboxSender
 from prebookd.settings import Settings
 
@@ -41,11 +43,19 @@ class Notifications:
         wait_clear: Callable[[], Awaitable[None]],
         next_instant: Callable[[], float | None],
         db_connected: Callable[[], bool],
+        firings: Callable[[], Sequence[Mapping[str, Any]]] = tuple,
+        spooled: Callable[[], int] = int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._db_connected = db_connected
+        self._firings = firings
+        self._spooled = spooled
+        self._seen_firings: deque[str] = deque(maxlen=100)
+        self._spool_growing_since: float | None = None
+        self._spool_last = 0
+        self._spool_alarmed = False
         self.alarm_after = settings.alarm_after
         self.keep_horizon = settings.session_keep_horizon
         urls = settings.operator_notify_urls
@@ -126,10 +136,63 @@ class Notifications:
                         f"prebookd has not reached Postgres for {away:.0f} s. Armed rows "
                         "still fire; results wait in the spool.",
                     )
+            self._watch_spool(now)
+            for summary in list(self._firings()):
+                key = str(summary.get("instant"))
+                if key not in self._seen_firings:
+                    self._seen_firings.append(key)
+                    for alert in firing_alerts(summary):
+                        await self._enqueue(alert)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=WATCH_TICK)
             except TimeoutError:
                 pass
+
+    def _watch_spool(self, now: float) -> None:
+        """Results waiting in the spool, more of them for `alarm_after`: say so once."""
+        spooled = self._spooled()
+        if spooled == 0:
+            self._spool_growing_since, self._spool_alarmed = None, False
+        elif spooled > self._spool_last and self._spool_growing_since is None:
+            self._spool_growing_since = now
+        self._spool_last = spooled
+        since = self._spool_growing_since
+        if since is not None and now - since >= self.alarm_after and not self._spool_alarmed:
+            self._spool_alarmed = True
+            log.error("result_spool_growing", spooled=spooled)
+            self._alert(
+                "result spool growing",
+                f"{spooled} results have waited for Postgres for {now - since:.0f} s or more.",
+            )
+
+    async def started(self, predecessor: str | None, spool_bytes: int) -> None:
+        """At start, before anything is armed: did the process before this one stop
+        uncleanly? The operator hears what that means (through the outbox)."""
+        if not self.sender.operator_urls or (predecessor is None and not spool_bytes):
+            return
+        try:
+            async with asyncio.timeout(5.0):  # a start never waits long on this
+                left = (
+                    await notify_store.rows_left_by(self._pool, predecessor) if predecessor else {}
+                )
+            alert = unclean_start_alert(predecessor, left, spool_bytes)
+            if alert is not None:
+                log.warning("unclean_stop_before", **left, spool_bytes=spool_bytes)
+                await self._enqueue(alert)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("notify_start_check_failed", error=describe(exc))
+
+    async def _enqueue(self, alert: Alert) -> None:
+        """An operator message through the outbox (once per key)."""
+        if not self.sender.operator_urls:
+            return
+        try:
+            payload = {"title": alert.title, "body": alert.body}
+            if await notify_store.enqueue_operator(self._pool, alert.key, "operator", payload):
+                log.warning("operator_alert_queued", key=alert.key, title=alert.title)
+                self.sender.wake()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("operator_alert_not_queued", key=alert.key, error=describe(exc))
 
     def _alert(self, title: str, body: str) -> None:
         if self.sender.operator_urls:
