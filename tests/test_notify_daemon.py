@@ -112,3 +112,31 @@ async def test_a_burst_of_50_tells_each_member_once_after_the_result_is_in_postg
     sent = await conn.fetchval("SELECT count(*) FROM prebookd_outbox WHERE status = 'sent'")
     assert sent == 50
     assert daemon.events("notification_sent")
+
+
+async def test_rows_failed_at_arming_tell_their_members_too(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    box = await add_box(conn, sim, "arming")
+    emails = ["absurd@arming.es", "dead@arming.es"]
+    await add_member(conn, sim, emails[0])
+    await add_member(conn, sim, emails[1], refreshed_ago=1800, token="revoked")
+    async with http_receiver() as receiver:
+        await add_channels(conn, receiver, emails)  # absurd: es, dead: en
+        t = time.time() + 3.0
+        open_class(sim, "arming", "1", t, 10)
+        async with running_daemon(db_dsn, tmp_path, aimharder_url=sim.base_url) as daemon:
+            ids = [
+                await add_prebooking(conn, box, emails[0], "1", time.time() + 500 * 86_400),
+                await add_prebooking(conn, box, emails[1], "1", t),
+            ]
+            rows = await wait_rows_final(conn, ids)
+            await wait_messages(receiver, 3)
+            assert await daemon.stop() == 0
+
+    assert [r["outcome"] for r in rows] == ["bad_row", "session_expired"]
+    (absurd,) = receiver.at(f"hook/{emails[0]}")
+    assert absurd.body["title"] == "❌ La prerreserva no es válida"
+    # The dead session is found out at arming: an early warning, then the outcome.
+    dead = sorted(m.body["title"] for m in receiver.at(f"hook/{emails[1]}"))
+    assert dead == ["⚠️ Booking at risk", "❌ Session expired: log in again"]
