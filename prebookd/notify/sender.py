@@ -85,6 +85,9 @@ class OutboxSender:
         # (not when we stop waiting for it: a hung send keeps its worker).
         self._free = asyncio.Semaphore(workers)
         self._wakeup = asyncio.Event()
+        # One statement at a time: the sender never holds more than one connection of
+        # the daemon's small pool, which claims and result batches need.
+        self._db = asyncio.Semaphore(1)
         self._worker_back_event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_instant = float("-inf")  # the latest instant seen near
@@ -136,7 +139,8 @@ class OutboxSender:
         # Our own wait gives up at send_timeout + 1: a lease past that is never cut short
         # by a live sender; after a crash the messages are due again this soon.
         lease = self.send_timeout + 2.0
-        messages = await notify_store.claim_due(self._pool, min(free, BATCH), lease)
+        async with self._db:
+            messages = await notify_store.claim_due(self._pool, min(free, BATCH), lease)
         for message in messages:
             await self._free.acquire()
             task = asyncio.create_task(self._deliver(message), name=f"notify-{message['id']}")
@@ -206,21 +210,27 @@ class OutboxSender:
 
     async def _record(self, message: asyncpg.Record, error: str | None, took: float) -> None:
         fields = {"message_id": message["id"], "kind": message["event"], "took_s": round(took, 3)}
-        await self.quiet()
+        # Only the instants' own 10 ms guard, not the 2 s quiet: the mark must come well
+        # within the lease, or the message could be claimed and sent again.
+        if self._wait_clear is not None:
+            await self._wait_clear()
         try:
             if error is None:
-                await notify_store.mark_sent(self._pool, message["id"])
+                async with self._db:
+                    await notify_store.mark_sent(self._pool, message["id"])
                 self.sent += 1
                 log.info("notification_sent", **fields)
                 return
             age = self._clock() - message["created_at"].timestamp()
             retry_at = self._clock() + retry_delay(message["attempts"], self._rng)
             if retry_at - message["created_at"].timestamp() > self.max_age:
-                await notify_store.mark_failed(self._pool, message["id"], error, None)
+                async with self._db:
+                    await notify_store.mark_failed(self._pool, message["id"], error, None)
                 self.dead += 1
                 log.error("notification_dead", **fields, error=error, age_s=round(age))
                 return
-            await notify_store.mark_failed(self._pool, message["id"], error, retry_at)
+            async with self._db:
+                await notify_store.mark_failed(self._pool, message["id"], error, retry_at)
             self.retried += 1
             log.warning(
                 "notification_failed",
