@@ -199,7 +199,8 @@ class Settings(BaseSettings):
     operator_notify_urls: SecretStr | None = Field(
         default=None,
         description="Comma-separated apprise URLs (tgram://, ntfy://, mailto://, ...) the "
-        "operator is told on: Postgres away longer than alarm_after, and later more.",
+        "operator is told on: an unclean stop, Postgres away longer than alarm_after, a "
+        "slow instant, a box pushing back, the result spool growing.",
     )
     heartbeat_url: SecretStr | None = Field(
         default=None,

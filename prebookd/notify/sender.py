@@ -72,7 +72,7 @@ class OutboxSender:
         self.operator_urls = tuple(operator_urls)
         for url in self.operator_urls:
             channels.register_url(url)
-        self._workers = workers
+        self._unreachable = False
         self.send_timeout = send_timeout
         self.max_age = max_age
         self._wait_clear = wait_clear
@@ -112,8 +112,11 @@ class OutboxSender:
                     while not stop.is_set() and await self._worker_free(stop):
                         if not await self.send_due():
                             break
+                    self._unreachable = False
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                    log.warning("notify_outbox_unreachable", error=describe(e))
+                    if not self._unreachable:  # once per outage, not once a second
+                        log.warning("notify_outbox_unreachable", error=describe(e))
+                    self._unreachable = True
                 except Exception:  # a bug must not stop the daemon: notifications wait
                     log.exception("notify_round_failed")
         finally:
