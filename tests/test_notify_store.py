@@ -7,6 +7,7 @@ import time
 import uuid
 
 import asyncpg
+import pytest
 
 from prebookd.db import notify_store, store
 from prebookd.models import ResultUpdate
@@ -84,3 +85,31 @@ async def test_a_warning_is_queued_once_per_row_and_cause(conn: asyncpg.Connecti
     assert await notify_store.enqueue_member_warning(conn, "jane@x.es", "class_gone", horizon) == 2
     # Beyond the horizon: nothing to warn of.
     assert await notify_store.enqueue_member_warning(conn, "jane@x.es", "x", time.time()) == 0
+
+
+async def test_a_role_without_the_outbox_grants_still_writes_results(
+    conn: asyncpg.Connection,
+) -> None:
+    """An upgrade whose role SQL was not run again: the daemon sees it at start
+    (may_notify) and writes results without their messages, rather than not at all."""
+    jane, _ = await seed(conn)
+    role = f"prebookd_test_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f'CREATE ROLE "{role}"')
+    try:
+        await conn.execute(f'GRANT SELECT, UPDATE ON prebookings TO "{role}"')
+        await conn.execute(f'GRANT SELECT ON boxes TO "{role}"')
+        await conn.execute(f'SET ROLE "{role}"')
+        assert not await notify_store.may_notify(conn)
+        final = ResultUpdate(jane, "completed", outcome="booked")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await store.write_results(conn, [final])
+        await store.write_results(conn, [final], with_messages=False)
+        await conn.execute("RESET ROLE")
+        assert await notify_store.may_notify(conn)
+        assert await conn.fetchval("SELECT status FROM prebookings WHERE id = $1", jane) == (
+            "completed"
+        )
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.execute(f'REVOKE ALL ON prebookings, boxes FROM "{role}"')
+        await conn.execute(f'DROP ROLE "{role}"')

@@ -138,7 +138,9 @@ class Daemon:
         self.hot = HotWindows()
         self.spool = Spool(settings.state_dir / SPOOL_FILE)
         self.results = ResultWriter(
-            lambda updates: store.write_results(pool, updates),
+            lambda updates: store.write_results(
+                pool, updates, with_messages=self.notify.messages_on
+            ),
             flush_interval=settings.result_flush_interval,
             wait_clear=self.hot.wait_clear,
             spool=self.spool,

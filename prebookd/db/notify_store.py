@@ -45,6 +45,17 @@ ON CONFLICT (dedup_key) DO NOTHING
 """
 
 
+async def may_notify(db: Db) -> bool:
+    """The role may read channels and write the outbox (deploy/prebookd-role.sql, run
+    again after the upgrade that brought migration 0007)."""
+    return bool(
+        await db.fetchval(
+            """SELECT has_table_privilege('prebookd_notify_channels', 'SELECT')
+                  AND has_table_privilege('prebookd_outbox', 'SELECT, INSERT, UPDATE')"""
+        )
+    )
+
+
 # --- channels ------------------------------------------------------------------------
 
 

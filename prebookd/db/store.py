@@ -287,9 +287,12 @@ async def release_claims(conn: Db, ids: Sequence[UUID], owner: str) -> int:
     return int(result.split()[-1])
 
 
-async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
+async def write_results(
+    conn: Db, updates: Sequence[ResultUpdate], *, with_messages: bool = True
+) -> None:
     """Write a batch of outcomes in one statement, with the messages that report them
     (notify_store.OUTCOME_OUTBOX): a message exists exactly when its result does.
+    Without them when the role may not write the outbox (notify_store.may_notify).
 
     A final row (completed/failed) is never rewritten. A row cancelled while its
     request was already on the wire still gets the truth recorded."""
@@ -321,7 +324,7 @@ async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
         RETURNING p.id, p.user_email, p.box_id, p.status, p.outcome, p.error_message,
                   p.lateness_ms, p.attempts, p.available_at, p.written_at, p.booking_data
         )"""
-        + OUTCOME_OUTBOX,  # each final result's messages, in the same statement
+        + (OUTCOME_OUTBOX if with_messages else "SELECT 1"),  # the results' messages
         [u.id for u in updates],
         [u.status for u in updates],
         [u.outcome for u in updates],

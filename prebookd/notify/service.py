@@ -78,6 +78,7 @@ class Notifications:
                 clock=clock,
             )
         self._db_down_since: float | None = None
+        self.messages_on = True  # False: the role may not write the outbox (started())
         self._db_alarmed = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -166,12 +167,25 @@ class Notifications:
             )
 
     async def started(self, predecessor: str | None, spool_bytes: int) -> None:
-        """At start, before anything is armed: did the process before this one stop
-        uncleanly? The operator hears what that means (through the outbox)."""
+        """At start, before anything is armed: may this role write messages at all? Did
+        the process before this one stop uncleanly? The operator hears what that means
+        (through the outbox)."""
+        try:
+            async with asyncio.timeout(5.0):  # a start never waits long on this
+                self.messages_on = await notify_store.may_notify(self._pool)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("notify_grants_unknown", error=describe(exc))
+        if not self.messages_on:
+            # Results must be written whatever becomes of their messages.
+            log.error(
+                "notifications_off",
+                reason="the role may not read prebookd_notify_channels or write "
+                "prebookd_outbox: run deploy/prebookd-role.sql again",
+            )
         if not self.sender.operator_urls or (predecessor is None and not spool_bytes):
             return
         try:
-            async with asyncio.timeout(5.0):  # a start never waits long on this
+            async with asyncio.timeout(5.0):
                 left = (
                     await notify_store.rows_left_by(self._pool, predecessor) if predecessor else {}
                 )
