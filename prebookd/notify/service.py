@@ -89,8 +89,14 @@ class Notifications:
         await asyncio.gather(*parts)
 
     def healthy(self) -> bool:
-        down = self._db_down_since
-        return down is None or self._clock() - down < min(UNHEALTHY_AFTER, self.alarm_after / 2)
+        """Postgres reached (the listener's connection up, or down only for a blip)."""
+        now = self._clock()
+        if self._db_connected():
+            return True
+        if self._db_down_since is None:
+            self._db_down_since = now
+        # A heartbeat tick (1 s) later at most, /fail is out within alarm_after.
+        return now - self._db_down_since < min(UNHEALTHY_AFTER, self.alarm_after / 4)
 
     def results_written(self, _updates: object) -> None:
         """A result batch is in Postgres, with its messages: send them."""
