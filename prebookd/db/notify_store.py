@@ -112,7 +112,7 @@ async def enqueue_member_warning(db: Db, email: str, cause: str, horizon_end: fl
             ON lower(c.user_email) = lower(p.user_email) AND 'warning' = ANY(c.events)
           LEFT JOIN boxes b ON b.id = p.box_id
          WHERE lower(p.user_email) = lower($1)
-           AND p.status IN ('pending', 'loaded')
+           AND p.status = 'pending'  -- a claimed row fails at arming: its outcome says it
            AND p.available_at > now() AND p.available_at < $3
         ON CONFLICT (dedup_key) DO NOTHING
         """,
