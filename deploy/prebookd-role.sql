@@ -52,6 +52,7 @@ $$;
 REVOKE ALL ON boxes, auth_sessions, prebookings FROM prebookd_app;
 REVOKE ALL ON prebookd_migrations FROM prebookd_app;
 REVOKE ALL ON prebookd_rules, prebookd_away, prebookd_rule_misses FROM prebookd_app;
+REVOKE ALL ON prebookd_notify_channels, prebookd_outbox FROM prebookd_app;
 
 GRANT USAGE ON SCHEMA public TO prebookd_app;
 
@@ -86,6 +87,10 @@ GRANT INSERT (user_email, box_id, booking_data, available_at, status, class_labe
     ON prebookings TO prebookd_app;
 GRANT UPDATE (available_at, rule_day) ON prebookings TO prebookd_app;
 GRANT SELECT, INSERT, UPDATE ON prebookd_rule_misses TO prebookd_app;
+-- Notifications (migration 0008): read members' channels; write the outbox (a message
+-- is inserted with the result it reports, then marked sent, retried or dead).
+GRANT SELECT ON prebookd_notify_channels TO prebookd_app;
+GRANT SELECT, INSERT, UPDATE ON prebookd_outbox TO prebookd_app;
 
 -- Note: to let this role also run the producer-side CLI (tests, a demo), add
 --     GRANT INSERT ON boxes, prebookings TO prebookd_app;

@@ -209,6 +209,39 @@ class Settings(BaseSettings):
         le=86_400.0,
         description="Seconds between planning rounds (rules into prebookings).",
     )
+    operator_notify_urls: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated apprise URLs (tgram://, ntfy://, mailto://, ...) the "
+        "operator is told on: an unclean stop, Postgres away longer than alarm_after, a "
+        "slow instant, a box pushing back, the result spool growing.",
+    )
+    heartbeat_url: SecretStr | None = Field(
+        default=None,
+        description="Dead-man's switch (healthchecks.io, Uptime Kuma push): fetched every "
+        "heartbeat_interval while healthy, URL/fail once when not.",
+    )
+    heartbeat_interval: float = Field(
+        default=60.0, ge=1.0, le=3600.0, description="Seconds between heartbeat pings."
+    )
+    alarm_after: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="Postgres unreachable this long: the heartbeat fails and the operator is told.",
+    )
+    notify_workers: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="Threads that send notifications (apprise is synchronous): at most "
+        "this many hung channels at once.",
+    )
+    notify_timeout: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=300.0,
+        description="A notification not sent after this long is given up and retried later.",
+    )
 
     log_format: Literal["console", "journal", "json"] = Field(
         default_factory=default_log_format,  # the detection lives with the formats

@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_parsers(commands)
     add_account_parsers(commands)
+    from prebookd.cli.notify import add_notify_parsers
+
+    add_notify_parsers(commands)
 
     from prebookd.cli.rules import add_rules_parsers
 

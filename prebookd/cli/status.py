@@ -16,6 +16,7 @@ import aiohttp
 
 from prebookd.cli.rules import planner_lines
 from prebookd.errors import PrebookdError
+from prebookd.notify.report import status_line as notify_status_line
 from prebookd.settings import Settings
 from prebookd.text import one_line
 from prebookd.timeparse import read_iso
@@ -151,6 +152,8 @@ def format_status(snapshot: dict[str, Any], *, now: dt.datetime) -> str:
         f"  results    {snapshot.get('results_backlog', 0)} waiting to be written, "
         f"{snapshot.get('spooled', 0)} spooled"
     )
+    if (notify_line := notify_status_line(snapshot)) is not None:  # issue 15
+        lines.append(notify_line)
     return "\n".join(lines)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import time
 from typing import Any
 
@@ -33,12 +32,14 @@ from prebookd.daemon.statedir import StateDirLock, lock_state_dir
 from prebookd.daemon.status import StatusServer
 from prebookd.daemon.supervise import Background, Backoff, Signals, first_of, wait_future
 from prebookd.daemon.systemd import Notifier
+from prebookd.daemon.upkeep import keep_embedded_up, watchdog
 from prebookd.db import store
 from prebookd.db.connection import connect, create_pool, database
 from prebookd.db.embedded import EmbeddedPostgres
 from prebookd.db.migrate import migrate, pending_migrations
-from prebookd.errors import ConfigError, DatabaseError, EmbeddedPostgresError, describe
+from prebookd.errors import ConfigError, DatabaseError, describe
 from prebookd.log import configure_logging
+from prebookd.notify.service import Notifications
 from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, mask_dsn, read_settings
 
 log = structlog.get_logger(__name__)
@@ -46,7 +47,6 @@ log = structlog.get_logger(__name__)
 EXIT_OK = 0
 EXIT_CRASHED = 1
 SPOOL_FILE = "results.spool"
-EMBEDDED_CHECK_INTERVAL = 2.0  # how often the embedded Postgres is checked to be up
 # Giving claims back on the way out is a courtesy (leases expire anyway): a
 # Postgres that does not answer must not hold up the stop.
 RELEASE_TIMEOUT = 2.0
@@ -146,7 +146,9 @@ class Daemon:
         self.hot = HotWindows()
         self.spool = Spool(settings.state_dir / SPOOL_FILE)
         self.results = ResultWriter(
-            lambda updates: store.write_results(pool, updates),
+            lambda updates: store.write_results(
+                pool, updates, with_messages=self.notify.messages_on
+            ),
             flush_interval=settings.result_flush_interval,
             wait_clear=self.hot.wait_clear,
             spool=self.spool,
@@ -188,6 +190,17 @@ class Daemon:
         self.listener = Listener(
             dsn, on_notification=self.engine.on_notification, on_connected=self.engine.resync
         )
+        self.notify = Notifications(  # issue 15: outbox sender, heartbeat, alarms
+            settings,
+            pool,
+            wait_clear=self.hot.wait_clear,
+            next_instant=self.engine.next_instant,
+            db_connected=lambda: self.listener.connected,
+            firings=lambda: self.engine.last_firings,
+            spooled=lambda: self.results.spooled,
+        )
+        self.results.on_confirmed(self.notify.results_written)
+        self.sessions.on_dead = self.notify.session_dead
 
     def _engine_config(self) -> EngineConfig:
         return EngineConfig.from_settings(
@@ -226,6 +239,7 @@ class Daemon:
             self.status_server = None
 
     async def _serve(self) -> int:
+        await self.notify.started(self._lock.predecessor, self.spool.size())
         if not await self._recover_spool():
             return await self.shutdown()
         stop = self._tasks_stop
@@ -234,11 +248,14 @@ class Daemon:
         self._background.start(self.engine.fetch_loop(stop), "row-fetcher")
         self._background.start(self.engine.lease_loop(stop), "leases")
         self._background.start(self._reconcile(), "reconcile")
-        self._background.start(self._watchdog(), "watchdog")
+        self._background.start(watchdog(self._notifier, self._tasks_stop), "watchdog")
         if self._embedded is not None:
-            self._background.start(self._keep_embedded_up(self._embedded), "embedded-postgres")
+            self._background.start(
+                keep_embedded_up(self._embedded, self.hot, self._tasks_stop), "embedded-postgres"
+            )
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
         self._background.start(self.planner.run(stop), "planner")
+        self._background.start(self.notify.run(stop), "notify")
 
         await first_of(
             self.listener.ready.wait(), self._signals.stop.wait(), wait_future(self._crashed)
@@ -383,6 +400,7 @@ class Daemon:
             },
             "results_backlog": self.results.backlog,
             "spooled": self.results.spooled,
+            **self.notify.snapshot(),
         }
 
     def status_line(self) -> str:
@@ -407,31 +425,3 @@ class Daemon:
             except Exception as exc:
                 log.warning("reconcile_failed", error=describe(exc))
             self._notifier.notify(f"STATUS={self.status_line()}")
-
-    async def _keep_embedded_up(self, embedded: EmbeddedPostgres) -> None:
-        """The embedded Postgres is this daemon's to keep: if it goes away (killed with
-        the cgroup of a command that started it first, say), start it again. Armed
-        rows fire from memory meanwhile; the listener reconnects and resyncs."""
-        while not self._tasks_stop.is_set():
-            await first_of(self._tasks_stop.wait(), timeout=EMBEDDED_CHECK_INTERVAL)
-            if self._tasks_stop.is_set() or await asyncio.to_thread(embedded.is_running):
-                continue
-            log.error("embedded_postgres_gone", data_dir=str(embedded.data_dir))
-            await self.hot.wait_clear()  # starting it takes a CPU-heavy second or two
-            try:
-                await asyncio.to_thread(embedded.start_again)
-            except EmbeddedPostgresError as exc:
-                log.error("embedded_postgres_start_failed", error=describe(exc))
-                continue  # tried again at the next check
-            log.info("embedded_postgres_started_again", data_dir=str(embedded.data_dir))
-
-    async def _watchdog(self) -> None:
-        """WATCHDOG=1 from the event loop itself: a blocked loop stops the pings."""
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if not self._notifier.enabled or usec <= 0:
-            await self._tasks_stop.wait()
-            return
-        interval = usec / 2_000_000
-        while not self._tasks_stop.is_set():
-            self._notifier.notify("WATCHDOG=1")
-            await first_of(self._tasks_stop.wait(), timeout=interval)

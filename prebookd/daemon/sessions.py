@@ -56,6 +56,7 @@ class SessionKeeper:
         self._in_flight: dict[UUID, asyncio.Future[Outcome]] = {}
         self.refreshed = 0
         self.dead = 0
+        self.on_dead: Callable[[str], None] | None = None  # told the member's e-mail
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(
@@ -112,6 +113,8 @@ class SessionKeeper:
         if isinstance(answer, SessionDead):
             self.dead += 1
             log.warning("session_dead", member=member, reason=answer.reason)
+            if self.on_dead is not None:
+                self.on_dead(session.email)
             await self._note_error(session, f"session ended by AimHarder: {answer.reason}")
             return answer
         return await self._save(session, answer)

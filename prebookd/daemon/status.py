@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from prebookd.daemon.metrics import CONTENT_TYPE, Metrics
+from prebookd.notify.report import gauges as notify_gauges
 from prebookd.timeparse import read_iso
 
 log = structlog.get_logger(__name__)
@@ -141,6 +142,7 @@ def gauges_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, float]:
     known = [i for i in instants if i is not None]
     if known:
         put("prebookd_next_instant_seconds", min(known))
+    gauges.update(notify_gauges(dict(snapshot)))  # issue 15
     return gauges
 
 

@@ -21,6 +21,7 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from prebookd.db.notify_store import OUTCOME_OUTBOX
 from prebookd.models import ResultUpdate
 from prebookd.text import clip
 
@@ -286,8 +287,12 @@ async def release_claims(conn: Db, ids: Sequence[UUID], owner: str) -> int:
     return int(result.split()[-1])
 
 
-async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
-    """Write a batch of outcomes in one statement.
+async def write_results(
+    conn: Db, updates: Sequence[ResultUpdate], *, with_messages: bool = True
+) -> None:
+    """Write a batch of outcomes in one statement, with the messages that report them
+    (notify_store.OUTCOME_OUTBOX): a message exists exactly when its result does.
+    Without them when the role may not write the outbox (notify_store.may_notify).
 
     A final row (completed/failed) is never rewritten. A row cancelled while its
     request was already on the wire still gets the truth recorded."""
@@ -296,6 +301,7 @@ async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
     await _execute(
         conn,
         """
+        WITH updated AS (
         UPDATE prebookings p
            SET status        = u.status,
                outcome       = coalesce(u.outcome, p.outcome),
@@ -315,7 +321,10 @@ async def write_results(conn: Db, updates: Sequence[ResultUpdate]) -> None:
          WHERE p.id = u.id
            AND (p.status IN ('pending', 'loaded', 'executing')
                 OR (p.status = 'cancelled' AND u.written_at IS NOT NULL))
-        """,
+        RETURNING p.id, p.user_email, p.box_id, p.status, p.outcome, p.error_message,
+                  p.lateness_ms, p.attempts, p.available_at, p.written_at, p.booking_data
+        )"""
+        + (OUTCOME_OUTBOX if with_messages else "SELECT 1"),  # the results' messages
         [u.id for u in updates],
         [u.status for u in updates],
         [u.outcome for u in updates],
