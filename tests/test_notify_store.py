@@ -11,6 +11,7 @@ import pytest
 
 from prebookd.db import notify_store, store
 from prebookd.models import ResultUpdate
+from prebookd.notify.messages import render
 
 
 async def seed(conn: asyncpg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
@@ -22,8 +23,9 @@ async def seed(conn: asyncpg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
     for email in ("jane@x.es", "nobody@x.es"):
         rows.append(
             await conn.fetchval(
-                """INSERT INTO prebookings (user_email, box_id, booking_data, available_at)
-                   VALUES ($1, $2, $3, now() + interval '1 hour') RETURNING id""",
+                """INSERT INTO prebookings (user_email, box_id, booking_data, available_at,
+                                           class_label)
+                   VALUES ($1, $2, $3, now() + interval '1 hour', '07:00 WOD') RETURNING id""",
                 email,
                 box,
                 {"day": "20301201", "familyId": "", "id": "77", "insist": 0},
@@ -53,6 +55,9 @@ async def test_a_final_result_writes_its_messages_in_the_same_statement_once(
     payload = messages[0]["payload"]
     assert payload["outcome"] == "booked" and payload["box"] == "CrossFit Norte"
     assert payload["class_id"] == "77" and payload["lateness_ms"] == 0.4
+    # The class as the member knows it, where `add` or a rule recorded it from the listing.
+    assert payload["class_name"] == "07:00 WOD"
+    assert "07:00 WOD" in render("outcome", payload, "en").body
     assert "token" not in str(payload).lower() and "cookie" not in str(payload).lower()
 
 

@@ -23,7 +23,7 @@ Db = asyncpg.Connection | asyncpg.Pool
 
 # The tail of store.write_results' statement: `updated` is its UPDATE ... RETURNING
 # (id, user_email, box_id, status, outcome, error_message, lateness_ms, attempts,
-# available_at, written_at, booking_data). One message per final row and channel of its
+# available_at, written_at, booking_data, class_label). One message per final row and channel of its
 # member that takes outcomes; the facts travel in `payload`, never a cookie or token.
 OUTCOME_OUTBOX = """
 INSERT INTO prebookd_outbox (dedup_key, channel_id, prebooking_id, event, payload)
@@ -35,6 +35,7 @@ SELECT 'outcome:' || d.id || ':' || c.id, c.id, d.id, 'outcome',
            'available_at', extract(epoch FROM d.available_at),
            'written_at', extract(epoch FROM d.written_at),
            'day', d.booking_data->>'day', 'class_id', d.booking_data->>'id',
+           'class_name', d.class_label,
            'box', coalesce(b.name, b.subdomain), 'timezone', b.timezone)
   FROM updated d
   JOIN prebookd_notify_channels c
@@ -106,6 +107,7 @@ async def enqueue_member_warning(db: Db, email: str, cause: str, horizon_end: fl
                    'cause', $2::text,
                    'available_at', extract(epoch FROM p.available_at),
                    'day', p.booking_data->>'day', 'class_id', p.booking_data->>'id',
+                   'class_name', p.class_label,
                    'box', coalesce(b.name, b.subdomain), 'timezone', b.timezone)
           FROM prebookings p
           JOIN prebookd_notify_channels c
