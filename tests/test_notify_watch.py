@@ -11,6 +11,8 @@ from pathlib import Path
 
 import asyncpg
 
+from prebookd.notify.service import Notifications
+from prebookd.settings import load_settings
 from prebookd.sim.server import Faults, Simulator
 from tests.pgproxy import pg_proxy
 from tests.receivers import HttpReceiver, http_receiver
@@ -135,3 +137,42 @@ async def test_the_operator_hears_of_an_unclean_stop_and_of_a_box_rate_limiting(
     assert "unclean stop" in unclean["title"]
     assert "1 claimed row(s) fire now" in unclean["message"]
     assert "rate-limiting" in limited["title"] and "ops" in limited["message"]
+
+
+async def test_a_missed_instant_fails_the_heartbeat_once_then_pings_resume() -> None:
+    """Postgres up all along, but an instant's request went out 2.5 s late: the
+    dead-man's switch says /fail once, and pings again an interval later."""
+    now = [1_000.0]
+    firings: list[dict[str, object]] = [
+        {"instant": "T0", "count": 3, "lateness_max_ms": 0.4, "spread_ms": 2.0},
+    ]
+    service = Notifications(
+        load_settings(heartbeat_url="http://127.0.0.1:9/ping/x", heartbeat_interval=60),
+        None,  # type: ignore[arg-type]  # no message is queued on this path
+        wait_clear=asyncio.sleep,  # type: ignore[arg-type]
+        next_instant=lambda: None,
+        db_connected=lambda: True,
+        firings=lambda: firings,
+        clock=lambda: now[0],
+    )
+    assert service.heartbeat is not None
+    state = service.heartbeat.state
+
+    async def watch_once() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(service._watch(stop))
+        await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    await watch_once()
+    assert state.due(now[0], service.healthy()) == "ping"
+    firings.append({"instant": "T1", "count": 1, "lateness_max_ms": 2_500.0, "spread_ms": 0.0})
+    now[0] += 5
+    await watch_once()
+    assert state.due(now[0], service.healthy()) == "fail"
+    now[0] += 30
+    await watch_once()  # the same summary seen again: no second /fail
+    assert state.due(now[0], service.healthy()) is None
+    now[0] += 31
+    assert state.due(now[0], service.healthy()) == "ping"

@@ -13,6 +13,21 @@ from typing import Any
 SLOW_BURST_MS = 1000.0  # an instant's rows not all written within this: the operator hears
 # Outcomes that say a box is pushing back on us, and how the operator reads them.
 PUSHBACK = {"rate_limited": "rate-limiting", "blocked": "blocking"}
+MISSED_LATE_MS = 1000.0  # a first request this late after its instant: the instant is missed
+
+
+def instant_missed(summary: Mapping[str, Any]) -> bool:
+    """Whether an instant's summary says its places were lost to lateness: a request a
+    second or more late, rows not all sent within a second, or rows given up as missed.
+    The heartbeat fails once for it: something outside should look at this machine."""
+    late = summary.get("lateness_max_ms")
+    spread = summary.get("spread_ms")
+    missed = (summary.get("outcomes") or {}).get("missed")
+    return bool(
+        (isinstance(late, int | float) and late >= MISSED_LATE_MS)
+        or (isinstance(spread, int | float) and spread > SLOW_BURST_MS)
+        or missed
+    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from prebookd.errors import describe
 from prebookd.log import mask_email
 from prebookd.notify import channels
 from prebookd.notify.heartbeat import Heartbeat
-from prebookd.notify.operator import Alert, firing_alerts, unclean_start_alert
+from prebookd.notify.operator import Alert, firing_alerts, instant_missed, unclean_start_alert
 from prebookd.notify.sender import OutboxSender
 from prebookd.settings import Settings
 
@@ -78,6 +78,8 @@ class Notifications:
                 clock=clock,
             )
         self._db_down_since: float | None = None
+        self._missed_until = 0.0  # unhealthy until then: an instant was missed
+        self._heartbeat_interval = settings.heartbeat_interval
         self.messages_on = True  # False: the role may not write the outbox (started())
         self._db_alarmed = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -89,8 +91,11 @@ class Notifications:
         await asyncio.gather(*parts)
 
     def healthy(self) -> bool:
-        """Postgres reached (the listener's connection up, or down only for a blip)."""
+        """Postgres reached (the listener's connection up, or down only for a blip), and
+        no instant missed in the last heartbeat interval (that says /fail once)."""
         now = self._clock()
+        if now < self._missed_until:
+            return False
         if self._db_connected():
             return True
         if self._db_down_since is None:
@@ -148,6 +153,9 @@ class Notifications:
                 key = str(summary.get("instant"))
                 if key not in self._seen_firings:
                     self._seen_firings.append(key)
+                    if instant_missed(summary):
+                        log.error("instant_missed", instant=key, count=summary.get("count"))
+                        self._missed_until = now + self._heartbeat_interval
                     for alert in firing_alerts(summary):
                         await self._enqueue(alert)
             try:
