@@ -209,6 +209,16 @@ class Settings(BaseSettings):
         le=86_400.0,
         description="Seconds between planning rounds (rules into prebookings).",
     )
+    listing_check_interval: float = Field(
+        default=900.0,
+        ge=0.2,
+        le=86_400.0,
+        description="Seconds between checks of hand-made rows opening within "
+        "session_keep_horizon against their (box, day) listing (early warnings).",
+    )
+    listing_check_max: int = Field(
+        default=20, ge=1, le=500, description="Listing requests at most per check round."
+    )
     operator_notify_urls: SecretStr | None = Field(
         default=None,
         description="Comma-separated apprise URLs (tgram://, ntfy://, mailto://, ...) the "
@@ -359,6 +369,8 @@ LIVE_SETTINGS = frozenset(
         "session_keep_horizon",
         "plan_horizon",
         "plan_interval",
+        "listing_check_interval",
+        "listing_check_max",
         "log_format",
         "log_level",
     }

@@ -164,6 +164,8 @@ def test_parse_classes() -> None:
     ("status", "raw", "error", "message"),
     [
         (200, _body({"logout": 1}), SessionExpired, "session is dead"),
+        (401, b"<html>401</html>", SessionExpired, "HTTP 401 .* session is dead"),
+        (302, b"", SessionExpired, "HTTP 302 .* session is dead"),
         (200, _body({"day": DAY}), AccountError, "unexpected answer"),
         (200, _body({"bookings": [{"id": 1}]}), AccountError, r"bookings\.0\.time"),
         (200, _body({"bookings": [{"id": 1, "time": "x", "ocupation": "many"}]}),

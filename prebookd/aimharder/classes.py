@@ -29,6 +29,7 @@ from prebookd.aimharder.account import (
 )
 
 _LEADING_INT = re.compile(r"\s*([+-]?[0-9]{1,9})(?![0-9])")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,12 @@ class _Listing(BaseModel):
 
 def parse_classes(status: int, raw: bytes) -> list[ClassInfo]:
     """A `GET /api/bookings` answer as ClassInfo, in the order listed."""
+    if status == 401 or status in _REDIRECTS:
+        # The login page, by status or by redirect: a dead session, as {"logout": 1}.
+        raise SessionExpired(
+            f"AimHarder answered HTTP {status} to the class listing: the session is dead, "
+            "log in again (`prebookd login`)"
+        )
     answer = json_answer(status, raw, "class listing")
     if isinstance(answer, dict) and answer.get("logout"):
         raise SessionExpired(

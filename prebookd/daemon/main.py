@@ -23,6 +23,7 @@ from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.engine import Engine, EngineConfig
 from prebookd.daemon.firing_report import iso_instant
 from prebookd.daemon.listener import Listener
+from prebookd.daemon.listing_watch import ListingWatch
 from prebookd.daemon.metrics import Metrics
 from prebookd.daemon.planner import Planner
 from prebookd.daemon.results import ResultWriter
@@ -201,6 +202,13 @@ class Daemon:
         )
         self.results.on_confirmed(self.notify.results_written)
         self.sessions.on_dead = self.notify.session_dead
+        self.listing_watch = ListingWatch(  # issue 15: hand-made rows at risk, told early
+            pool,
+            lambda: self.settings,
+            next_instant=self.engine.next_instant,
+            wait_clear=self.hot.wait_clear,
+            warn=self.notify.warn_row,
+        )
 
     def _engine_config(self) -> EngineConfig:
         return EngineConfig.from_settings(
@@ -256,6 +264,7 @@ class Daemon:
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
         self._background.start(self.planner.run(stop), "planner")
         self._background.start(self.notify.run(stop), "notify")
+        self._background.start(self.listing_watch.run(stop), "listing-watch")
 
         await first_of(
             self.listener.ready.wait(), self._signals.stop.wait(), wait_future(self._crashed)

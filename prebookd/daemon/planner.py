@@ -24,9 +24,9 @@ import asyncpg
 import structlog
 
 from prebookd import timeparse
-from prebookd.aimharder.account import AccountError, SessionExpired
-from prebookd.aimharder.classes import ClassInfo, list_classes
+from prebookd.aimharder.classes import ClassInfo
 from prebookd.daemon.clock import WallClock
+from prebookd.daemon.listings import read_listing
 from prebookd.daemon.plan import (
     Away,
     Need,
@@ -37,9 +37,8 @@ from prebookd.daemon.plan import (
     place,
 )
 from prebookd.db import rules_store
-from prebookd.errors import BadRow, UsageError, describe
+from prebookd.errors import UsageError, describe
 from prebookd.log import mask_email
-from prebookd.models import box_base_url
 
 log = structlog.get_logger(__name__)
 
@@ -206,35 +205,21 @@ class Planner:
     ) -> list[ClassInfo] | None:
         assert self._http is not None, "planner not started"
         info = self._boxes[box]
-        where = f"{info['subdomain']} {timeparse.format_day(day)}"
-        try:
-            url = box_base_url(info["base_url"], info["subdomain"], self._allowed_hosts)
-        except BadRow as exc:
-            errors.append(f"listing {where}: {exc.reason}")
-            return None
-        for email in emails:
-            session = await rules_store.background_session(self._pool, email)
-            cookies = session["aimharder_cookies"] if session else None
-            if not isinstance(cookies, list) or not cookies:
-                errors.append(f"listing {where}: {mask_email(email)} has no background session")
-                continue
-            await self._wait_clear()
-            try:
-                return await list_classes(
-                    self._http,
-                    url,
-                    info["aimharder_box_id"] or "",
-                    timeparse.format_day(day),
-                    cookies,
-                )
-            except SessionExpired:
-                errors.append(f"listing {where}: {mask_email(email)}'s session is dead")
-                log.warning("planner_session_dead", member=mask_email(email), box=info["subdomain"])
-            except (AccountError, aiohttp.ClientError, TimeoutError) as exc:
-                errors.append(f"listing {where}: {describe(exc)}")
-                log.warning("planner_listing_failed", box=info["subdomain"], error=describe(exc))
-                return None
-        return None
+        read = await read_listing(
+            self._http,
+            self._pool,
+            info,
+            day,
+            emails,
+            allowed_hosts=self._allowed_hosts,
+            wait_clear=self._wait_clear,
+        )
+        errors.extend(read.problems)
+        for email in read.rejected:
+            log.warning("planner_session_dead", member=mask_email(email), box=info["subdomain"])
+        if read.failed is not None:
+            log.warning("planner_listing_failed", box=info["subdomain"], error=read.failed)
+        return read.classes
 
     async def _report(self, passed: Sequence[Need]) -> int:
         by_key = {(n.rule.id, n.day): n for n in passed}

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -95,34 +96,68 @@ async def remove_channel(db: Db, channel_id: int) -> bool:
 # --- the outbox ----------------------------------------------------------------------
 
 
+# One warning per (cause, row) and channel of the row's member taking warnings; `{rows}`
+# picks the rows, always pending (a claimed row fails at arming: its outcome says it).
+_WARNING_OUTBOX = """
+INSERT INTO prebookd_outbox (dedup_key, channel_id, prebooking_id, event, payload)
+SELECT 'warning:' || $2 || ':' || p.id || ':' || c.id, c.id, p.id, 'warning',
+       jsonb_build_object(
+           'cause', $2::text,
+           'available_at', extract(epoch FROM p.available_at),
+           'day', p.booking_data->>'day', 'class_id', p.booking_data->>'id',
+           'class_name', p.class_label,
+           'box', coalesce(b.name, b.subdomain), 'timezone', b.timezone)
+  FROM prebookings p
+  JOIN prebookd_notify_channels c
+    ON lower(c.user_email) = lower(p.user_email) AND 'warning' = ANY(c.events)
+  LEFT JOIN boxes b ON b.id = p.box_id
+ WHERE {rows} AND p.status = 'pending' AND p.available_at > now()
+ON CONFLICT (dedup_key) DO NOTHING
+"""
+
+
 async def enqueue_member_warning(db: Db, email: str, cause: str, horizon_end: float) -> int:
-    """One warning per (cause, row) and channel taking warnings, for each prebooking of
-    the member still to fire before `horizon_end`; returns how many messages are new
-    (0: all told already)."""
+    """A warning of `cause` for each prebooking of the member still to fire before
+    `horizon_end`; returns how many messages are new (0: all told already)."""
     result = await db.execute(
-        """
-        INSERT INTO prebookd_outbox (dedup_key, channel_id, prebooking_id, event, payload)
-        SELECT 'warning:' || $2 || ':' || p.id || ':' || c.id, c.id, p.id, 'warning',
-               jsonb_build_object(
-                   'cause', $2::text,
-                   'available_at', extract(epoch FROM p.available_at),
-                   'day', p.booking_data->>'day', 'class_id', p.booking_data->>'id',
-                   'class_name', p.class_label,
-                   'box', coalesce(b.name, b.subdomain), 'timezone', b.timezone)
-          FROM prebookings p
-          JOIN prebookd_notify_channels c
-            ON lower(c.user_email) = lower(p.user_email) AND 'warning' = ANY(c.events)
-          LEFT JOIN boxes b ON b.id = p.box_id
-         WHERE lower(p.user_email) = lower($1)
-           AND p.status = 'pending'  -- a claimed row fails at arming: its outcome says it
-           AND p.available_at > now() AND p.available_at < $3
-        ON CONFLICT (dedup_key) DO NOTHING
-        """,
+        _WARNING_OUTBOX.format(rows="lower(p.user_email) = lower($1) AND p.available_at < $3"),
         email,
         cause,
         dt.datetime.fromtimestamp(horizon_end, dt.UTC),
     )
     return int(result.split()[-1])
+
+
+async def enqueue_row_warning(db: Db, prebooking_id: UUID, cause: str) -> int:
+    """A warning of `cause` for this prebooking while it is pending and unclaimed;
+    returns how many messages are new (0: told already, or no channel takes warnings)."""
+    result = await db.execute(
+        _WARNING_OUTBOX.format(rows="p.id = $1 AND p.lease_owner IS NULL"), prebooking_id, cause
+    )
+    return int(result.split()[-1])
+
+
+async def watched_rows(db: Db, after: float, before: float, limit: int) -> list[asyncpg.Record]:
+    """Hand-made rows (rules' rows are the planner's) pending and unclaimed, opening
+    between `after` and `before`, soonest first, with what reading their listing needs."""
+    return list(
+        await db.fetch(
+            """
+            SELECT p.id, p.user_email, p.box_id, p.available_at,
+                   p.booking_data->>'day' AS day, p.booking_data->>'id' AS class_id,
+                   b.subdomain, b.base_url, b.box_id AS aimharder_box_id
+              FROM prebookings p
+              JOIN boxes b ON b.id = p.box_id
+             WHERE p.status = 'pending' AND p.rule_id IS NULL AND p.lease_owner IS NULL
+               AND p.available_at > $1 AND p.available_at < $2
+             ORDER BY p.available_at, p.created_at, p.id
+             LIMIT $3
+            """,
+            dt.datetime.fromtimestamp(after, dt.UTC),
+            dt.datetime.fromtimestamp(before, dt.UTC),
+            limit,
+        )
+    )
 
 
 async def enqueue_operator(db: Db, dedup_key: str, event: str, payload: dict[str, Any]) -> bool:

@@ -38,7 +38,7 @@ WARNINGS: dict[str, tuple[str, str]] = {
         "o la reserva fallará.",
         "Your AimHarder session has ended: log in again before {when} or the booking will fail.",
     ),
-    "listing_rejected": (
+    "session_rejected": (
         "El box rechaza tu sesión: inicia sesión de nuevo antes de {when}.",
         "The box rejects your session: log in again before {when}.",
     ),

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -127,6 +128,22 @@ class Notifications:
         if new:
             log.info("notify_warning_queued", member=mask_email(email), cause="session_dead")
             self.sender.wake()
+
+    async def warn_row(self, prebooking_id: UUID, email: str, cause: str) -> bool:
+        """Warn a row's member that it is at risk (`cause`, messages.WARNINGS), once per
+        row and cause (the outbox's key); True when a message is new. Raises what
+        Postgres raised."""
+        await self.sender.quiet()
+        new = await notify_store.enqueue_row_warning(self._pool, prebooking_id, cause)
+        if new:
+            log.info(
+                "notify_warning_queued",
+                member=mask_email(email),
+                prebooking_id=str(prebooking_id),
+                cause=cause,
+            )
+            self.sender.wake()
+        return bool(new)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Postgres away longer than `alarm_after`: the operator is told directly."""
