@@ -117,6 +117,7 @@ class ListingWatch:
         self._checked: dict[str, float] = {}  # member: when their session was last tried
         self._backoffs: dict[UUID, Backoff] = {}
         self._paused_until: dict[UUID, float] = {}  # box: its listing failed
+        self._told: set[tuple[UUID, str]] = set()  # (row, cause) warned of
         self.rounds = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -167,20 +168,15 @@ class ListingWatch:
             counts["listings"] += read.requests
             for email in read.rejected:
                 self._checked[email] = self._clock()
-                log.info(
-                    "listing_session_rejected", member=mask_email(email), box=where[0], day=where[1]
-                )
                 for row in rows:
-                    if row.email == email:
-                        counts["warned"] += await self._warn(row.id, email, "session_rejected")
+                    if row.email == email and await self._tell(row, "session_rejected", where):
+                        counts["warned"] += 1
             if read.classes is not None and read.reader is not None:
                 self._checked[read.reader] = self._clock()
                 self._backoffs.pop(box, None)
                 for row in gone(rows, read.classes):
-                    log.info(
-                        "listing_class_gone", prebooking_id=str(row.id), box=where[0], day=where[1]
-                    )
-                    counts["warned"] += await self._warn(row.id, row.email, "class_gone")
+                    if await self._tell(row, "class_gone", where):
+                        counts["warned"] += 1
             elif read.failed is not None:
                 backoff = self._backoffs.setdefault(
                     box, Backoff(settings.listing_check_interval, BACKOFF_CAP)
@@ -195,9 +191,29 @@ class ListingWatch:
                     "listing_check_no_session", box=where[0], day=where[1], problems=read.problems
                 )
         self._checked = {e: t for e, t in self._checked.items() if e in seen}
+        ids = {r["id"] for r in records}
+        self._told = {(row, cause) for row, cause in self._told if row in ids}
         self.rounds += 1
         log.debug("listing_check_round", **counts)
         return dict(counts)
+
+    async def _tell(self, row: Watched, cause: str, where: tuple[str, str]) -> bool:
+        """Warn of `cause` once per row: logged the first time this process finds it
+        (the outbox keeps the once, also across instances); True if a message is new."""
+        if (row.id, cause) in self._told:
+            return False
+        new = await self._warn(row.id, row.email, cause)
+        self._told.add((row.id, cause))
+        log.info(
+            "listing_row_at_risk",
+            prebooking_id=str(row.id),
+            member=mask_email(row.email),
+            box=where[0],
+            day=where[1],
+            cause=cause,
+            messages=new,
+        )
+        return new
 
     async def _quiet(self) -> None:
         """Wait until no instant is due within `arm_lead` and a request's time, none
