@@ -43,6 +43,7 @@ async def test_a_dead_session_warns_the_member_once_before_the_instant(
     # start answers {"logout": 1}.
     await add_member(conn, sim, "dead@warn.es", refreshed_ago=1800, token="revoked-token")
     t = time.time() + 600.0  # ten minutes ahead
+    open_class(sim, "warn", "1", t, 10)  # listed: the listing watch has nothing to say
     async with http_receiver() as receiver:
         for url, lang in (
             (receiver.url("json", "warn/dead"), "en"),
