@@ -211,3 +211,36 @@ async def test_the_daemon_warns_of_a_class_gone_and_a_session_rejected_once(
     assert len(daemon.events("notify_warning_queued")) == 2
     status = await conn.fetchval("SELECT status FROM prebookings WHERE id = $1", gone_row)
     assert status == "pending"  # only told
+
+
+async def test_no_listing_request_within_arm_lead_before_an_instant_nor_just_after(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, sim: Simulator
+) -> None:
+    box = await add_box(conn, sim, "hot")
+    await add_member(conn, sim, "m@hot.es")
+    await add_prebooking(conn, box, "m@hot.es", "1", time.time() + 3600)
+    now = [time.time()]
+    instant: list[float | None] = [now[0] + 70.0]  # within arm_lead (60 s) + 20 s
+    chosen = Settings(
+        database_url="postgresql://unused", aimharder_url=sim.base_url, box_hosts="127.0.0.1"
+    )
+    watch = ListingWatch(
+        pool,
+        lambda: chosen,
+        next_instant=lambda: instant[0],
+        wait_clear=_no_wait,
+        warn=Recorded(pool),
+        clock=lambda: now[0],
+    )
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        watch._http = http
+        round_ = asyncio.create_task(watch.check_once())
+        await asyncio.sleep(1.5)
+        assert not round_.done() and listings(sim) == []
+        now[0] += 72.0  # the instant passed 2 s ago (it is still the next one: in flight)
+        await asyncio.sleep(1.5)
+        assert not round_.done() and listings(sim) == []
+        instant[0] = None  # its firing is over; 5 s after it the round goes on
+        now[0] += 3.5
+        done = await asyncio.wait_for(round_, timeout=5)
+    assert done["listings"] == 1 and listings(sim) == ["hot"]

@@ -95,6 +95,10 @@ def gone(rows: Sequence[Watched], classes: Sequence[ClassInfo]) -> list[Watched]
     return [row for row in rows if row.class_id not in listed]
 
 
+class _Stopping(Exception):
+    """The daemon stops while a round waits for a quiet moment."""
+
+
 class ListingWatch:
     def __init__(
         self,
@@ -113,6 +117,7 @@ class ListingWatch:
         self._warn = warn
         self._clock = clock
         self._http: aiohttp.ClientSession | None = None
+        self._stop = asyncio.Event()  # run()'s
         self._last_instant = 0.0
         self._checked: dict[str, float] = {}  # member: when their session was last tried
         self._backoffs: dict[UUID, Backoff] = {}
@@ -126,10 +131,12 @@ class ListingWatch:
         async with aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar()
         ) as http:
-            self._http = http
+            self._http, self._stop = http, stop
             while not stop.is_set():
                 try:
                     await self.check_once()
+                except _Stopping:
+                    break
                 except Exception as exc:  # Postgres away, a bug: bookings go on regardless
                     log.warning("listing_check_failed", error=describe(exc))
                 await first_of(stop.wait(), timeout=self._settings().listing_check_interval)
@@ -227,4 +234,6 @@ class ListingWatch:
             wait = self._last_instant + AFTER_INSTANT - now
             if wait <= 0:
                 return
-            await asyncio.sleep(min(wait, POLL))
+            await first_of(self._stop.wait(), timeout=min(wait, POLL))
+            if self._stop.is_set():
+                raise _Stopping
