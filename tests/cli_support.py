@@ -57,6 +57,13 @@ async def cli(dsn: str, *args: str, stdin: str = "", **settings: str) -> Run:
         return await _cli(dsn, list(args), stdin, settings)
 
 
+async def cli_with_env(env: dict[str, str], *args: str) -> Run:
+    """`prebookd ARGS` with exactly these PREBOOKD_* variables (none of the defaults
+    `cli` adds): for the tests of settings themselves."""
+    async with _ONE_AT_A_TIME:
+        return await _run_in_env(env, list(args), "")
+
+
 async def _cli(dsn: str, args: list[str], stdin: str, settings: dict[str, str]) -> Run:
     env = {
         "PREBOOKD_DATABASE_URL": dsn,
@@ -65,6 +72,10 @@ async def _cli(dsn: str, args: list[str], stdin: str, settings: dict[str, str]) 
         "PREBOOKD_AIMHARDER_URL": "http://127.0.0.1:9",
         **{f"PREBOOKD_{name.upper()}": value for name, value in settings.items()},
     }
+    return await _run_in_env(env, args, stdin)
+
+
+async def _run_in_env(env: dict[str, str], args: list[str], stdin: str) -> Run:
     saved_env = {k: v for k, v in os.environ.items() if k.startswith("PREBOOKD_")}
     saved_logging: dict[str, Any] = structlog.get_config()
     root = logging.getLogger()

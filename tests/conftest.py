@@ -29,6 +29,15 @@ from prebookd.sim.server import Simulator
 from tests.support import start_postgres
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `no_test_server` the tests that never reach the Postgres server under test
+    (they need no `pg_server_dsn`, directly or through another fixture): the same with
+    any server, so CI's second run, on the machine's Postgres, leaves them out."""
+    for item in items:
+        if "pg_server_dsn" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.no_test_server)
+
+
 def dsn_with_database(dsn: str, database: str) -> str:
     """The same server, another database."""
     return urlsplit(dsn)._replace(path=f"/{database}").geturl()

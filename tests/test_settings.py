@@ -11,6 +11,7 @@ from yarl import URL
 
 from prebookd.hosts import DEFAULT_BOX_HOSTS, parse_host_patterns, url_not_allowed
 from prebookd.settings import Settings, load_settings, mask_dsn
+from tests.cli_support import cli_with_env
 from tests.support import clean_env, run_prebookd
 
 SECRET = "s3cret"
@@ -162,20 +163,27 @@ async def test_a_misspelt_variable_is_a_warning_naming_the_setting_it_resembles(
 async def test_bad_setting_is_refused_in_one_line_naming_it(
     tmp_path: Path, settings: dict[str, str], named: list[str]
 ) -> None:
-    env = cli_env(tmp_path, **settings)
-    runs = await asyncio.gather(
-        run_prebookd("config", env=env),
-        run_prebookd("migrate", env=env),
-        run_prebookd("run", env=env),
-    )
-    for code, out, err in runs:
-        assert code == 2
-        assert out == ""
-        assert len(err.splitlines()) == 1, err
-        assert "Traceback" not in err
+    # In this process (prebookd's main, as the console script calls it): the refusal
+    # comes before anything else is done; one real process below shows it to a shell.
+    env = {"PREBOOKD_STATE_DIR": str(tmp_path), **settings}
+    for command in ("config", "migrate", "run"):
+        run = await cli_with_env(env, command)
+        assert run.code == 2, run
+        assert "Traceback" not in run.err
+        line = run.error_line  # one line on stderr, nothing on stdout
         for name in named:
-            assert name in err
-        assert SECRET not in err
+            assert name in line
+        assert SECRET not in line
+
+
+async def test_a_bad_setting_stops_the_real_process_in_one_line(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, PREBOOKD_DATABASE_URL=f"mysql://u:{SECRET}@host/db")
+    code, out, err = await run_prebookd("run", env=env)
+
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "prebookd: error: invalid setting: PREBOOKD_DATABASE_URL: must be a postgresql:// URL"
+    ]
 
 
 def test_mask_dsn() -> None:
