@@ -203,7 +203,7 @@ async def _claim(
                      WHERE p.id = target.id
                  RETURNING p.id, p.user_email, p.box_id, p.booking_data,
                            {_clamped("p.available_at")}, {_clamped("p.created_at")},
-                           p.attempts
+                           p.attempts, p.alternatives
                 )
                 SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
                        s.found IS NOT NULL AS session_found, s.aimharder_cookies,
@@ -312,12 +312,13 @@ async def write_results(
                attempts      = greatest(coalesce(u.attempts, 0), p.attempts),
                executed_at   = coalesce(u.executed_at, p.executed_at),
                fired_by      = coalesce(u.fired_by, p.fired_by),
-               send_note     = coalesce(u.send_note, p.send_note)
+               send_note     = coalesce(u.send_note, p.send_note),
+               booked_choice = coalesce(u.booked_choice, p.booked_choice)
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                       $6::timestamptz[], $7::float8[], $8::int[], $9::timestamptz[],
-                      $10::text[], $11::text[])
+                      $10::text[], $11::text[], $12::smallint[])
                AS u(id, status, outcome, error_message, result, written_at, lateness_ms,
-                    attempts, executed_at, fired_by, send_note)
+                    attempts, executed_at, fired_by, send_note, booked_choice)
          WHERE p.id = u.id
            AND (p.status IN ('pending', 'loaded', 'executing')
                 OR (p.status = 'cancelled' AND u.written_at IS NOT NULL))
@@ -337,6 +338,7 @@ async def write_results(
         [_ts(u.executed_at) for u in updates],
         [u.fired_by for u in updates],
         [u.send_note for u in updates],
+        [u.booked_choice for u in updates],
     )
 
 
