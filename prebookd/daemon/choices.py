@@ -139,6 +139,7 @@ class Choices:
                     box=sent.booking.box,
                     choice=alternative.choice,
                     after_answer_ms=round((sent.exchange.written_at - answered_at) * 1000, 3),
+                    lateness_ms=round((sent.exchange.written_at - self._instant) * 1000, 3),
                     warm=warm,
                     answer=sent.exchange.outcome.code,
                 )
