@@ -6,6 +6,7 @@ simulator over loopback."""
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from prebookd.errors import BadRow
 from prebookd.models import parse_alternatives
+from prebookd.notify.messages import render
 from prebookd.sim.server import Simulator
 from tests.support import (
     add_box,
@@ -55,6 +57,11 @@ async def test_twenty_members_ten_places_the_next_ten_get_the_alternative(
     members = [f"member{i:02d}@example.com" for i in range(20)]
     for email in members:
         await add_member(conn, sim, email)
+        await conn.execute(  # nothing listens there: the message stays in the outbox
+            "INSERT INTO prebookd_notify_channels (user_email, url) VALUES ($1, $2)",
+            email,
+            "json://127.0.0.1:9/hook",
+        )
     instant = time.time() + 5.0
     open_class(sim, BOX, "7000", instant, 10)  # the first choice: 10 places
     open_class(sim, BOX, "8000", instant, 10)  # everyone's backup: 10 places
@@ -79,6 +86,20 @@ async def test_twenty_members_ten_places_the_next_ten_get_the_alternative(
         assert (row["status"], row["outcome"], row["booked_choice"]) == ("completed", "booked", 1)
         assert row["attempts"] == 2
         assert "first choice: class full" in row["send_note"]
+
+    # The member's message names the class booked: the alternative, for the last ten.
+    payloads = {
+        r["user_email"]: json.loads(r["payload"])
+        for r in await conn.fetch(
+            "SELECT p.user_email, o.payload::text FROM prebookd_outbox o "
+            "JOIN prebookings p ON p.id = o.prebooking_id WHERE o.event = 'outcome'"
+        )
+    }
+    assert {e: (p["class_id"], p["choice"]) for e, p in payloads.items()} == {
+        e: ("7000", 0) if k < 10 else ("8000", 1) for k, e in enumerate(fifo)
+    }
+    rendered = render("outcome", payloads[fifo[15]], "en")
+    assert "class 8000" in rendered.body and "Alternative 1" in rendered.body
 
     requests = [r for r in sim.requests if r.path == "/api/book"]
     assert len(requests) == 30, "one request per first choice, one per alternative needed"

@@ -324,7 +324,7 @@ async def write_results(
                 OR (p.status = 'cancelled' AND u.written_at IS NOT NULL))
         RETURNING p.id, p.user_email, p.box_id, p.status, p.outcome, p.error_message,
                   p.lateness_ms, p.attempts, p.available_at, p.written_at, p.booking_data,
-                  p.class_label
+                  p.class_label, p.booked_choice, p.alternatives
         )"""
         + (OUTCOME_OUTBOX if with_messages else "SELECT 1"),  # the results' messages
         [u.id for u in updates],
