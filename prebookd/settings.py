@@ -209,6 +209,18 @@ class Settings(BaseSettings):
         le=86_400.0,
         description="Seconds between planning rounds (rules into prebookings).",
     )
+    watch_interval: float = Field(
+        default=60.0, ge=0.2, le=3600.0, description="Seconds between reads of a watched class."
+    )
+    watch_interval_last_hour: float = Field(
+        default=15.0, ge=0.2, le=3600.0, description="The same, within the class's last hour."
+    )
+    watch_requests_per_minute: int = Field(
+        default=20, ge=1, le=600, description="Requests per box per minute from watchers, at most."
+    )
+    watch_cutoff: float = Field(
+        default=3600.0, ge=0.0, le=7 * 86_400.0, description="Watching ends this long before class."
+    )
     operator_notify_urls: SecretStr | None = Field(
         default=None,
         description="Comma-separated apprise URLs (tgram://, ntfy://, mailto://, ...) the "

@@ -33,6 +33,7 @@ from prebookd.daemon.status import StatusServer
 from prebookd.daemon.supervise import Background, Backoff, Signals, first_of, wait_future
 from prebookd.daemon.systemd import Notifier
 from prebookd.daemon.upkeep import keep_embedded_up, watchdog
+from prebookd.daemon.watchers import Watcher, WatchTiming
 from prebookd.db import store
 from prebookd.db.connection import connect, create_pool, database
 from prebookd.db.embedded import EmbeddedPostgres
@@ -167,6 +168,13 @@ class Daemon:
             allowed_hosts=settings.box_hosts,
             wait_clear=self.hot.wait_clear,
         )
+        self.watcher = Watcher(
+            pool,
+            client,
+            timing=WatchTiming.of(settings),
+            allowed_hosts=settings.box_hosts,
+            wait_clear=self.hot.wait_clear,
+        )
         self.metrics = Metrics()
         self.engine = Engine(
             self._engine_config(),
@@ -214,6 +222,7 @@ class Daemon:
     async def serve(self) -> int:
         await self.sessions.start()
         await self.planner.start()
+        await self.watcher.start()
         await self._start_status_server()
         try:
             return await self._serve()
@@ -222,6 +231,7 @@ class Daemon:
                 await self.status_server.stop()
             await self.sessions.close()
             await self.planner.close()
+            await self.watcher.close()
 
     async def _start_status_server(self) -> None:
         if self.status_server is None:
@@ -255,6 +265,7 @@ class Daemon:
             )
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
         self._background.start(self.planner.run(stop), "planner")
+        self._background.start(self.watcher.run(stop), "watcher")
         self._background.start(self.notify.run(stop), "notify")
 
         await first_of(

@@ -10,3 +10,17 @@ COMMENT ON COLUMN prebookings.alternatives IS
     'booking_data; tried at the instant when the choice before answers full';
 COMMENT ON COLUMN prebookings.booked_choice IS
     'which choice the final answer was for: 0 booking_data, n the nth alternative';
+
+-- Freed places: a row that ended "full" with `watch` set is watched until
+-- `watch_until` (null: the class start minus PREBOOKD_WATCH_CUTOFF), and booked when
+-- the class's listing shows a free place, oldest rows first.
+ALTER TABLE prebookings ADD COLUMN IF NOT EXISTS watch boolean NOT NULL DEFAULT false;
+ALTER TABLE prebookings ADD COLUMN IF NOT EXISTS watch_until timestamptz;
+
+CREATE INDEX IF NOT EXISTS prebookings_watched
+    ON prebookings (box_id, created_at) WHERE watch AND status = 'failed';
+
+COMMENT ON COLUMN prebookings.watch IS
+    'when the class answered full: watch its listing for a freed place and book it';
+COMMENT ON COLUMN prebookings.watch_until IS
+    'watching stops then (null: the class start minus the watch cutoff setting)';
