@@ -17,6 +17,7 @@ import asyncpg
 from prebookd.aimharder.classes import ClassInfo
 from prebookd.daemon.watchers import Budget, WatchTiming, class_start, read_interval
 from prebookd.sim.server import Simulator
+from tests.cli_support import cli
 from tests.support import add_box, add_member, add_prebooking, open_class, running_daemon
 
 BOX = "crossfit-norte"
@@ -120,3 +121,20 @@ def test_budget_read_interval_and_class_start() -> None:
     info = ClassInfo("1", "07:00 - 08:00", "WOD", 3, 10, 0, False, False, None)
     assert class_start(info, "20301201", "Europe/Madrid") == 1922335200.0  # 06:00 UTC
     assert class_start(info, "2030-12", "Europe/Madrid") is None
+
+
+async def test_add_watch_sets_the_column(db_dsn: str, conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO boxes (box_id, subdomain, name, base_url, timezone) VALUES ('1234', "
+        "'crossfitx', 'X', 'https://crossfitx.aimharder.com', 'Europe/Madrid')"
+    )
+    common = ["add", "--email", "jane@example.com", "--box", "crossfitx", "--class-id", "1",
+              "--day", "20301204", "--at", "2030-12-01T06:00:00Z"]  # fmt: skip
+    watched = await cli(db_dsn, *common, "--watch")
+    plain = await cli(db_dsn, *common)
+    assert (watched.code, plain.code) == (0, 0)
+    rows = await conn.fetch("SELECT id::text, watch, watch_until FROM prebookings")
+    assert {r["id"]: (r["watch"], r["watch_until"]) for r in rows} == {
+        watched.out.strip(): (True, None),
+        plain.out.strip(): (False, None),
+    }
