@@ -16,7 +16,7 @@ import asyncpg
 
 from prebookd.aimharder.classes import ClassInfo
 from prebookd.daemon.watchers import Budget, WatchTiming, class_start, read_interval
-from prebookd.sim.server import Simulator
+from prebookd.sim.server import SimClass, Simulator
 from tests.cli_support import cli
 from tests.support import add_box, add_member, add_prebooking, open_class, running_daemon
 
@@ -138,3 +138,50 @@ async def test_add_watch_sets_the_column(db_dsn: str, conn: asyncpg.Connection) 
         watched.out.strip(): (True, None),
         plain.out.strip(): (False, None),
     }
+
+
+async def test_insist_on_a_full_class_waitlists_and_the_promotion_shows_on_the_row(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
+) -> None:
+    box = await add_box(conn, sim, BOX)
+    sim.add_class(
+        BOX,
+        SimClass(CLASS, "20301201", capacity=1, opens_at=time.time() - 30, waitlist_capacity=2),
+    )
+    holder = await add_member(conn, sim, "h1@example.com")
+    await book(sim, holder)  # the class is full
+    await add_member(conn, sim, "w1@example.com")
+    await conn.execute(
+        "INSERT INTO prebookd_notify_channels (user_email, url) VALUES ($1, $2)",
+        "w1@example.com",
+        "json://127.0.0.1:9/hook",  # nothing listens: the messages stay in the outbox
+    )
+    data = {"day": "20301201", "familyId": "", "id": CLASS, "insist": 1}
+    async with running_daemon(db_dsn, tmp_path, watch_interval=1, watch_interval_last_hour=1):
+        row_id = await add_prebooking(
+            conn, box, "w1@example.com", CLASS, time.time() + 2.5, booking_data=data
+        )
+        await wait_status(conn, [row_id], ["completed"], timeout=10)
+        assert await conn.fetchval("SELECT outcome FROM prebookings WHERE id = $1", row_id) == (
+            "waitlisted"
+        )
+        assert sim.waitlist(BOX, CLASS) == ["w1@example.com"]
+
+        await cancel(sim, holder, "h1@example.com")  # the simulator promotes w1
+        assert sim.bookings(BOX, CLASS) == ["w1@example.com"]
+        deadline = time.monotonic() + 5
+        while await conn.fetchval("SELECT outcome FROM prebookings WHERE id = $1", row_id) != (
+            "booked"
+        ):
+            assert time.monotonic() < deadline, "the promotion never showed on the row"
+            await asyncio.sleep(0.05)
+
+    row = await conn.fetchrow("SELECT * FROM prebookings WHERE id = $1", row_id)
+    assert row["status"] == "completed"
+    assert "moved from the waiting list to a place" in row["send_note"]
+    told = await conn.fetch(
+        "SELECT payload->>'outcome' AS outcome FROM prebookd_outbox "
+        "WHERE prebooking_id = $1 ORDER BY id",
+        row_id,
+    )
+    assert [t["outcome"] for t in told] == ["waitlisted", "booked"]

@@ -11,6 +11,12 @@ ends that class's turn. Watching a row ends when it is booked, when it is cancel
 with their session shows it: booked by hand, so a cancellation by hand is never
 undone), or at `watch_until` (default: the class start minus `watch_cutoff`).
 
+The waiting list: a row `completed` as `waitlisted` is watched in the same rounds, with
+the listing read with its own member's session (the listing's `bookState` is the
+reader's): when it shows a place (`bookState` 1) the row's outcome becomes `booked`
+(and the member is told); when it shows neither place nor wait, the member left the
+list and the watch ends; at the class start it ends too.
+
 Bounded: at most `watch_requests_per_minute` requests (listings and bookings) per box
 per minute, nothing to a box the client has paused (HTTP 429, an HTML 403), and a
 listing that fails is read again after a doubling delay (up to 10 minutes). Every
@@ -190,6 +196,14 @@ class Watcher:
             start = class_start(info, day, record["timezone"])
             starts += [] if start is None else [start]
             until = record["watch_until"]
+            if record["waitlisted"]:
+                if start is not None and self._clock() >= start:
+                    await watch_store.stop_watching(self._pool, record["id"], "class started")
+                elif record["id"] == reader:
+                    await self._waitlisted(record, info)
+                else:
+                    await self._waitlisted(record, await self._own_view(day, record, info))
+                continue
             end = until.timestamp() if until else (start - self.timing.cutoff if start else None)
             if end is not None and self._clock() >= end:
                 await watch_store.stop_watching(self._pool, record["id"], "watch ended")
@@ -242,6 +256,31 @@ class Watcher:
                 return None
             return record["id"], classes
         return None
+
+    async def _own_view(
+        self, day: str, record: asyncpg.Record, shared: ClassInfo
+    ) -> ClassInfo | None:
+        """The class as the row's member sees it (their bookState), or None."""
+        box = record["subdomain"] or ""
+        if self._client.paused(box) is not None or not self._budget.take(box, self._clock()):
+            return None
+        listing = await self._listing(day, [record])
+        if listing is None:
+            return None
+        return next((c for c in listing[1] if c.session_id == shared.session_id), None)
+
+    async def _waitlisted(self, record: asyncpg.Record, info: ClassInfo | None) -> None:
+        fields = {"prebooking_id": str(record["id"]), "box": record["subdomain"]}
+        if info is None or info.waitlisted:
+            return
+        if info.booked:
+            note = "moved from the waiting list to a place"
+            if await watch_store.record_promoted(self._pool, record["id"], note):
+                log.info("watch_promoted", **fields)
+        else:
+            note = "watch ended: no longer on the waiting list"
+            await watch_store.stop_watching(self._pool, record["id"], note)
+            log.info("watch_ended", reason="left the waiting list", **fields)
 
     async def _book(self, record: asyncpg.Record) -> str:
         """One booking request for a watched row; the outcome code."""

@@ -52,6 +52,9 @@ SELECT 'outcome:' || d.id || ':' || c.id, c.id, d.id, 'outcome',
  WHERE d.status IN ('completed', 'failed')
 ON CONFLICT (dedup_key) DO NOTHING
 """
+# The same for a second outcome of a row (a freed place booked, a waiting list turned
+# into a place): its own key, so the first outcome's message does not swallow it.
+LATER_OUTCOME_OUTBOX = OUTCOME_OUTBOX.replace("'outcome:' ||", "'later-outcome:' ||")
 
 
 async def may_notify(db: Db) -> bool:
