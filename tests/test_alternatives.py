@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from prebookd.daemon.plan import class_labels, decide, place
 from prebookd.errors import BadRow
 from prebookd.models import parse_alternatives
 from prebookd.notify.messages import render
@@ -27,6 +28,7 @@ from tests.support import (
     running_daemon,
     wait_rows_final,
 )
+from tests.test_plan import HORIZON, listed, rule, utc
 
 BOX = "crossfit-norte"
 
@@ -176,3 +178,17 @@ def test_parse_alternatives_reads_lists_and_refuses_the_rest() -> None:
     for bad in ({"id": "1"}, [choice("1")] * 6, [{"day": "2030"}], "[", 3):
         with pytest.raises(BadRow):
             parse_alternatives(bad)
+
+
+def test_rules_alternatives_are_resolved_from_the_listing_in_order() -> None:
+    backups = ("08:00 wód", "09:00 Yoga", "07:00 WOD")  # unlisted, and the first choice
+    decided = decide(utc(2027, 3, 24, 12), [rule(alternatives=backups, insist=1)], [], [], HORIZON)
+    first = decided.needs[0]
+    listing = listed(first.day, "07:00 WOD", "08:00 WOD", "10:00 WOD")
+    planned, _ = place([first], {first.listing: listing})
+    assert planned[0].booking_data["id"] == listing[0].session_id
+    assert planned[0].alternatives == [
+        {"day": "20270329", "familyId": "", "id": listing[1].session_id, "insist": 1}
+    ]
+    assert class_labels(["08:00 WOD", 3, None]) == ("08:00 WOD",)
+    assert class_labels({"08:00": "WOD"}) == ()

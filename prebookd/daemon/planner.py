@@ -32,6 +32,7 @@ from prebookd.daemon.plan import (
     Need,
     Rule,
     RuleRow,
+    class_labels,
     decide,
     missing_text,
     place,
@@ -127,6 +128,7 @@ class Planner:
                 booking_data=item.booking_data,
                 available_at=item.instant,
                 class_label=item.class_label,
+                alternatives=item.alternatives or None,
             )
             if new_id is not None:
                 made += 1
@@ -180,6 +182,7 @@ class Planner:
                     window=timeparse.window_from_columns(
                         record["booking_window_kind"], record["booking_window_length"]
                     ),
+                    alternatives=class_labels(record["alternatives"]),
                 )
             )
         return rules

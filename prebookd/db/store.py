@@ -295,9 +295,12 @@ async def write_results(
     Without them when the role may not write the outbox (notify_store.may_notify).
 
     A final row (completed/failed) is never rewritten. A row cancelled while its
-    request was already on the wire still gets the truth recorded."""
+    request was already on the wire still gets the truth recorded. `booked_choice`
+    (migration 0010) is set only by a batch with rows that have alternatives, so a
+    role not granted it yet (deploy/prebookd-role.sql) still writes every other result."""
     if not updates:
         return
+    choices = any(u.booked_choice is not None for u in updates)
     await _execute(
         conn,
         """
@@ -312,8 +315,9 @@ async def write_results(
                attempts      = greatest(coalesce(u.attempts, 0), p.attempts),
                executed_at   = coalesce(u.executed_at, p.executed_at),
                fired_by      = coalesce(u.fired_by, p.fired_by),
-               send_note     = coalesce(u.send_note, p.send_note),
-               booked_choice = coalesce(u.booked_choice, p.booked_choice)
+               send_note     = coalesce(u.send_note, p.send_note)"""
+        + (", booked_choice = coalesce(u.booked_choice, p.booked_choice)" if choices else "")
+        + """
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                       $6::timestamptz[], $7::float8[], $8::int[], $9::timestamptz[],
                       $10::text[], $11::text[], $12::smallint[])
