@@ -152,7 +152,9 @@ class Watcher:
             await self._wait_clear()
             try:
                 await self.watch_once()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except Exception as exc:
+                # As the planner's: bookings armed matter more than second chances; a
+                # round that fails (Postgres away, a bug) is logged and tried again.
                 log.warning("watch_round_failed", error=describe(exc))
             tick = min(max(min(self.timing.interval, self.timing.interval_last_hour) / 3, 0.2), 5.0)
             try:
