@@ -10,6 +10,7 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +20,7 @@ from prebookd.daemon.plan import class_labels, decide, place
 from prebookd.errors import BadRow
 from prebookd.models import parse_alternatives
 from prebookd.notify.messages import render
+from prebookd.sim.model import Balancer
 from prebookd.sim.server import Simulator
 from tests.support import (
     add_box,
@@ -192,3 +194,37 @@ def test_rules_alternatives_are_resolved_from_the_listing_in_order() -> None:
     ]
     assert class_labels(["08:00 WOD", 3, None]) == ("08:00 WOD",)
     assert class_labels({"08:00": "WOD"}) == ()
+
+
+async def test_alternatives_whose_staged_connections_were_closed_go_cold_never_early(
+    conn: asyncpg.Connection,
+    db_dsn: str,
+    make_sim: Callable[..., Awaitable[Simulator]],
+    tmp_path: Path,
+) -> None:
+    # The load balancer closes connections idle for 1.2 s: the alternatives parked 3 s
+    # ahead lose theirs, and are built and sent when "full" comes.
+    sim = await make_sim(balancer=Balancer(idle_timeout=1.2, idle_action="408"))
+    box = await add_box(conn, sim, BOX)
+    members = [f"m{k}@lb.test" for k in range(6)]
+    for email in members:
+        await add_member(conn, sim, email)
+    instant = time.time() + 5.0
+    open_class(sim, BOX, "7000", instant, 3)
+    open_class(sim, BOX, "8000", instant, 10)
+    async with running_daemon(db_dsn, tmp_path) as daemon:
+        ids = [
+            await add_with_alternatives(conn, box, e, "7000", instant, [choice("8000")])
+            for e in members
+        ]
+        rows = await wait_rows_final(conn, ids, timeout=30)  # type: ignore[arg-type]
+        assert await daemon.stop() == 0
+
+    fifo = [r["user_email"] for r in sorted(rows, key=lambda r: (r["created_at"], r["id"]))]
+    assert sim.bookings(BOX, "7000") == fifo[:3]
+    assert sorted(sim.bookings(BOX, "8000")) == sorted(fifo[3:])
+    books = [r for r in sim.requests if r.path == "/api/book"]
+    assert [r for r in books if r.arrived_at < instant] == []
+    assert len(books) == 9
+    fired = daemon.events("alternative_fired")
+    assert len(fired) == 3 and all("warm=False" in line for line in fired), fired
