@@ -83,7 +83,7 @@ GRANT UPDATE (status, result, error_message, loaded_at, executed_at,
 -- missing.
 GRANT SELECT ON prebookd_rules, prebookd_away TO prebookd_app;
 GRANT INSERT (user_email, box_id, booking_data, available_at, status, class_label,
-              rule_id, rule_day, alternatives)
+              rule_id, rule_day, alternatives, watch)
     ON prebookings TO prebookd_app;
 GRANT UPDATE (available_at, rule_day) ON prebookings TO prebookd_app;
 GRANT SELECT, INSERT, UPDATE ON prebookd_rule_misses TO prebookd_app;

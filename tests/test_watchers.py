@@ -123,7 +123,7 @@ def test_budget_read_interval_and_class_start() -> None:
     assert class_start(info, "2030-12", "Europe/Madrid") is None
 
 
-async def test_add_watch_sets_the_column(db_dsn: str, conn: asyncpg.Connection) -> None:
+async def test_add_and_rule_add_watch_set_the_column(db_dsn: str, conn: asyncpg.Connection) -> None:
     await conn.execute(
         "INSERT INTO boxes (box_id, subdomain, name, base_url, timezone) VALUES ('1234', "
         "'crossfitx', 'X', 'https://crossfitx.aimharder.com', 'Europe/Madrid')"
@@ -138,6 +138,15 @@ async def test_add_watch_sets_the_column(db_dsn: str, conn: asyncpg.Connection) 
         watched.out.strip(): (True, None),
         plain.out.strip(): (False, None),
     }
+    rule = await cli(
+        db_dsn, "rule", "add", "--email", "jane@example.com", "--box", "crossfitx",
+        "--days", "mon", "--class", "07:00 WOD", "--alt", "08:00 WOD", "--watch",
+    )  # fmt: skip
+    assert rule.code == 0, rule
+    assert await conn.fetchrow("SELECT watch, alternatives FROM prebookd_rules") == (
+        True,
+        ["08:00 WOD"],
+    )
 
 
 async def test_insist_on_a_full_class_waitlists_and_the_promotion_shows_on_the_row(

@@ -48,6 +48,7 @@ class Rule:
     zone: ZoneInfo | None = None  # None: the box's zone is unusable
     window: timeparse.BookingWindow | None = None  # None: the box has no window
     alternatives: tuple[str, ...] = ()  # backup classes, "08:00 WOD", in order
+    watch: bool = False  # its rows watch a full class for a freed place
 
     @property
     def label(self) -> str:

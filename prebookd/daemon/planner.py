@@ -129,6 +129,7 @@ class Planner:
                 available_at=item.instant,
                 class_label=item.class_label,
                 alternatives=item.alternatives or None,
+                watch=item.rule.watch,
             )
             if new_id is not None:
                 made += 1
@@ -183,6 +184,7 @@ class Planner:
                         record["booking_window_kind"], record["booking_window_length"]
                     ),
                     alternatives=class_labels(record["alternatives"]),
+                    watch=record["watch"],
                 )
             )
         return rules

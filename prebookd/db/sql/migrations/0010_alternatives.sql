@@ -24,3 +24,6 @@ COMMENT ON COLUMN prebookings.watch IS
     'when the class answered full: watch its listing for a freed place and book it';
 COMMENT ON COLUMN prebookings.watch_until IS
     'watching stops then (null: the class start minus the watch cutoff setting)';
+
+-- A rule's `--watch`: the rows it makes are watched when their class is full.
+ALTER TABLE prebookd_rules ADD COLUMN IF NOT EXISTS watch boolean NOT NULL DEFAULT false;
