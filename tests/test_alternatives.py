@@ -114,7 +114,6 @@ async def test_twenty_members_ten_places_the_next_ten_get_the_alternative(
 
     # Alternatives were staged and only written once "full" was heard.
     fired = daemon.events("alternative_fired")
-    print("\n".join(fired))
     assert len(fired) == 10
     assert all("warm=True" in line for line in fired), fired
     delays = [float(re.search(r"after_answer_ms=([0-9.]+)", x)[1]) for x in fired]  # type: ignore[index]
