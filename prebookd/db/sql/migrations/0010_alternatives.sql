@@ -17,8 +17,12 @@ COMMENT ON COLUMN prebookings.booked_choice IS
 ALTER TABLE prebookings ADD COLUMN IF NOT EXISTS watch boolean NOT NULL DEFAULT false;
 ALTER TABLE prebookings ADD COLUMN IF NOT EXISTS watch_until timestamptz;
 
+-- What the watch reads every few seconds (db/watch_store.py): rows watched for a freed
+-- place, and rows on a waiting list (watched for their promotion).
 CREATE INDEX IF NOT EXISTS prebookings_watched
-    ON prebookings (box_id, created_at) WHERE watch AND status = 'failed';
+    ON prebookings (created_at)
+    WHERE (watch AND status = 'failed' AND outcome = 'full')
+       OR (status = 'completed' AND outcome = 'waitlisted');
 
 COMMENT ON COLUMN prebookings.watch IS
     'when the class answered full: watch its listing for a freed place and book it';
