@@ -74,7 +74,7 @@ GRANT UPDATE (aimharder_token, aimharder_cookies, last_token_update_date,
 GRANT SELECT ON prebookings TO prebookd_app;
 GRANT UPDATE (status, result, error_message, loaded_at, executed_at,
               lease_owner, lease_expires_at, attempts, written_at, lateness_ms,
-              outcome, fired_by, send_note)
+              outcome, fired_by, send_note, booked_choice, watch, watch_until)
     ON prebookings TO prebookd_app;
 
 -- Recurring rules and days away: read only (the CLI or the web app writes them). The
@@ -83,7 +83,7 @@ GRANT UPDATE (status, result, error_message, loaded_at, executed_at,
 -- missing.
 GRANT SELECT ON prebookd_rules, prebookd_away TO prebookd_app;
 GRANT INSERT (user_email, box_id, booking_data, available_at, status, class_label,
-              rule_id, rule_day)
+              rule_id, rule_day, alternatives, watch)
     ON prebookings TO prebookd_app;
 GRANT UPDATE (available_at, rule_day) ON prebookings TO prebookd_app;
 GRANT SELECT, INSERT, UPDATE ON prebookd_rule_misses TO prebookd_app;

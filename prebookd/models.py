@@ -107,11 +107,18 @@ class Booking:
     session: MemberSession | None = None
     prior_attempts: int = 0  # requests written for this row by an earlier run
     insist: bool = False  # asks for the waiting list when the class is full
+    # Backup classes (`prebookings.alternatives`), in order: the same row and member,
+    # another form body. Each has `choice` 1, 2, ... and no alternatives of its own.
+    alternatives: tuple[Booking, ...] = ()
+    choice: int = 0  # 0: booking_data; n: the nth alternative
 
     def with_session(self, session: MemberSession) -> Booking:
-        """The same request, sent with a renewed session's cookies."""
+        """The same request, sent with a renewed session's cookies (its alternatives too)."""
         headers = {**self.headers, "Cookie": cookie_header(session.cookies)}
-        return dataclasses.replace(self, headers=headers, session=session)
+        alternatives = tuple(a.with_session(session) for a in self.alternatives)
+        return dataclasses.replace(
+            self, headers=headers, session=session, alternatives=alternatives
+        )
 
     @property
     def order(self) -> tuple[float, float, UUID]:
@@ -180,7 +187,6 @@ def build_booking(record: RecordLike, allowed_hosts: Sequence[str] = DEFAULT_BOX
     available_at = _epoch(record["available_at"])
     if available_at is None:
         raise BadRow("available_at is null")
-    form = {"id": data.id, "day": data.day, "insist": str(data.insist), "familyId": data.familyId}
     headers = {
         "Accept": "*/*",
         "X-Requested-With": "XMLHttpRequest",
@@ -190,19 +196,53 @@ def build_booking(record: RecordLike, allowed_hosts: Sequence[str] = DEFAULT_BOX
         "Referer": base_url + "/",
         "Cookie": cookies,
     }
-    return Booking(
+    first = Booking(
         id=record["id"],
         member=record["user_email"] or "",
         box=record["subdomain"] or "",
         available_at=available_at,
         created_at=_epoch(record["created_at"]) or 0.0,
         url=URL(base_url + "/api/book"),
-        body=urlencode(form).encode(),
+        body=_form(data),
         headers=headers,
         session=MemberSession.from_record(record) if "session_id" in record else None,
         prior_attempts=int(record["attempts"] or 0) if "attempts" in record else 0,
         insist=data.insist != 0,
     )
+    alternatives = enumerate(parse_alternatives(record.get("alternatives")), start=1)
+    return dataclasses.replace(
+        first,
+        alternatives=tuple(
+            dataclasses.replace(first, body=_form(a), insist=a.insist != 0, choice=n)
+            for n, a in alternatives
+        ),
+    )
+
+
+def _form(data: BookingData) -> bytes:
+    form = {"id": data.id, "day": data.day, "insist": str(data.insist), "familyId": data.familyId}
+    return urlencode(form).encode()
+
+
+MAX_ALTERNATIVES = 5
+
+
+def parse_alternatives(raw: Any) -> list[BookingData]:
+    """`prebookings.alternatives`: null or a list of booking_data objects; BadRow
+    saying which one is wrong otherwise (nothing of the row is sent)."""
+    if isinstance(raw, str):
+        raw = _json_text(raw, "alternatives is not valid JSON")
+    if raw is None or raw == []:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_ALTERNATIVES:
+        raise BadRow(
+            f"alternatives must be a list of at most {MAX_ALTERNATIVES} objects "
+            "with day, id, familyId, insist"
+        )
+    try:
+        return [_parse_booking_data(item) for item in raw]
+    except BadRow as exc:
+        raise BadRow(clip(f"alternatives: {exc}", 250)) from None
 
 
 def _parse_booking_data(raw: Any) -> BookingData:
@@ -384,6 +424,7 @@ class ResultUpdate:
     executed_at: float | None = None
     fired_by: str | None = None
     send_note: str | None = None  # how the request went out, when not from its gate
+    booked_choice: int | None = None  # the choice the final answer was for (0: first)
 
     def merged_with(self, newer: ResultUpdate) -> ResultUpdate:
         """`newer` wins field by field, except that a final status is never undone."""

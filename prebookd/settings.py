@@ -1,9 +1,7 @@
-"""Every setting of prebookd, read from `PREBOOKD_*` environment variables.
-
-One pydantic-settings class: systemd's `EnvironmentFile=` and a shell `export` feed
-it alike. Every number has bounds, so a typo is refused at start-up with the name of
-the setting instead of surfacing at the opening instant.
-"""
+"""Every setting of prebookd, read from `PREBOOKD_*` environment variables: one
+pydantic-settings class, fed alike by systemd's `EnvironmentFile=` and a shell `export`.
+Every number has bounds, so a typo is refused at start-up with the setting's name
+instead of surfacing at the opening instant."""
 
 from __future__ import annotations
 
@@ -218,6 +216,18 @@ class Settings(BaseSettings):
     )
     listing_check_max: int = Field(
         default=20, ge=1, le=500, description="Listing requests at most per check round."
+    )
+    watch_interval: float = Field(
+        default=60.0, ge=0.2, le=3600.0, description="Seconds between reads of a watched class."
+    )
+    watch_interval_last_hour: float = Field(
+        default=15.0, ge=0.2, le=3600.0, description="The same, within the class's last hour."
+    )
+    watch_requests_per_minute: int = Field(
+        default=20, ge=1, le=600, description="Requests per box per minute from watchers, at most."
+    )
+    watch_cutoff: float = Field(
+        default=3600.0, ge=0.0, le=7 * 86_400.0, description="Watching ends this long before class."
     )
     operator_notify_urls: SecretStr | None = Field(
         default=None,

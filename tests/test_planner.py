@@ -377,3 +377,27 @@ async def test_two_planners_across_a_dst_change_make_each_days_row_once(
     rows = await rule_rows(conn)
     assert {r["rule_day"]: r["available_at"] for r in rows} == expected
     assert len(rows) == len(expected) and {r["rule_id"] for r in rows} == {rule}
+
+
+async def test_a_rules_alternatives_and_watch_go_on_the_row_it_makes(
+    conn: asyncpg.Connection, sim: Simulator, pool: asyncpg.Pool, box: uuid.UUID
+) -> None:
+    day = class_day()
+    add_class(sim, day)  # 07:00 WOD
+    sim.add_class(  # the rule's --alt "08:00 WOD"
+        "norte",
+        SimClass("557", f"{day:%Y%m%d}", capacity=10, opens_at=0, time="08:00 - 09:00"),
+    )
+    rule = await add_rule(conn, box)
+    await conn.execute("UPDATE prebookd_rules SET watch = true WHERE id = $1", rule)
+    planner = await started(make_planner(pool))
+    try:
+        assert (await planner.plan_once())["planned"] == 1
+    finally:
+        await planner.close()
+    [row] = await rule_rows(conn)
+    assert row["booking_data"]["id"] == "555"
+    assert row["alternatives"] == [
+        {"day": f"{day:%Y%m%d}", "familyId": "", "id": "557", "insist": 1}
+    ]
+    assert row["watch"] is True

@@ -178,6 +178,10 @@ class AimHarderClient:
         connector = self._connector
         return 0 if connector is None else len(connector._acquired)
 
+    def has_room(self, connections: int) -> bool:
+        """Whether this many more connections fit in the pool (per host too)."""
+        return self.pool_in_use() + connections <= min(self._limit, self._limit_per_host)
+
     def paused(self, box: str) -> Outcome | None:
         """Why nothing is sent to `box` now, or None when it may be."""
         paused = self._paused.get(box)

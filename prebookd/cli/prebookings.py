@@ -97,6 +97,12 @@ def _add_add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "opening instant, without a lookup of the day's classes",
     )
     add.add_argument("--family-id", default="", help="family member id (default: none)")
+    add.add_argument(
+        "--watch",
+        action="store_true",
+        help="if the class is full at the instant, watch it and book a place that frees "
+        "(until the class start minus PREBOOKD_WATCH_CUTOFF)",
+    )
     add.set_defaults(handler=_add)
 
 
@@ -153,6 +159,7 @@ async def _add(args: argparse.Namespace, settings: Settings) -> int:
             booking_data=booking_data,
             available_at=instant,
             class_label=label,
+            watch=args.watch,
         )
         has_session = await admin_store.has_background_session(conn, email)
     print(new_id)

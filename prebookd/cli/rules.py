@@ -94,11 +94,16 @@ def add_rules_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--waitlist", action="store_true", help="join the waiting list when the class is full"
     )
     add.add_argument(
+        "--watch",
+        action="store_true",
+        help="when the class is full at the instant, watch it and book a place that frees",
+    )
+    add.add_argument(
         "--alt",
         action="append",
         default=[],
         metavar="'HH:MM NAME'",
-        help="a backup class (stored; not booked yet); may be repeated",
+        help="a backup class the same day, tried at the instant if the class is full; repeatable",
     )
     add.set_defaults(handler=_rule_add)
     listing = actions.add_parser(
@@ -201,6 +206,7 @@ async def _rule_add(args: argparse.Namespace, settings: Settings) -> int:
             family_id=family_id,
             insist=1 if args.waitlist else 0,
             alternatives=alternatives,
+            watch=args.watch,
         )
         has_session = await admin_store.has_background_session(conn, email)
     print(new_id)

@@ -7,7 +7,8 @@ Timeline of a `Firing` for instant T:
   and parks at its own gate;
 - at T (precise wake): gates open in `(created_at, id)` order, so requests are
   written in FIFO order; then "not open yet" answers are retried every
-  retry_interval until T + retry_window.
+  retry_interval until T + retry_window, and a "full" answer releases the
+  booking's next alternative, staged at a gate of its own (see choices.py).
 
 A booking withdrawn before its gate opens is never written. A staged request whose
 connection is lost before its gate opens (a load balancer closing it as idle, with or
@@ -24,14 +25,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import structlog
 
 from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
+from prebookd.daemon.choices import Choices, Parked, Renew, Sent, Timing
 from prebookd.daemon.clock import HotWindows, WallClock, gc_paused, sleep_until
 from prebookd.daemon.firing_report import (
     ExchangeSummary,
@@ -40,9 +42,10 @@ from prebookd.daemon.firing_report import (
     send_note,
     summarize,
 )
-from prebookd.daemon.retries import Tries, next_try
 from prebookd.daemon.rowlog import RowLog, tell_outcome
 from prebookd.models import Booking, ResultUpdate
+
+__all__ = ["Firing", "Renew", "Timing"]  # Timing lives with the retries (choices.py)
 
 log = structlog.get_logger(__name__)
 
@@ -66,21 +69,6 @@ RESTAGE_DELAY = 0.1
 RECHECK_LEAD = 0.25
 
 
-# Given a booking whose session AimHarder says is dead, the same booking with a
-# refreshed session, or None when the session cannot be renewed.
-Renew = Callable[[Booking], Awaitable[Booking | None]]
-
-
-@dataclass(frozen=True)
-class Timing:
-    stage_lead: float
-    spin_window: float
-    retry_window: float
-    retry_interval: float
-    stage_requests: bool = True
-    retry_unexpected: int = 2  # other answers worth another try, at most this many times
-
-
 @dataclass
 class _Slot:
     booking: Booking
@@ -93,6 +81,7 @@ class _Slot:
     restaged: int = 0
     lost_because: str | None = None
     sent_cold: bool = False  # its first write was not a request waiting at its gate
+    parked: list[Parked] = field(default_factory=list)  # its alternatives, staged
 
     @property
     def gate(self) -> asyncio.Future[None]:
@@ -117,7 +106,15 @@ class Firing:
         self.instant = instant
         self._rows = RowLog(hot.wait_clear) if rows is None else rows  # see rowlog.py
         self._hot = hot
-        self._renew = renew
+        self._choices = Choices(
+            instant,
+            client=client,
+            timing=timing,
+            hot=hot,
+            renew=renew,
+            clock=clock,
+            rows=self._rows,
+        )
         self._client = client
         self._timing = timing
         self._report = report
@@ -163,6 +160,8 @@ class Firing:
         del self._slots[booking_id]
         if slot.task is not None:
             slot.task.cancel()
+        for parked in slot.parked:
+            parked.request.cancel()
         return True
 
     def unsent_ids(self) -> list[UUID]:
@@ -218,7 +217,7 @@ class Firing:
         return ids
 
     def _attempt(self, gate: asyncio.Future[None] | None) -> Attempt:
-        return Attempt(gate, not_before=self.instant, clock=self._clock)
+        return self._choices.attempt(gate)
 
     def _recheck(self) -> None:
         """Requests parked on a connection that may be closed as idle before the instant
@@ -303,6 +302,15 @@ class Firing:
                 if slot.task is None and self._slots.get(slot.booking.id) is slot:
                     self._stage(slot)
             await asyncio.sleep(0)  # these run up to their gate before the next chunk
+        # Then alternatives, on connections of their own while the pool has room (a
+        # first choice never waits for one an alternative holds); the rest go cold.
+        for slot in (s for s in slots if s.booking.alternatives and s.task and not s.parked):
+            if not self._client.has_room(len(slot.booking.alternatives) + 2 * STAGE_CHUNK):
+                break
+            await self._hot.wait_clear()
+            if self._slots.get(slot.booking.id) is slot and not slot.gate.done():
+                slot.parked = self._choices.park(slot.booking)
+                await asyncio.sleep(0)
 
     def _stage(self, slot: _Slot) -> None:
         slot.task = asyncio.create_task(self._send(slot), name=f"send-{slot.booking.id}")
@@ -373,60 +381,45 @@ class Firing:
             slot.attempt = self._attempt(slot.gate)
 
     async def _send(self, slot: _Slot) -> ExchangeSummary:
-        t = self._timing
+        try:
+            first = await self._first_exchange(slot)
+            return await self._send_choices(slot, first)
+        finally:
+            for parked in slot.parked:  # alternatives not needed: never written
+                parked.request.cancel()
+
+    async def _send_choices(self, slot: _Slot, first: Exchange) -> ExchangeSummary:
         booking = slot.booking
-        first = await self._first_exchange(slot)
         slot.sent_cold = first.written_at is None or not slot.attempt.parked
         await self._hot.wait_clear()
         attempts = booking.prior_attempts + (1 if first.written_at is not None else 0)
         written_at = first.written_at
-        lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
         self._report_written(slot)  # if the answer came before _after_release ran
         if written_at is not None:
             self._rows.info(
                 "prebooking_fired",
                 prebooking_id=str(booking.id),
                 box=booking.box,
-                lateness_ms=None if lateness_ms is None else round(lateness_ms, 3),
+                lateness_ms=round((written_at - self.instant) * 1000, 3),
                 warm=slot.attempt.parked,  # it waited at its gate: only the write was left
                 new_connection=slot.attempt.new_connection,
                 restaged=slot.restaged,
                 answer=first.outcome.code,
             )
-        exchange = first
-        # The window is measured on the loop's monotonic clock: a wall-clock step after
-        # the release must not stretch (or cut) the retries.
-        loop = asyncio.get_running_loop()
-        retry_until = loop.time() + max(0.0, self.instant + t.retry_window - self._clock())
-        tries = Tries()
-        while loop.time() < retry_until:
-            step = next_try(exchange, tries, retry_unexpected=t.retry_unexpected)
-            if step == "stop":
-                break
-            if step == "wait":
-                await asyncio.sleep(t.retry_interval)
-            elif step == "renew":
-                # The session died since it was armed: refresh it once and try again.
-                renewed = await self._renew(booking) if self._renew else None
-                if renewed is None:
-                    break
-                booking = renewed
-            exchange = await self._client.book(booking, self._attempt(None))
-            await self._hot.wait_clear()
-            if exchange.written_at is not None:
-                attempts += 1
-                if written_at is None:
-                    written_at = exchange.written_at
-                    lateness_ms = (written_at - self.instant) * 1000
+        sent = await self._choices.follow(Sent(first, booking, attempts, written_at), slot.parked)
+        exchange, written_at = sent.exchange, sent.written_at
+        lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
+        note = send_note(slot.restaged, slot.lost_because, slot.sent_cold, written_at, sent.tried)
         update = final_update(
             exchange,
             booking_id=booking.id,
-            attempts=attempts,
+            attempts=sent.attempts,
             written_at=written_at,
             lateness_ms=lateness_ms,
-            retry_window=t.retry_window,
+            retry_window=self._timing.retry_window,
             instance=self._instance,
-            note=send_note(slot.restaged, slot.lost_because, slot.sent_cold, written_at),
+            note=note,
+            choice=sent.booking.choice if booking.alternatives else None,
         )
         self._report(update)
         tell_outcome(self._rows, booking, slot.label, update)
@@ -436,5 +429,5 @@ class Firing:
             lateness_ms,
             exchange.outcome.code,
             exchange.outcome.verdict,
-            attempts=attempts - booking.prior_attempts,
+            attempts=sent.attempts - booking.prior_attempts,
         )

@@ -40,6 +40,7 @@ def final_update(
     retry_window: float,
     instance: str,
     note: str | None,
+    choice: int | None = None,
 ) -> ResultUpdate:
     """What the row records of a booking's last exchange."""
     outcome = exchange.outcome
@@ -74,6 +75,7 @@ def final_update(
         executed_at=exchange.answered_at,
         fired_by=instance,
         send_note=note,
+        booked_choice=choice,
     )
 
 
@@ -109,10 +111,15 @@ def iso_instant(epoch: float) -> str:
 
 
 def send_note(
-    restaged: int, lost_because: str | None, sent_cold: bool, written_at: float | None
+    restaged: int,
+    lost_because: str | None,
+    sent_cold: bool,
+    written_at: float | None,
+    tried: list[str] | None = None,
 ) -> str | None:
-    """What the row says of how its request went out, when not simply from its gate."""
-    notes = []
+    """What the row says of how its request went out, when not simply from its gate,
+    and what the choices before the last answered ("first choice: class full")."""
+    notes = list(tried or [])
     if restaged:
         notes.append(
             f"staged again {restaged} time(s): the connection it waited on was lost "

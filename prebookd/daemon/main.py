@@ -33,12 +33,13 @@ from prebookd.daemon.statedir import StateDirLock, lock_state_dir
 from prebookd.daemon.status import StatusServer
 from prebookd.daemon.supervise import Background, Backoff, Signals, first_of, wait_future
 from prebookd.daemon.systemd import Notifier
-from prebookd.daemon.upkeep import keep_embedded_up, watchdog
+from prebookd.daemon.upkeep import connect_when_up, keep_embedded_up, reconcile, watchdog
+from prebookd.daemon.watchers import Watcher, WatchTiming
 from prebookd.db import store
-from prebookd.db.connection import connect, create_pool, database
+from prebookd.db.connection import create_pool, database
 from prebookd.db.embedded import EmbeddedPostgres
 from prebookd.db.migrate import migrate, pending_migrations
-from prebookd.errors import ConfigError, DatabaseError, describe
+from prebookd.errors import ConfigError, describe
 from prebookd.log import configure_logging
 from prebookd.notify.service import Notifications
 from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, mask_dsn, read_settings
@@ -75,7 +76,7 @@ async def _run(settings: Settings, lock: StateDirLock) -> int:
     signals = Signals()
     signals.install()
     async with database(settings) as (dsn, embedded):
-        conn = await _connect_when_up(dsn, signals.stop)
+        conn = await connect_when_up(dsn, signals.stop)
         if conn is None:
             return EXIT_OK  # asked to stop before Postgres ever answered
         try:
@@ -104,21 +105,6 @@ async def _run(settings: Settings, lock: StateDirLock) -> int:
             except TimeoutError:
                 pool.terminate()  # connections gone silent: do not wait on them
             notifier.close()
-
-
-async def _connect_when_up(dsn: str, stop: asyncio.Event) -> asyncpg.Connection | None:
-    """Wait for Postgres at start rather than exit: a restart during an outage must
-    come up as soon as Postgres does, and replay the result spool then."""
-    backoff = Backoff(0.5, 10.0)
-    while True:
-        try:
-            return await connect(dsn, role="migrate")
-        except DatabaseError as exc:
-            wait = backoff.next()
-            log.warning("database_unreachable", error=describe(exc), retry_in_s=round(wait, 2))
-        await first_of(stop.wait(), timeout=wait)
-        if stop.is_set():
-            return None
 
 
 class Daemon:
@@ -165,6 +151,13 @@ class Daemon:
             pool,
             horizon=settings.plan_horizon,
             interval=settings.plan_interval,
+            allowed_hosts=settings.box_hosts,
+            wait_clear=self.hot.wait_clear,
+        )
+        self.watcher = Watcher(
+            pool,
+            client,
+            timing=WatchTiming.of(settings),
             allowed_hosts=settings.box_hosts,
             wait_clear=self.hot.wait_clear,
         )
@@ -222,6 +215,7 @@ class Daemon:
     async def serve(self) -> int:
         await self.sessions.start()
         await self.planner.start()
+        await self.watcher.start()
         await self._start_status_server()
         try:
             return await self._serve()
@@ -230,6 +224,7 @@ class Daemon:
                 await self.status_server.stop()
             await self.sessions.close()
             await self.planner.close()
+            await self.watcher.close()
 
     async def _start_status_server(self) -> None:
         if self.status_server is None:
@@ -255,7 +250,7 @@ class Daemon:
         self._background.start(self.results.run(stop), "result-writer")
         self._background.start(self.engine.fetch_loop(stop), "row-fetcher")
         self._background.start(self.engine.lease_loop(stop), "leases")
-        self._background.start(self._reconcile(), "reconcile")
+        self._background.start(self._resync_every_interval(), "reconcile")
         self._background.start(watchdog(self._notifier, self._tasks_stop), "watchdog")
         if self._embedded is not None:
             self._background.start(
@@ -263,6 +258,7 @@ class Daemon:
             )
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
         self._background.start(self.planner.run(stop), "planner")
+        self._background.start(self.watcher.run(stop), "watcher")
         self._background.start(self.notify.run(stop), "notify")
         self._background.start(self.listing_watch.run(stop), "listing-watch")
 
@@ -412,6 +408,15 @@ class Daemon:
             **self.notify.snapshot(),
         }
 
+    async def _resync_every_interval(self) -> None:
+        await reconcile(
+            self.engine,
+            lambda: self.listener.connected,
+            lambda: self.settings.reconcile_interval,  # live: a reload may change it
+            lambda: self._notifier.notify(f"STATUS={self.status_line()}"),
+            self._tasks_stop,
+        )
+
     def status_line(self) -> str:
         """systemd's one-line STATUS=."""
         nxt = self.engine.next_instant()
@@ -421,16 +426,3 @@ class Daemon:
         if last is not None and last["lateness_max_ms"] is not None:
             text += f", last fired {last['count']} late by <= {last['lateness_max_ms']:.2f} ms"
         return text
-
-    async def _reconcile(self) -> None:
-        """Full resync every reconcile_interval: the NOTIFY safety net."""
-        while not self._tasks_stop.is_set():
-            await first_of(self._tasks_stop.wait(), timeout=self.settings.reconcile_interval)
-            if self._tasks_stop.is_set() or not self.listener.connected:
-                continue  # the listener resyncs itself when it reconnects
-            try:
-                rows = await self.engine.resync()
-                log.debug("reconciled", rows=rows, armed=self.engine.armed_count)
-            except Exception as exc:
-                log.warning("reconcile_failed", error=describe(exc))
-            self._notifier.notify(f"STATUS={self.status_line()}")

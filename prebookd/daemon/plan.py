@@ -47,6 +47,8 @@ class Rule:
     created_at: datetime | None = None
     zone: ZoneInfo | None = None  # None: the box's zone is unusable
     window: timeparse.BookingWindow | None = None  # None: the box has no window
+    alternatives: tuple[str, ...] = ()  # backup classes, "08:00 WOD", in order
+    watch: bool = False  # its rows watch a full class for a freed place
 
     @property
     def label(self) -> str:
@@ -104,6 +106,8 @@ class Planned:
     instant: datetime
     booking_data: dict[str, Any]
     class_label: str
+    # The rule's alternatives the listing has, as booking_data: `prebookings.alternatives`.
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -144,8 +148,18 @@ def normalize_name(text: str) -> str:
 
 def match_class(listed: Sequence[ClassInfo], rule: Rule) -> ClassInfo | None:
     """The listed class a rule names: same start, same name (leniently); the first."""
-    wanted = normalize_name(rule.class_name)
-    start = f"{rule.class_time:%H:%M}"
+    return match_label(listed, f"{rule.class_time:%H:%M} {rule.class_name}")
+
+
+def class_labels(raw: Any) -> tuple[str, ...]:
+    """`prebookd_rules.alternatives` (a JSON list of "08:00 WOD"): its strings."""
+    return tuple(a for a in raw if isinstance(a, str)) if isinstance(raw, list) else ()
+
+
+def match_label(listed: Sequence[ClassInfo], label: str) -> ClassInfo | None:
+    """The listed class "07:00 WOD" names: same start, same name (leniently); the first."""
+    start, _, name = label.strip().partition(" ")
+    start, wanted = _start_of(start) or "", normalize_name(name)
     for cls in listed:
         if _start_of(cls.start) == start and normalize_name(cls.name) == wanted:
             return cls
@@ -223,7 +237,15 @@ def place(
             "id": found.session_id,
             "insist": need.rule.insist,
         }
-        planned.append(Planned(need.rule, need.day, need.instant, booking_data, found.label))
+        backups = [match_label(listed, label) for label in need.rule.alternatives]
+        alternatives = [
+            {**booking_data, "id": alt.session_id}
+            for alt in backups
+            if alt is not None and alt.session_id != found.session_id
+        ]
+        planned.append(
+            Planned(need.rule, need.day, need.instant, booking_data, found.label, alternatives)
+        )
     return planned, missing
 
 

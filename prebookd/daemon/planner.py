@@ -32,6 +32,7 @@ from prebookd.daemon.plan import (
     Need,
     Rule,
     RuleRow,
+    class_labels,
     decide,
     missing_text,
     place,
@@ -126,6 +127,8 @@ class Planner:
                 booking_data=item.booking_data,
                 available_at=item.instant,
                 class_label=item.class_label,
+                alternatives=item.alternatives or None,
+                watch=item.rule.watch,
             )
             if new_id is not None:
                 made += 1
@@ -179,6 +182,8 @@ class Planner:
                     window=timeparse.window_from_columns(
                         record["booking_window_kind"], record["booking_window_length"]
                     ),
+                    alternatives=class_labels(record["alternatives"]),
+                    watch=record["watch"],
                 )
             )
         return rules

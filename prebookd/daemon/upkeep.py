@@ -1,22 +1,62 @@
-"""The daemon's upkeep beside the bookings: the embedded Postgres kept running, and
-systemd's watchdog fed from the event loop itself."""
+"""The daemon's upkeep beside the bookings: waiting for Postgres at start, the full
+resync that backs NOTIFY up, the embedded Postgres kept running, and systemd's
+watchdog fed from the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
+import asyncpg
 import structlog
 
 from prebookd.daemon.clock import HotWindows
-from prebookd.daemon.supervise import first_of
+from prebookd.daemon.engine import Engine
+from prebookd.daemon.supervise import Backoff, first_of
 from prebookd.daemon.systemd import Notifier
+from prebookd.db.connection import connect
 from prebookd.db.embedded import EmbeddedPostgres
-from prebookd.errors import EmbeddedPostgresError, describe
+from prebookd.errors import DatabaseError, EmbeddedPostgresError, describe
 
 log = structlog.get_logger(__name__)
 
 EMBEDDED_CHECK_INTERVAL = 2.0  # how often the embedded Postgres is checked to be up
+
+
+async def connect_when_up(dsn: str, stop: asyncio.Event) -> asyncpg.Connection | None:
+    """Wait for Postgres at start rather than exit: a restart during an outage must
+    come up as soon as Postgres does, and replay the result spool then."""
+    backoff = Backoff(0.5, 10.0)
+    while True:
+        try:
+            return await connect(dsn, role="migrate")
+        except DatabaseError as exc:
+            wait = backoff.next()
+            log.warning("database_unreachable", error=describe(exc), retry_in_s=round(wait, 2))
+        await first_of(stop.wait(), timeout=wait)
+        if stop.is_set():
+            return None
+
+
+async def reconcile(
+    engine: Engine,
+    connected: Callable[[], bool],
+    interval: Callable[[], float],
+    report: Callable[[], None],
+    stop: asyncio.Event,
+) -> None:
+    """Full resync every reconcile_interval: the NOTIFY safety net."""
+    while not stop.is_set():
+        await first_of(stop.wait(), timeout=interval())
+        if stop.is_set() or not connected():
+            continue  # the listener resyncs itself when it reconnects
+        try:
+            rows = await engine.resync()
+            log.debug("reconciled", rows=rows, armed=engine.armed_count)
+        except Exception as exc:
+            log.warning("reconcile_failed", error=describe(exc))
+        report()
 
 
 async def keep_embedded_up(

@@ -73,13 +73,14 @@ async def insert_prebooking(
     booking_data: dict[str, Any],
     available_at: datetime,
     class_label: str | None = None,
+    watch: bool = False,
 ) -> uuid.UUID:
     """A new `pending` row; `created_at` (its FIFO place) is the database's now()."""
     new_id = await conn.fetchval(
         """
         INSERT INTO prebookings (user_email, box_id, booking_data, available_at, status,
-                                 class_label)
-        VALUES ($1, $2, $3, $4, 'pending', $5)
+                                 class_label, watch)
+        VALUES ($1, $2, $3, $4, 'pending', $5, $6)
         RETURNING id
         """,
         user_email,
@@ -87,6 +88,7 @@ async def insert_prebooking(
         booking_data,
         available_at,
         class_label,
+        watch,
     )
     assert isinstance(new_id, uuid.UUID)
     return new_id

@@ -24,8 +24,10 @@ Db = asyncpg.Connection | asyncpg.Pool
 
 # The tail of store.write_results' statement: `updated` is its UPDATE ... RETURNING
 # (id, user_email, box_id, status, outcome, error_message, lateness_ms, attempts,
-# available_at, written_at, booking_data, class_label). One message per final row and channel of its
-# member that takes outcomes; the facts travel in `payload`, never a cookie or token.
+# available_at, written_at, booking_data, class_label, booked_choice, alternatives). One
+# message per final row and channel of its member that takes outcomes; the facts travel
+# in `payload`, never a cookie or token. A row whose answer was for an alternative
+# names that class (its id and day: class_label is the first choice's).
 OUTCOME_OUTBOX = """
 INSERT INTO prebookd_outbox (dedup_key, channel_id, prebooking_id, event, payload)
 SELECT 'outcome:' || d.id || ':' || c.id, c.id, d.id, 'outcome',
@@ -35,16 +37,25 @@ SELECT 'outcome:' || d.id || ':' || c.id, c.id, d.id, 'outcome',
            'lateness_ms', d.lateness_ms, 'attempts', d.attempts,
            'available_at', extract(epoch FROM d.available_at),
            'written_at', extract(epoch FROM d.written_at),
-           'day', d.booking_data->>'day', 'class_id', d.booking_data->>'id',
-           'class_name', d.class_label,
+           'day', k.choice->>'day', 'class_id', k.choice->>'id',
+           'class_name', CASE WHEN coalesce(d.booked_choice, 0) = 0 THEN d.class_label END,
+           'choice', d.booked_choice,
            'box', coalesce(b.name, b.subdomain), 'timezone', b.timezone)
   FROM updated d
+ CROSS JOIN LATERAL (
+       SELECT CASE WHEN coalesce(d.booked_choice, 0) > 0
+                    AND jsonb_typeof(d.alternatives) = 'array'
+                   THEN coalesce(d.alternatives->(d.booked_choice - 1), d.booking_data)
+                   ELSE d.booking_data END AS choice) k
   JOIN prebookd_notify_channels c
     ON lower(c.user_email) = lower(d.user_email) AND 'outcome' = ANY(c.events)
   LEFT JOIN boxes b ON b.id = d.box_id
  WHERE d.status IN ('completed', 'failed')
 ON CONFLICT (dedup_key) DO NOTHING
 """
+# The same for a second outcome of a row (a freed place booked, a waiting list turned
+# into a place): its own key, so the first outcome's message does not swallow it.
+LATER_OUTCOME_OUTBOX = OUTCOME_OUTBOX.replace("'outcome:' ||", "'later-outcome:' ||")
 
 
 async def may_notify(db: Db) -> bool:

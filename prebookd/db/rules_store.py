@@ -66,12 +66,13 @@ async def insert_rule(
     family_id: str,
     insist: int,
     alternatives: list[str],
+    watch: bool = False,
 ) -> int:
     new_id = await conn.fetchval(
         """
         INSERT INTO prebookd_rules (user_email, box_id, weekdays, class_time, class_name,
-                                    family_id, insist, alternatives)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                    family_id, insist, alternatives, watch)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         RETURNING id
         """,
         user_email,
@@ -82,6 +83,7 @@ async def insert_rule(
         family_id,
         insist,
         alternatives,
+        watch,
     )
     assert isinstance(new_id, int)
     return new_id
@@ -215,7 +217,7 @@ async def planner_rules(db: Db) -> list[asyncpg.Record]:
         db,
         """
         SELECT r.id, r.user_email, r.box_id, r.weekdays, r.class_time, r.class_name,
-               r.family_id, r.insist, r.active, r.created_at,
+               r.family_id, r.insist, r.active, r.created_at, r.alternatives, r.watch,
                b.subdomain, b.box_id AS aimharder_box_id, b.base_url, b.timezone,
                b.booking_window_kind, b.booking_window_length
         FROM prebookd_rules r JOIN boxes b ON b.id = r.box_id
@@ -272,6 +274,8 @@ async def insert_rule_row(
     booking_data: dict[str, Any],
     available_at: dt.datetime,
     class_label: str,
+    alternatives: list[dict[str, Any]] | None = None,
+    watch: bool = False,
 ) -> UUID | None:
     """The rule's row for `day`, unless one exists (any instance's) or the rule was
     paused or removed meanwhile: then None."""
@@ -279,8 +283,8 @@ async def insert_rule_row(
         db,
         """
         INSERT INTO prebookings (user_email, box_id, booking_data, available_at, status,
-                                 class_label, rule_id, rule_day)
-        SELECT $1, $2, $3, $4, 'pending', $5, $6, $7
+                                 class_label, rule_id, rule_day, alternatives, watch)
+        SELECT $1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9
         WHERE EXISTS (SELECT 1 FROM prebookd_rules WHERE id = $6 AND active)
         ON CONFLICT (rule_id, rule_day) WHERE rule_day IS NOT NULL DO NOTHING
         RETURNING id
@@ -292,6 +296,8 @@ async def insert_rule_row(
         class_label,
         rule_id,
         day,
+        alternatives,
+        watch,
     )
     return rows[0]["id"] if rows else None
 

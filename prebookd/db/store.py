@@ -203,7 +203,7 @@ async def _claim(
                      WHERE p.id = target.id
                  RETURNING p.id, p.user_email, p.box_id, p.booking_data,
                            {_clamped("p.available_at")}, {_clamped("p.created_at")},
-                           p.attempts
+                           p.attempts, p.alternatives
                 )
                 SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
                        s.found IS NOT NULL AS session_found, s.aimharder_cookies,
@@ -295,9 +295,12 @@ async def write_results(
     Without them when the role may not write the outbox (notify_store.may_notify).
 
     A final row (completed/failed) is never rewritten. A row cancelled while its
-    request was already on the wire still gets the truth recorded."""
+    request was already on the wire still gets the truth recorded. `booked_choice`
+    (migration 0010) is set only by a batch with rows that have alternatives, so a
+    role not granted it yet (deploy/prebookd-role.sql) still writes every other result."""
     if not updates:
         return
+    choices = any(u.booked_choice is not None for u in updates)
     await _execute(
         conn,
         """
@@ -312,18 +315,20 @@ async def write_results(
                attempts      = greatest(coalesce(u.attempts, 0), p.attempts),
                executed_at   = coalesce(u.executed_at, p.executed_at),
                fired_by      = coalesce(u.fired_by, p.fired_by),
-               send_note     = coalesce(u.send_note, p.send_note)
+               send_note     = coalesce(u.send_note, p.send_note)"""
+        + (", booked_choice = coalesce(u.booked_choice, p.booked_choice)" if choices else "")
+        + """
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                       $6::timestamptz[], $7::float8[], $8::int[], $9::timestamptz[],
-                      $10::text[], $11::text[])
+                      $10::text[], $11::text[], $12::smallint[])
                AS u(id, status, outcome, error_message, result, written_at, lateness_ms,
-                    attempts, executed_at, fired_by, send_note)
+                    attempts, executed_at, fired_by, send_note, booked_choice)
          WHERE p.id = u.id
            AND (p.status IN ('pending', 'loaded', 'executing')
                 OR (p.status = 'cancelled' AND u.written_at IS NOT NULL))
         RETURNING p.id, p.user_email, p.box_id, p.status, p.outcome, p.error_message,
                   p.lateness_ms, p.attempts, p.available_at, p.written_at, p.booking_data,
-                  p.class_label
+                  p.class_label, p.booked_choice, p.alternatives
         )"""
         + (OUTCOME_OUTBOX if with_messages else "SELECT 1"),  # the results' messages
         [u.id for u in updates],
@@ -337,6 +342,7 @@ async def write_results(
         [_ts(u.executed_at) for u in updates],
         [u.fired_by for u in updates],
         [u.send_note for u in updates],
+        [u.booked_choice for u in updates],
     )
 
 

@@ -75,6 +75,9 @@ def _outcome(p: dict[str, Any], en: bool) -> Message:
     good = p.get("status") == "completed"
     label = OUTCOMES.get(code, (f"No reservada ({code})", f"Not booked ({code})"))[en]
     lines = [_class_line(p, en)]
+    choice = p.get("choice")
+    if isinstance(choice, int) and choice > 0:  # a backup class: the ones before were full
+        lines.append(f"Alternative {choice}" if en else f"Alternativa {choice}")
     sent = p.get("written_at")
     if sent is not None:
         late = p.get("lateness_ms")

@@ -1,0 +1,184 @@
+"""After a booking's first request is answered: its retries inside the window, then
+its alternatives (backup classes, `prebookings.alternatives`), one after another.
+
+An alternative is tried when the choice before it answers "full", or "already booked
+at that time" to its first request (the member holds another class at that hour; a
+repeat answered so may be our own earlier request gone through, and ends the row).
+Its request was staged before the instant at a gate of its own (`Parked`), so when the
+"full" answer comes only the write is left; the gate opens then, never before the
+instant: the `Attempt` carries `not_before` like every other (aimharder/client.py).
+An alternative whose staged request was lost, or never staged (the pool had no room,
+a row added late), is built and sent when needed, under the same rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
+from prebookd.daemon.clock import HotWindows, WallClock
+from prebookd.daemon.retries import Tries, next_try
+from prebookd.daemon.rowlog import RowLog
+from prebookd.models import Booking
+
+# Given a booking whose session AimHarder says is dead, the same booking with a
+# refreshed session, or None when the session cannot be renewed.
+Renew = Callable[[Booking], Awaitable[Booking | None]]
+
+
+@dataclass(frozen=True)
+class Timing:
+    stage_lead: float
+    spin_window: float
+    retry_window: float
+    retry_interval: float
+    stage_requests: bool = True
+    retry_unexpected: int = 2  # other answers worth another try, at most this many times
+
+
+@dataclass
+class Parked:
+    """An alternative's request, staged at its own gate before the instant."""
+
+    booking: Booking
+    attempt: Attempt
+    request: asyncio.Future[Exchange]
+
+
+@dataclass
+class Sent:
+    """What a booking's requests at this instant came to, choice after choice."""
+
+    exchange: Exchange  # the last answer
+    booking: Booking  # the choice it answered (with a renewed session, maybe)
+    attempts: int  # requests written for the row, earlier runs included
+    written_at: float | None  # the first write of the row
+    tried: list[str] = dataclasses.field(default_factory=list)  # earlier choices' answers
+
+
+def moves_on(exchange: Exchange, writes_for_choice: int) -> bool:
+    """Whether the next alternative is tried after this final answer to a choice."""
+    code = exchange.outcome.code
+    return code == "full" or (code == "already_booked" and writes_for_choice <= 1)
+
+
+def choice_name(choice: int) -> str:
+    return "first choice" if choice == 0 else f"alternative {choice}"
+
+
+class Choices:
+    """Retries and alternatives of the bookings of one instant."""
+
+    def __init__(
+        self,
+        instant: float,
+        *,
+        client: AimHarderClient,
+        timing: Timing,
+        hot: HotWindows,
+        renew: Renew | None,
+        clock: WallClock,
+        rows: RowLog,
+    ) -> None:
+        self._instant = instant
+        self._client = client
+        self._timing = timing
+        self._hot = hot
+        self._renew = renew
+        self._clock = clock
+        self._rows = rows
+
+    def attempt(self, gate: asyncio.Future[None] | None) -> Attempt:
+        return Attempt(gate, not_before=self._instant, clock=self._clock)
+
+    def park(self, booking: Booking) -> list[Parked]:
+        """Stage each alternative's request at a gate of its own (opened only if the
+        choices before it are full)."""
+        loop = asyncio.get_running_loop()
+        parked = []
+        for alternative in booking.alternatives:
+            attempt = self.attempt(loop.create_future())
+            request = asyncio.ensure_future(self._client.book(alternative, attempt))
+            parked.append(Parked(alternative, attempt, request))
+        return parked
+
+    async def follow(self, sent: Sent, parked: list[Parked]) -> Sent:
+        """Retry the first choice inside the window, then the alternatives in order."""
+        loop = asyncio.get_running_loop()
+        # The window is measured on the loop's monotonic clock: a wall-clock step after
+        # the release must not stretch (or cut) the retries.
+        left = self._instant + self._timing.retry_window - self._clock()
+        retry_until = loop.time() + max(0.0, left)
+        writes = 1 if sent.exchange.written_at is not None else 0
+        writes = await self._retry(sent, retry_until, writes)
+        alternatives = sent.booking.alternatives  # the first choice's
+        by_choice = {p.booking.choice: p for p in parked}
+        for alternative in alternatives:
+            if not moves_on(sent.exchange, writes):
+                break
+            sent.tried.append(f"{choice_name(sent.booking.choice)}: {sent.exchange.outcome.reason}")
+            answered_at = sent.exchange.answered_at
+            session = sent.booking.session  # renewed since it was armed, maybe
+            sent.booking = alternative
+            if session is not None and session is not alternative.session:
+                sent.booking = alternative.with_session(session)
+            sent.exchange, warm = await self._send_alternative(
+                sent.booking, by_choice.pop(alternative.choice, None)
+            )
+            writes = 0
+            if sent.exchange.written_at is not None:
+                writes = 1
+                sent.attempts += 1
+                sent.written_at = sent.written_at or sent.exchange.written_at
+                self._rows.info(
+                    "alternative_fired",
+                    prebooking_id=str(sent.booking.id),
+                    box=sent.booking.box,
+                    choice=alternative.choice,
+                    after_answer_ms=round((sent.exchange.written_at - answered_at) * 1000, 3),
+                    lateness_ms=round((sent.exchange.written_at - self._instant) * 1000, 3),
+                    warm=warm,
+                    answer=sent.exchange.outcome.code,
+                )
+            writes = await self._retry(sent, retry_until, writes)
+        return sent
+
+    async def _send_alternative(
+        self, booking: Booking, parked: Parked | None
+    ) -> tuple[Exchange, bool]:
+        """Its staged request, released now; or a new one when that was lost."""
+        if parked is not None and not parked.request.done():
+            assert parked.attempt.gate is not None
+            parked.attempt.gate.set_result(None)
+            exchange = await parked.request
+            if exchange.written_at is not None:
+                return exchange, parked.attempt.parked
+        return await self._client.book(booking, self.attempt(None)), False
+
+    async def _retry(self, sent: Sent, retry_until: float, writes: int) -> int:
+        """Try the current choice again while its answer asks for it and the window is
+        open; returns the requests written for this choice."""
+        loop = asyncio.get_running_loop()
+        tries = Tries()
+        while loop.time() < retry_until:
+            step = next_try(sent.exchange, tries, retry_unexpected=self._timing.retry_unexpected)
+            if step == "stop":
+                break
+            if step == "wait":
+                await asyncio.sleep(self._timing.retry_interval)
+            elif step == "renew":
+                # The session died since it was armed: refresh it once and try again.
+                renewed = await self._renew(sent.booking) if self._renew else None
+                if renewed is None:
+                    break
+                sent.booking = renewed
+            sent.exchange = await self._client.book(sent.booking, self.attempt(None))
+            await self._hot.wait_clear()
+            if sent.exchange.written_at is not None:
+                writes += 1
+                sent.attempts += 1
+                sent.written_at = sent.written_at or sent.exchange.written_at
+        return writes
