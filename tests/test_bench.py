@@ -20,6 +20,7 @@ TINY = precision.Size(rows=30, seconds=3.0, burst=10, lead=2.0, drain=10.0)
 
 
 @pytest.mark.timeout(40)
+@pytest.mark.first_run_only  # the benchmark harness, not SQL
 async def test_precision_scenario_writes_metrics_never_early_and_fifo(
     pg_server_dsn: str, tmp_path: Path
 ) -> None:

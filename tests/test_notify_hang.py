@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from prebookd.sim.server import Simulator
 from tests.receivers import http_receiver
@@ -30,6 +31,7 @@ HANG = 5.5
 BURST = 20
 
 
+@pytest.mark.first_run_only  # threads and timing, not SQL
 async def test_a_hung_channel_does_not_delay_the_next_burst(
     conn: asyncpg.Connection, db_dsn: str, sim: Simulator, tmp_path: Path
 ) -> None:

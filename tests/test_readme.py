@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.support import clean_env
 
@@ -44,6 +45,7 @@ def test_the_walkthrough_is_one_the_tests_can_run() -> None:
     assert "kill $(jobs -p)" in script, "the walk-through must stop what it started"
 
 
+@pytest.mark.first_run_only  # the README as a user runs it: any Postgres
 async def test_the_readme_use_walkthrough_runs_as_written(
     empty_db_dsn: str, tmp_path: Path
 ) -> None:
