@@ -8,12 +8,10 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
@@ -353,72 +351,6 @@ def mask_dsn(dsn: str) -> str:
         masked = parts._replace(netloc=netloc).geturl()
     # libpq also takes the password as a query parameter: ...?password=...
     return _QUERY_PASSWORD.sub(r"\1****", masked)
-
-
-# Settings a SIGHUP applies to the running daemon. The others (connections, pools,
-# where things live, the instance's name) are read once at start: a reload that
-# changes one of them says so in the log and a restart applies it.
-LIVE_SETTINGS = frozenset(
-    {
-        "arm_lead",
-        "stage_lead",
-        "stage_requests",
-        "spin_window",
-        "fire_offset",
-        "retry_window",
-        "retry_interval",
-        "retry_unexpected",
-        "late_grace",
-        "horizon",
-        "max_lead_days",
-        "reconcile_interval",
-        "lease_seconds",
-        "result_flush_interval",
-        "shutdown_timeout",
-        "token_refresh_age",
-        "session_keep_horizon",
-        "plan_horizon",
-        "plan_interval",
-        "listing_check_interval",
-        "listing_check_max",
-        "log_format",
-        "log_level",
-    }
-)
-ENV_FILE_VARIABLE = "PREBOOKD_ENV_FILE"
-
-
-def read_settings() -> Settings:
-    """Settings from the environment, overridden by the file `PREBOOKD_ENV_FILE` names.
-
-    systemd reads `EnvironmentFile=` only when it starts the service, so a reload
-    (SIGHUP) must read the file itself, and what it says wins over the environment
-    the process was started with."""
-    overrides = {
-        key.removeprefix("PREBOOKD_").lower(): value
-        for key, value in env_file_variables().items()
-        if key != ENV_FILE_VARIABLE
-    }
-    return load_settings(**overrides)
-
-
-def env_file_variables(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The `PREBOOKD_*` variables of the file `PREBOOKD_ENV_FILE` names (none if unset),
-    names upper-cased as the settings read them (case does not matter to them)."""
-    path = environ.get(ENV_FILE_VARIABLE)
-    if not path:
-        return {}
-    if not os.path.exists(path):
-        raise ConfigError(f"{ENV_FILE_VARIABLE}: no such file: {path}")
-    return {
-        key.upper(): value
-        for key, value in dotenv_values(path).items()
-        if key.upper().startswith("PREBOOKD_") and value is not None
-    }
-
-
-def changed_settings(old: Settings, new: Settings) -> set[str]:
-    return {name for name in type(old).model_fields if getattr(old, name) != getattr(new, name)}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -21,7 +21,8 @@ from prebookd.db import store
 from prebookd.db.connection import connect
 from prebookd.db.migrate import pending_migrations
 from prebookd.models import ResultUpdate
-from prebookd.settings import LIVE_SETTINGS, Settings, load_settings
+from prebookd.setting_sources import LIVE_SETTINGS
+from prebookd.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "prebookd.service"

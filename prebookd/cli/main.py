@@ -20,7 +20,8 @@ from typing import Any, NoReturn
 from prebookd import __version__, setting_sources
 from prebookd.errors import PrebookdError, describe
 from prebookd.log import configure_logging
-from prebookd.settings import Settings, read_settings
+from prebookd.setting_sources import read_settings
+from prebookd.settings import Settings
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 

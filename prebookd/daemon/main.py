@@ -42,7 +42,7 @@ from prebookd.db.migrate import migrate, pending_migrations
 from prebookd.errors import ConfigError, describe
 from prebookd.log import configure_logging
 from prebookd.notify.service import Notifications
-from prebookd.settings import LIVE_SETTINGS, Settings, changed_settings, mask_dsn, read_settings
+from prebookd.settings import Settings, mask_dsn
 
 log = structlog.get_logger(__name__)
 
@@ -318,14 +318,14 @@ class Daemon:
         # while an instant is about to fire.
         await self.engine.hot.wait_clear()
         try:
-            new = read_settings()
+            new = setting_sources.read_settings()
             setting_sources.log_unknown_variables()  # a typo in the env file just edited
         except ConfigError as exc:
             log.error("settings_reload_failed", error=describe(exc), action="kept the old settings")
             new = self.settings
-        changed = changed_settings(self.settings, new)
-        live = sorted(changed & LIVE_SETTINGS)
-        need_restart = sorted(changed - LIVE_SETTINGS)
+        changed = setting_sources.changed_settings(self.settings, new)
+        live = sorted(changed & setting_sources.LIVE_SETTINGS)
+        need_restart = sorted(changed - setting_sources.LIVE_SETTINGS)
         if live:
             applied = {name: getattr(new, name) for name in live}
             self.settings = self.settings.model_copy(update=applied)
