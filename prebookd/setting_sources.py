@@ -49,6 +49,16 @@ LIVE_SETTINGS = frozenset(
         "listing_check_max",
         "log_format",
         "log_level",
+        # issue 18: aiming at the box's clock
+        "aim",
+        "max_advance",
+        "aim_margin",
+        "clock_bound_max",
+        "clock_probes",
+        "clock_probe_every",
+        "fast_retry_interval",
+        "fast_retry_window",
+        "max_requests",
     }
 )
 ENV_FILE_VARIABLE = "PREBOOKD_ENV_FILE"

@@ -271,6 +271,63 @@ class Settings(BaseSettings):
         default="info", description="Lowest level logged."
     )
 
+    # Issue 18: aim at the box's opening by the box's clock (aimharder/boxclock.py).
+    aim: Literal["arrive", "send"] = Field(
+        default="arrive",
+        description="arrive: write each box's requests so that they reach it just after "
+        "it opens by its own clock (measured from its Date header), once that clock is "
+        "measured closely enough; send: write them at available_at by ours.",
+    )
+    max_advance: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=2.0,
+        description="aim=arrive writes at most this many seconds before available_at.",
+    )
+    aim_margin: float = Field(
+        default=0.0015,
+        ge=0.0,
+        le=0.1,
+        description="aim=arrive aims this many seconds after the box's opening (jitter).",
+    )
+    clock_bound_max: float = Field(
+        default=0.005,
+        ge=0.0005,
+        le=0.1,
+        description="A box's clock is aimed at only when known to within this many "
+        "seconds; otherwise its requests go at available_at.",
+    )
+    clock_probes: int = Field(
+        default=10,
+        ge=0,
+        le=20,
+        description="HEAD requests per measurement of a box's clock (0: never measure).",
+    )
+    clock_probe_every: float = Field(
+        default=300.0,
+        ge=60.0,
+        le=86_400.0,
+        description="A box's clock is measured again at most this often (seconds), "
+        "only while it has an instant armed.",
+    )
+    fast_retry_interval: float = Field(
+        default=0.005,
+        ge=0.001,
+        le=1.0,
+        description="'Not open yet' is retried this often (seconds) for the first "
+        "fast_retry_window after the planned time, then every retry_interval.",
+    )
+    fast_retry_window: float = Field(
+        default=0.2, ge=0.0, le=5.0, description="Seconds of fast retries (see above)."
+    )
+    max_requests: int = Field(
+        default=100,
+        ge=1,
+        le=500,
+        description="Booking requests written for one prebooking at one instant, at most "
+        "(first try, retries and alternatives).",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_dsn(cls, value: SecretStr | None) -> SecretStr | None:

@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from prebookd.aimharder.boxclock import Sample, parse_date
 from prebookd.aimharder.outcomes import Outcome, classify_http, transport_failure
 from prebookd.models import Booking
 
@@ -245,3 +246,19 @@ async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)[:MAX_ANSWER_BYTES]
+
+
+async def probe_clock(client: AimHarderClient, base_url: str) -> Sample:
+    """HEAD the box's base URL on a warm connection: when the request was sent and its
+    answer read (our clock), and the box's `Date` (boxclock.py). No cookies: a probe is
+    not a member's request. Its time is read before aiohttp builds the request (a body-
+    less request passes no write hook), so the arrival offset comes out a fraction of a
+    millisecond high: aimed that much early, inside `aim_margin`. No `Attempt`: nothing
+    of a member's is written. Raises aiohttp.ClientError, OSError or TimeoutError."""
+    session = client._session
+    assert session is not None, "client not started"
+    sent = time.time()
+    async with session.head(base_url, allow_redirects=False) as response:
+        received = time.time()
+        date = parse_date(response.headers.get("Date"))
+    return Sample(sent, received, date)

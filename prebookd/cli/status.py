@@ -137,6 +137,7 @@ def format_status(snapshot: dict[str, Any], *, now: dt.datetime) -> str:
             f"{lateness}; {counted}"
         )
 
+    lines.extend(box_clock_lines(snapshot.get("box_clocks")))
     lines.append(f"  sessions   {snapshot.get('sessions_kept', 0)} kept alive")
     lines.extend(planner_lines(snapshot.get("planner"), now))
     db_pool = snapshot.get("db_pool") or {}
@@ -155,6 +156,24 @@ def format_status(snapshot: dict[str, Any], *, now: dt.datetime) -> str:
     if (notify_line := notify_status_line(snapshot)) is not None:  # issue 15
         lines.append(notify_line)
     return "\n".join(lines)
+
+
+def box_clock_lines(clocks: Any) -> list[str]:
+    """Each box's clock as measured from its Date header (issue 18), and the aim."""
+    if not isinstance(clocks, dict):
+        return []
+    boxes = clocks.get("boxes") or {}
+    lines = [f"  aim        {clocks.get('aim', '?')}" + ("" if boxes else ", no box measured yet")]
+    for box, shown in sorted(boxes.items()):
+        if "reason" in shown:
+            lines.append(f"  {'':<10} {box}: aimed at our clock: {shown['reason']}")
+            continue
+        lines.append(
+            f"  {'':<10} {box}: clock {shown.get('offset_ms', 0):+.1f} ms "
+            f"(±{shown.get('bound_ms', 0):.1f}), trip {shown.get('trip_ms', 0):.1f} ms, "
+            f"measured {shown.get('age_s', '?')} s ago"
+        )
+    return lines
 
 
 def _when(moment: dt.datetime, now: dt.datetime) -> str:

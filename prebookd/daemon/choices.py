@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
 from prebookd.daemon.clock import HotWindows, WallClock
-from prebookd.daemon.retries import Tries, next_try
+from prebookd.daemon.retries import Tries, next_try, pause
 from prebookd.daemon.rowlog import RowLog
 from prebookd.models import Booking
 
@@ -37,6 +37,11 @@ class Timing:
     retry_interval: float
     stage_requests: bool = True
     retry_unexpected: int = 2  # other answers worth another try, at most this many times
+    # Issue 18: "not open yet" retried every fast_retry_interval for fast_retry_window
+    # after the planned time; at most max_requests written per booking and instant.
+    fast_retry_interval: float = 0.004
+    fast_retry_window: float = 0.0
+    max_requests: int = 1000
 
 
 @dataclass
@@ -57,6 +62,10 @@ class Sent:
     attempts: int  # requests written for the row, earlier runs included
     written_at: float | None  # the first write of the row
     tried: list[str] = dataclasses.field(default_factory=list)  # earlier choices' answers
+    # The last write answered "not open yet" before any found the box open, and the
+    # first that found it open (for the box clock's correction, aim.py).
+    early: float | None = None
+    opened: float | None = None
 
 
 def moves_on(exchange: Exchange, writes_for_choice: int) -> bool:
@@ -82,8 +91,11 @@ class Choices:
         renew: Renew | None,
         clock: WallClock,
         rows: RowLog,
+        planned: Callable[[str], float] | None = None,
     ) -> None:
         self._instant = instant
+        # A box's planned write time at this instant (aim.py): every Attempt's not_before.
+        self._planned = planned or (lambda _box: instant)
         self._client = client
         self._timing = timing
         self._hot = hot
@@ -91,8 +103,8 @@ class Choices:
         self._clock = clock
         self._rows = rows
 
-    def attempt(self, gate: asyncio.Future[None] | None) -> Attempt:
-        return Attempt(gate, not_before=self._instant, clock=self._clock)
+    def attempt(self, gate: asyncio.Future[None] | None, box: str) -> Attempt:
+        return Attempt(gate, not_before=self._planned(box), clock=self._clock)
 
     def park(self, booking: Booking) -> list[Parked]:
         """Stage each alternative's request at a gate of its own (opened only if the
@@ -100,7 +112,7 @@ class Choices:
         loop = asyncio.get_running_loop()
         parked = []
         for alternative in booking.alternatives:
-            attempt = self.attempt(loop.create_future())
+            attempt = self.attempt(loop.create_future(), alternative.box)
             request = asyncio.ensure_future(self._client.book(alternative, attempt))
             parked.append(Parked(alternative, attempt, request))
         return parked
@@ -113,11 +125,14 @@ class Choices:
         left = self._instant + self._timing.retry_window - self._clock()
         retry_until = loop.time() + max(0.0, left)
         writes = 1 if sent.exchange.written_at is not None else 0
-        writes = await self._retry(sent, retry_until, writes)
+        cap = sent.attempts - writes + self._timing.max_requests  # attempts allowed, at most
+        if sent.exchange.outcome.code == "not_open":
+            sent.early = sent.exchange.written_at
+        writes = await self._retry(sent, retry_until, writes, cap)
         alternatives = sent.booking.alternatives  # the first choice's
         by_choice = {p.booking.choice: p for p in parked}
         for alternative in alternatives:
-            if not moves_on(sent.exchange, writes):
+            if not moves_on(sent.exchange, writes) or sent.attempts >= cap:
                 break
             sent.tried.append(f"{choice_name(sent.booking.choice)}: {sent.exchange.outcome.reason}")
             answered_at = sent.exchange.answered_at
@@ -143,7 +158,7 @@ class Choices:
                     warm=warm,
                     answer=sent.exchange.outcome.code,
                 )
-            writes = await self._retry(sent, retry_until, writes)
+            writes = await self._retry(sent, retry_until, writes, cap)
         return sent
 
     async def _send_alternative(
@@ -156,27 +171,44 @@ class Choices:
             exchange = await parked.request
             if exchange.written_at is not None:
                 return exchange, parked.attempt.parked
-        return await self._client.book(booking, self.attempt(None)), False
+        return await self._client.book(booking, self.attempt(None, booking.box)), False
 
-    async def _retry(self, sent: Sent, retry_until: float, writes: int) -> int:
-        """Try the current choice again while its answer asks for it and the window is
-        open; returns the requests written for this choice."""
+    async def _retry(self, sent: Sent, retry_until: float, writes: int, cap: int) -> int:
+        """Try the current choice again while its answer asks for it, the window is
+        open and the booking has requests left; returns the requests written for this
+        choice."""
         loop = asyncio.get_running_loop()
         tries = Tries()
-        while loop.time() < retry_until:
+        t = self._timing
+        while loop.time() < retry_until and sent.attempts < cap:
             step = next_try(sent.exchange, tries, retry_unexpected=self._timing.retry_unexpected)
             if step == "stop":
                 break
             if step == "wait":
-                await asyncio.sleep(self._timing.retry_interval)
+                planned = self._planned(sent.booking.box)
+                await asyncio.sleep(
+                    pause(
+                        sent.exchange,
+                        self._clock() - planned,
+                        fast=(t.fast_retry_interval, t.fast_retry_window),
+                        interval=t.retry_interval,
+                    )
+                )
             elif step == "renew":
                 # The session died since it was armed: refresh it once and try again.
                 renewed = await self._renew(sent.booking) if self._renew else None
                 if renewed is None:
                     break
                 sent.booking = renewed
-            sent.exchange = await self._client.book(sent.booking, self.attempt(None))
+            sent.exchange = await self._client.book(
+                sent.booking, self.attempt(None, sent.booking.box)
+            )
             await self._hot.wait_clear()
+            if (written_at := sent.exchange.written_at) is not None and sent.opened is None:
+                if sent.exchange.outcome.code == "not_open":
+                    sent.early = written_at if sent.early is not None else None
+                elif sent.early is not None:
+                    sent.opened = written_at
             if sent.exchange.written_at is not None:
                 writes += 1
                 sent.attempts += 1

@@ -201,6 +201,7 @@ class Claims(EngineCore):
                 renew=self._renew,
                 clock=self._clock,
                 rows=self.rows,
+                clocks=self.clocks,
             )
             self.firings[instant] = firing
             task = self._spawn(self._run_firing(firing), name=f"firing-{instant:.3f}")

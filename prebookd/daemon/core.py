@@ -10,6 +10,7 @@ news; intake, claims and leases (their own modules) bring the news.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ import asyncpg
 import structlog
 
 from prebookd.aimharder.client import AimHarderClient
+from prebookd.daemon.aim import AimConfig, BoxClocks
 from prebookd.daemon.clock import HotWindows, WallClock
 from prebookd.daemon.firing import Firing, Timing
 from prebookd.daemon.metrics import Metrics
@@ -56,6 +58,8 @@ class EngineConfig:
     # The lease owner of the process that ran before this one on its state directory,
     # dead (statedir.py): its rows are this one's to take back at once.
     predecessor: str | None = None
+    # Issue 18: aiming at the boxes' clocks (aim.py).
+    aim: AimConfig = dataclasses.field(default_factory=AimConfig)
 
     @classmethod
     def from_settings(
@@ -79,8 +83,18 @@ class EngineConfig:
                 retry_window=settings.retry_window,
                 retry_interval=settings.retry_interval,
                 retry_unexpected=settings.retry_unexpected,
+                fast_retry_interval=settings.fast_retry_interval,
+                fast_retry_window=settings.fast_retry_window,
+                max_requests=settings.max_requests,
             ),
+            aim=AimConfig.of(settings),
         )
+
+    @property
+    def wake_lead(self) -> float:
+        """Rows are armed this long before available_at: arm_lead before the earliest
+        a request may be planned (max_advance before it, aimed at a box's clock)."""
+        return self.arm_lead + (self.aim.max_advance if self.aim.aim == "arrive" else 0.0)
 
     def owns(self, lease_owner: str | None) -> bool:
         return lease_owner is not None and lease_owner in (self.lease_owner, self.predecessor)
@@ -125,6 +139,7 @@ class EngineCore:
         self._firing_of: dict[asyncio.Task[Any], Firing] = {}
         self._stopping = False
         self.hot = hot
+        self.clocks = BoxClocks(client, config.aim, hot=hot, clock=clock)  # the boxes' clocks
         self.rows = RowLog(hot.wait_clear)  # lines about rows: written when no instant is near
         self.last_firings: deque[dict[str, Any]] = deque(maxlen=20)
         # id -> clock() when sent or failed. Kept until Postgres has confirmed the final
@@ -317,7 +332,7 @@ class EngineCore:
         if head is None or self._stopping:
             return
         now = self._clock()
-        wake_at = max(head.available_at - self.config.arm_lead, self._arm_not_before)
+        wake_at = max(head.available_at - self.config.wake_lead, self._arm_not_before)
         delay = min(max(0.0, wake_at - now), MAX_TIMER_DELAY)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_at(loop.time() + delay, self._on_timer)
@@ -326,7 +341,7 @@ class EngineCore:
         self._timer = None
         now = self._clock()
         if now >= self._arm_not_before:
-            due = self.schedule.pop_due(now + self.config.arm_lead)
+            due = self.schedule.pop_due(now + self.config.wake_lead)
             if due:
                 self._spawn(self._arm(due), name=f"arm-{len(due)}")
         self._rearm()

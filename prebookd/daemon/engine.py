@@ -45,6 +45,7 @@ class Engine(Intake, Claims, Leases):
     def reconfigure(self, config: EngineConfig) -> None:
         """New settings (SIGHUP): firings already armed keep theirs, new ones use these."""
         self.config = config
+        self.clocks.config = config.aim
         self._rearm()
 
     def snapshot(self) -> dict[str, Any]:
@@ -62,6 +63,7 @@ class Engine(Intake, Claims, Leases):
                 for instant, rows in sorted(rows_at.items())[:10]
             ],
             "last_firings": list(reversed(self.last_firings)),
+            "box_clocks": self.clocks.snapshot(),
         }
 
     async def shutdown(self, deadline: float) -> list[UUID]:
@@ -69,6 +71,7 @@ class Engine(Intake, Claims, Leases):
 
         Returns the ids claimed but never sent, for the daemon to release."""
         self._stopping = True
+        self.clocks.close()
         if self._timer is not None:
             self._timer.cancel()
         unsent: list[UUID] = []

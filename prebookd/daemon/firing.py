@@ -26,14 +26,14 @@ import asyncio
 import bisect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import structlog
 
 from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
-from prebookd.daemon.choices import Choices, Parked, Renew, Sent, Timing
+from prebookd.daemon.aim import Aims, BoxClocks
+from prebookd.daemon.choices import Choices, Renew, Sent, Timing
 from prebookd.daemon.clock import HotWindows, WallClock, gc_paused, sleep_until
 from prebookd.daemon.firing_report import (
     ExchangeSummary,
@@ -43,6 +43,7 @@ from prebookd.daemon.firing_report import (
     summarize,
 )
 from prebookd.daemon.rowlog import RowLog, tell_outcome
+from prebookd.daemon.slots import RELEASE_CHUNK, Slot, open_gates
 from prebookd.models import Booking, ResultUpdate
 
 __all__ = ["Firing", "Renew", "Timing"]  # Timing lives with the retries (choices.py)
@@ -52,8 +53,6 @@ log = structlog.get_logger(__name__)
 # Requests staged per loop iteration: staging 100 at once would hold the loop for
 # ~20 ms, long enough to make another instant late.
 STAGE_CHUNK = 10
-# Gates opened per loop turn (see _open_gates).
-RELEASE_CHUNK = 16
 # The burst's writes are recorded and logged this long after the release, this many
 # per loop turn.
 AFTER_RELEASE = 0.02
@@ -69,26 +68,6 @@ RESTAGE_DELAY = 0.1
 RECHECK_LEAD = 0.25
 
 
-@dataclass
-class _Slot:
-    booking: Booking
-    attempt: Attempt  # the latest staging of its first request
-    label: str | None = None  # its class, as lines show it
-    task: asyncio.Task[ExchangeSummary] | None = None
-    staging: asyncio.Future[Exchange] | None = None  # the request of `attempt`, in flight
-    written_reported: bool = False
-    # Stagings lost before the gate opened, and the last reason why.
-    restaged: int = 0
-    lost_because: str | None = None
-    sent_cold: bool = False  # its first write was not a request waiting at its gate
-    parked: list[Parked] = field(default_factory=list)  # its alternatives, staged
-
-    @property
-    def gate(self) -> asyncio.Future[None]:
-        assert self.attempt.gate is not None
-        return self.attempt.gate
-
-
 class Firing:
     def __init__(
         self,
@@ -102,10 +81,12 @@ class Firing:
         renew: Renew | None = None,
         clock: WallClock = time.time,
         rows: RowLog | None = None,
+        clocks: BoxClocks | None = None,
     ) -> None:
         self.instant = instant
         self._rows = RowLog(hot.wait_clear) if rows is None else rows  # see rowlog.py
         self._hot = hot
+        self._aims = Aims(instant, clocks)  # each box's planned write time (aim.py)
         self._choices = Choices(
             instant,
             client=client,
@@ -114,20 +95,23 @@ class Firing:
             renew=renew,
             clock=clock,
             rows=self._rows,
+            planned=self._aims.at,
         )
         self._client = client
         self._timing = timing
         self._report = report
         self._instance = instance
         self._clock = clock
-        self._slots: dict[UUID, _Slot] = {}
+        self._slots: dict[UUID, Slot] = {}
         self._staged = False
         self.released = False
         # Set once staging is done; slots added later are placed into it by FIFO order.
         # (Empty is a real value: every booking withdrawn before staging.)
-        self._release_order: list[_Slot] | None = None
+        self._release_order: list[Slot] | None = None
         # The shortest time a parked request's connection lasted before it was lost.
         self._idle_limit: float | None = None
+        self._planned: list[float] = []  # the boxes' planned write times, once fixed
+        self._released_upto: float | None = None  # gates of boxes planned by then: open
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -143,7 +127,7 @@ class Firing:
         if booking.id in self._slots:
             return
         loop = asyncio.get_running_loop()
-        slot = _Slot(booking, self._attempt(loop.create_future()), label)
+        slot = Slot(booking, self._attempt(loop.create_future(), booking.box), label)
         self._slots[booking.id] = slot
         if self.released:
             slot.gate.set_result(None)  # late arrival: the instant has come, send now
@@ -174,24 +158,30 @@ class Firing:
             return await self._run()
         finally:
             self._hot.discard(self.instant)
+            for at in self._planned:
+                self._hot.discard(at)
 
     async def _run(self) -> dict[str, Any] | None:
         t = self._timing
+        # The boxes' clocks, measured where due, by when the earliest plan may stage.
+        until = self._aims.earliest_possible() - t.stage_lead
+        await self._aims.measure([s.booking for s in self._slots.values()], until=until)
+        first = self._plan()
         if t.stage_requests:
-            await sleep_until(self.instant - t.stage_lead, clock=self._clock)
+            await sleep_until(first - t.stage_lead, clock=self._clock)
             self._staged = True
             await self._stage_all()
             self._release_order = self._ordered()
             if t.stage_lead > RECHECK_LEAD:
-                await sleep_until(self.instant - RECHECK_LEAD, clock=self._clock)
-                self._recheck()
-        await sleep_until(self.instant - GC_PAUSE, clock=self._clock)
+                await sleep_until(first - RECHECK_LEAD, clock=self._clock)
+                self._recheck(first)
+        await sleep_until(first - GC_PAUSE, clock=self._clock)
         with gc_paused(asyncio.get_running_loop(), GC_PAUSE):
-            await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)
-            if t.stage_requests:
-                self._release()
-            else:
-                self._send_unstaged()
+            # Each box at its planned time (the instant, unless aimed at its clock).
+            while (at := self._next_release()) is not None:
+                await sleep_until(at, spin_window=t.spin_window, clock=self._clock)
+                self._release(at) if t.stage_requests else self._send_unstaged(at)
+            self.released = self._staged = True  # a row added from now on goes at once
         summaries: list[ExchangeSummary] = []
         waited: set[asyncio.Task[ExchangeSummary]] = set()
         # Again while bookings keep arriving (rows inserted at the instant).
@@ -205,6 +195,8 @@ class Firing:
                 elif not isinstance(outcome, asyncio.CancelledError):
                     log.error("send_crashed", error=repr(outcome))  # a bug: say it loudly
         summary = summarize(summaries, self.instant)
+        if summary is not None and (aims := self._aims.shown()):
+            summary["aim"] = aims
         if summary is not None:
             self._rows.info("instant_fired", **summary)
         return summary
@@ -216,17 +208,33 @@ class Firing:
             self.withdraw(booking_id)
         return ids
 
-    def _attempt(self, gate: asyncio.Future[None] | None) -> Attempt:
-        return self._choices.attempt(gate)
+    def _attempt(self, gate: asyncio.Future[None] | None, box: str) -> Attempt:
+        return self._choices.attempt(gate, box)
 
-    def _recheck(self) -> None:
+    def _plan(self) -> float:
+        """Fix each box's planned write time (aim.py), and every request's `not_before`
+        with it (the client's write hook holds each until then); the earliest."""
+        self._planned = self._aims.fix({s.booking.box for s in self._slots.values()})
+        for slot in self._slots.values():
+            slot.attempt.not_before = self._aims.at(slot.booking.box)
+        for at in self._planned:
+            self._hot.add(at)  # kept clear of deferrable work, as the instant is
+        return min([self.instant, *self._planned])
+
+    def _next_release(self) -> float | None:
+        """The earliest planned time among the requests not yet released."""
+        done = self._released_upto
+        planned = (self._aims.at(s.booking.box) for s in self._slots.values())
+        return min((at for at in planned if done is None or at > done), default=None)
+
+    def _recheck(self, first: float) -> None:
         """Requests parked on a connection that may be closed as idle before the instant
         (as old, by then, as the shortest-lived one lost in this firing) are staged again
         now, on fresh connections the instant finds young."""
         limit = self._idle_limit
         if limit is None:
             return
-        by_then = self.instant + RECHECK_LEAD  # the answer must come back on it too
+        by_then = first + RECHECK_LEAD  # the answer must come back on it too
         for slot in self._slots.values():
             parked_at = slot.attempt.parked_at
             staging = slot.staging
@@ -239,40 +247,30 @@ class Firing:
                 )
                 staging.cancel()
 
-    def _ordered(self) -> list[_Slot]:
+    def _ordered(self) -> list[Slot]:
         return sorted(self._slots.values(), key=lambda s: s.booking.order)
 
-    def _release(self) -> None:
+    def _release(self, at: float) -> None:
+        """Open the gates of the boxes planned by `at`, in FIFO order."""
         self.released = True
-        slots = self._release_order if self._release_order is not None else self._ordered()
-        self._open_gates(slots, 0, RELEASE_CHUNK)
+        self._released_upto = at
+        order = self._release_order if self._release_order is not None else self._ordered()
+        slots = [s for s in order if not s.gate.done() and self._aims.at(s.booking.box) <= at]
+        open_gates(slots, 0, RELEASE_CHUNK)
         # After the gates: bookkeeping is work, and the writes come first.
         asyncio.get_running_loop().call_later(AFTER_RELEASE, self._after_release, slots)
 
-    def _send_unstaged(self) -> None:
+    def _send_unstaged(self, at: float) -> None:
         """Without staging (PREBOOKD_STAGE_REQUESTS=false, to measure what it buys):
-        build, connect and send everything now, in FIFO order."""
+        build, connect and send the boxes planned by `at` now, in FIFO order."""
         self.released = self._staged = True
+        self._released_upto = at
         for slot in self._ordered():
-            slot.gate.set_result(None)
-            self._stage(slot)
-
-    def _open_gates(self, slots: list[_Slot], start: int, count: int) -> None:
-        """Open gates [start, start + count), and all the rest in the next loop turn.
-
-        Opening a gate only schedules its request; the write happens when the loop
-        runs it, and the requests opened together are written back to back in one
-        turn. Opening all 2000 at once would delay the first write by the cost of
-        scheduling the other 1999; opening them in many small chunks would let the
-        first answers be handled between the chunks. So: the first RELEASE_CHUNK (a
-        small burst goes out whole), then everything else behind them. FIFO holds."""
-        for slot in slots[start : start + count]:
-            if not slot.gate.done():
+            if not slot.gate.done() and self._aims.at(slot.booking.box) <= at:
                 slot.gate.set_result(None)
-        if start + count < len(slots):
-            asyncio.get_running_loop().call_soon(self._open_gates, slots, start + count, len(slots))
+                self._stage(slot)
 
-    def _after_release(self, slots: list[_Slot], start: int = 0) -> None:
+    def _after_release(self, slots: list[Slot], start: int = 0) -> None:
         """The burst is on the wire: record which requests were written now, not when
         their answers come (a slow AimHarder can take seconds), so that a crash
         meanwhile leaves `executing` and the attempt in the row. Then say so.
@@ -312,7 +310,7 @@ class Firing:
                 slot.parked = self._choices.park(slot.booking)
                 await asyncio.sleep(0)
 
-    def _stage(self, slot: _Slot) -> None:
+    def _stage(self, slot: Slot) -> None:
         slot.task = asyncio.create_task(self._send(slot), name=f"send-{slot.booking.id}")
         if self.released:
             return  # sent at once (a late arrival, or staging turned off): not staged
@@ -324,7 +322,7 @@ class Firing:
             before_instant_s=round(self.instant - self._clock(), 3),
         )
 
-    def _report_written(self, slot: _Slot) -> None:
+    def _report_written(self, slot: Slot) -> None:
         """`executing`, with the first write's time and the attempt, once per slot."""
         written_at = slot.attempt.written_at
         if written_at is None or slot.written_reported:
@@ -341,7 +339,7 @@ class Firing:
             )
         )
 
-    async def _first_exchange(self, slot: _Slot) -> Exchange:
+    async def _first_exchange(self, slot: Slot) -> Exchange:
         """The booking's first request, staged at its gate, and staged again on a fresh
         connection each time the one it waits on is lost while the gate is shut.
 
@@ -357,7 +355,7 @@ class Firing:
                 staging.cancel()
                 raise
             if staging.cancelled():  # by _recheck: staged again at once, on a fresh one
-                slot.attempt = self._attempt(slot.gate)
+                slot.attempt = self._attempt(slot.gate, slot.booking.box)
                 continue
             exchange = staging.result()
             if exchange.written_at is not None or slot.gate.done():
@@ -378,9 +376,9 @@ class Firing:
                 before_instant_s=round(self.instant - self._clock(), 3),
             )
             await asyncio.wait({slot.gate}, timeout=RESTAGE_DELAY)
-            slot.attempt = self._attempt(slot.gate)
+            slot.attempt = self._attempt(slot.gate, slot.booking.box)
 
-    async def _send(self, slot: _Slot) -> ExchangeSummary:
+    async def _send(self, slot: Slot) -> ExchangeSummary:
         try:
             first = await self._first_exchange(slot)
             return await self._send_choices(slot, first)
@@ -388,7 +386,7 @@ class Firing:
             for parked in slot.parked:  # alternatives not needed: never written
                 parked.request.cancel()
 
-    async def _send_choices(self, slot: _Slot, first: Exchange) -> ExchangeSummary:
+    async def _send_choices(self, slot: Slot, first: Exchange) -> ExchangeSummary:
         booking = slot.booking
         slot.sent_cold = first.written_at is None or not slot.attempt.parked
         await self._hot.wait_clear()
@@ -407,6 +405,8 @@ class Firing:
                 answer=first.outcome.code,
             )
         sent = await self._choices.follow(Sent(first, booking, attempts, written_at), slot.parked)
+        if sent.early is not None:  # its first answers said "not open yet": aim later
+            self._aims.correct(booking.box, early=sent.early, opened=sent.opened)
         exchange, written_at = sent.exchange, sent.written_at
         lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
         note = send_note(slot.restaged, slot.lost_because, slot.sent_cold, written_at, sent.tried)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -49,7 +50,21 @@ GAUGE_HELP = {
     "prebookd_results_spooled": "Results in the spool file, waiting for Postgres.",
     "prebookd_next_instant_seconds": "Unix time of the next opening instant armed.",
     "prebookd_start_time_seconds": "Unix time the daemon started.",
+    "prebookd_box_clock_offset_seconds": "A box's clock minus ours, from its Date header.",
+    "prebookd_box_clock_bound_seconds": "How far the box clock estimate may be off.",
+    "prebookd_box_clock_trip_seconds": "One-way trip to a box (shortest round trip / 2).",
 }
+
+
+def box_clock_gauges(snapshot: Mapping[str, Any]) -> dict[str, float]:
+    """Per box, its clock estimate (daemon/aim.py), as labelled gauges."""
+    gauges = {}
+    for box, shown in ((snapshot.get("box_clocks") or {}).get("boxes") or {}).items():
+        labels = _labels({"box": box})
+        for key in ("offset", "bound", "trip"):
+            if isinstance(value := shown.get(f"{key}_ms"), int | float):
+                gauges[f"prebookd_box_clock_{key}_seconds{labels}"] = value / 1000
+    return gauges
 
 
 class Histogram:
@@ -136,10 +151,14 @@ class Metrics:
             "Time from the first to the last write of one instant's burst.",
             self.spread,
         )
+        typed = set()
         for name, value in sorted(gauges.items()):
-            help_text = GAUGE_HELP.get(name, "Read from the daemon's status snapshot.")
-            lines.append(f"# HELP {name} {_escape_help(help_text)}")
-            lines.append(f"# TYPE {name} gauge")
+            base = name.split("{", 1)[0]  # a gauge per box: one HELP and TYPE for all
+            if base not in typed:
+                typed.add(base)
+                help_text = GAUGE_HELP.get(base, "Read from the daemon's status snapshot.")
+                lines.append(f"# HELP {base} {_escape_help(help_text)}")
+                lines.append(f"# TYPE {base} gauge")
             lines.append(f"{name} {_number(value)}")
         return "\n".join(lines) + "\n"
 

@@ -39,3 +39,16 @@ def next_try(exchange: Exchange, tries: Tries, *, retry_unexpected: int) -> str:
         tries.unexpected += 1
         return "wait"
     return "stop"
+
+
+def pause(
+    exchange: Exchange, since_planned: float, *, fast: tuple[float, float], interval: float
+) -> float:
+    """How long to wait before a "wait" retry. "Not open yet" within `fast`'s window
+    (seconds after the box's planned write time) is retried every `fast`'s interval: the
+    box's clock may be a little behind our aim, and the class fills in seconds. The rest
+    waits `interval`."""
+    fast_interval, fast_window = fast
+    if exchange.outcome.code == "not_open" and since_planned < fast_window:
+        return fast_interval
+    return interval

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from prebookd.daemon.metrics import CONTENT_TYPE, Metrics
+from prebookd.daemon.metrics import CONTENT_TYPE, Metrics, box_clock_gauges
 from prebookd.notify.report import gauges as notify_gauges
 from prebookd.timeparse import read_iso
 
@@ -143,6 +143,7 @@ def gauges_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, float]:
     if known:
         put("prebookd_next_instant_seconds", min(known))
     gauges.update(notify_gauges(dict(snapshot)))  # issue 15
+    gauges.update(box_clock_gauges(snapshot))  # issue 18
     return gauges
 
 
