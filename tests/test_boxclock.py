@@ -4,6 +4,7 @@ arithmetic, driven by a simulated box whose clock is `offset` ahead of ours and
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -68,7 +69,7 @@ def test_ten_probes_halve_one_second_down_to_about_two_ms() -> None:
         widths.append(est.high - est.low)
     assert widths[0] == pytest.approx(1.0)
     assert widths[-1] < 0.0025
-    assert all(b <= a / 2 + 1e-6 for a, b in zip(widths, widths[1:], strict=False))
+    assert all(b <= a / 2 + 1e-6 for a, b in itertools.pairwise(widths))
     # The probes took a few seconds, not minutes: each waits for its phase of a second.
     assert samples[-1].received - samples[0].sent < 11
 
