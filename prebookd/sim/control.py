@@ -34,6 +34,10 @@ class BoxSpec(_Spec):
     late_cancel_window: float = Field(default=0.0, ge=0)
     limit_shows_waitlist: bool = False
     day_as_text: bool = False
+    # The box's clock and distance (BoxClock, prebookd/sim/network.py), in ms.
+    clock_offset_ms: float = Field(default=0.0, allow_inf_nan=False)
+    delay_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    jitter_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
 
 def _moment(value: Any) -> Any:
