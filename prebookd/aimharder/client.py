@@ -124,6 +124,19 @@ async def _connection_reused(
         attempt.new_connection = False
 
 
+# A clock probe's write time (probe_clock), stamped when aiohttp has sent its head.
+_probe_sent: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "prebookd_probe_sent", default=None
+)
+
+
+async def _probe_written(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    if (stamps := _probe_sent.get()) is not None:
+        stamps.append(time.time())
+
+
 @dataclass(frozen=True)
 class Exchange:
     """One booking request and what came of it."""
@@ -154,6 +167,7 @@ class AimHarderClient:
         trace.on_request_chunk_sent.append(_hold_then_stamp)
         trace.on_connection_create_end.append(_connection_created)
         trace.on_connection_reuseconn.append(_connection_reused)
+        trace.on_request_headers_sent.append(_probe_written)
         self._connector = aiohttp.TCPConnector(
             limit=self._limit,
             limit_per_host=self._limit_per_host,
@@ -251,14 +265,18 @@ async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
 async def probe_clock(client: AimHarderClient, base_url: str) -> Sample:
     """HEAD the box's base URL on a warm connection: when the request was sent and its
     answer read (our clock), and the box's `Date` (boxclock.py). No cookies: a probe is
-    not a member's request. Its time is read before aiohttp builds the request (a body-
-    less request passes no write hook), so the arrival offset comes out a fraction of a
-    millisecond high: aimed that much early, inside `aim_margin`. No `Attempt`: nothing
-    of a member's is written. Raises aiohttp.ClientError, OSError or TimeoutError."""
+    not a member's request, and no `Attempt`: nothing of a member's is written. Its
+    time is stamped when aiohttp has sent its head (a body-less request passes no
+    chunk hook). Raises aiohttp.ClientError, OSError or TimeoutError."""
     session = client._session
     assert session is not None, "client not started"
-    sent = time.time()
-    async with session.head(base_url, allow_redirects=False) as response:
-        received = time.time()
-        date = parse_date(response.headers.get("Date"))
-    return Sample(sent, received, date)
+    stamps: list[float] = []
+    token = _probe_sent.set(stamps)
+    try:
+        before = time.time()
+        async with session.head(base_url, allow_redirects=False) as response:
+            received = time.time()
+            date = parse_date(response.headers.get("Date"))
+    finally:
+        _probe_sent.reset(token)
+    return Sample(stamps[0] if stamps else before, received, date)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -52,9 +53,14 @@ GOOD_ENOUGH = 0.0005
 # would be read in the instant's hot window).
 PROBE_CLEAR = 0.25
 PROBE_TIMEOUT = 2.0
+# No probe is written later than this before staging begins (a firing does not wait
+# for a probe past then: it stages, and the probe's answer comes when it comes).
+PROBE_RESERVE = 0.25
 # An estimate is used for at most this long after it was made (clocks drift).
 ESTIMATE_TTL = 3600.0
 NO_ANSWER = "no probe answered"
+# Answers that say the class was open for booking when the request arrived.
+OPEN = frozenset({"booked", "waitlisted", "full", "already_booked"})
 
 
 @dataclass(frozen=True)
@@ -120,26 +126,28 @@ class BoxClocks:
             bound_max=cfg.bound_max,
         )
 
-    async def measure(self, boxes: dict[str, str], *, until: float) -> None:
-        """Measure these boxes' clocks (box -> base URL) where due, by `until`."""
+    def measure_soon(self, box: str, base_url: str, *, until: float) -> asyncio.Task[None] | None:
+        """Start measuring the box's clock if due, probing until `until` at the latest;
+        the measurement under way, or None."""
         cfg = self.config
         if cfg.aim != "arrive" or cfg.probes == 0:
-            return
-        now = self._clock()
-        tasks = []
-        for box, base_url in boxes.items():
-            task = self._measuring.get(box)
-            if task is None:
-                if now - self._tried_at.get(box, -1e18) < cfg.probe_every:
-                    continue
-                self._tried_at[box] = now
-                task = asyncio.create_task(self._measure(box, base_url, until), name=f"clock-{box}")
-                self._measuring[box] = task
-                task.add_done_callback(functools.partial(self._measured, box))
-            tasks.append(task)
+            return None
+        task = self._measuring.get(box)
+        if task is None:
+            now = self._clock()
+            if now - self._tried_at.get(box, -math.inf) < cfg.probe_every:
+                return None
+            self._tried_at[box] = now
+            task = asyncio.create_task(self._measure(box, base_url, until), name=f"clock-{box}")
+            self._measuring[box] = task
+            task.add_done_callback(functools.partial(self._measured, box))
+        return task
+
+    async def measure(self, boxes: dict[str, str], *, until: float) -> None:
+        """Measure these boxes' clocks (box -> base URL) where due, by `until`."""
+        tasks = [t for b, url in boxes.items() if (t := self.measure_soon(b, url, until=until))]
         if tasks:
-            # Shielded: another firing may be waiting on the same box's measurement.
-            await asyncio.wait([asyncio.shield(t) for t in tasks])
+            await asyncio.wait(tasks, timeout=max(0.0, until - self._clock()))
 
     def _measured(self, box: str, _task: asyncio.Task[None]) -> None:
         self._measuring.pop(box, None)
@@ -151,7 +159,7 @@ class BoxClocks:
             at = next_probe_at(samples, self._clock())
             while self._near_instant(at):
                 at += 1.0  # the same phase of the next second
-            if at + PROBE_TIMEOUT > until:
+            if at + PROBE_RESERVE > until:
                 break  # no time left before staging: what was had is used
             await sleep_until(at, clock=self._clock)
             try:
@@ -230,6 +238,8 @@ class Aims:
         self.clocks = clocks
         self._plans: dict[str, Plan] = {}
         self.fixed = False
+        self._measuring: set[asyncio.Task[None]] = set()
+        self._answers: dict[str, list[tuple[float, str]]] = {}  # box -> (written, code)
 
     def at(self, box: str) -> float:
         """`not_before` of this box's requests at this instant."""
@@ -244,9 +254,21 @@ class Aims:
             )
         return self._plans[box].at
 
-    async def measure(self, bookings: list[Booking], *, until: float) -> None:
-        if self.clocks is not None and bookings:
-            await self.clocks.measure({b.box: base_url_of(b) for b in bookings}, until=until)
+    def watch(self, booking: Booking, *, until: float) -> None:
+        """A booking for this instant: its box's clock is measured if due, by `until`."""
+        if self.clocks is not None and not self.fixed:
+            task = self.clocks.measure_soon(booking.box, base_url_of(booking), until=until)
+            if task is not None:
+                self._measuring.add(task)
+
+    async def measured(self, *, until: float, clock: WallClock) -> None:
+        """Wait for the measurements of this instant's boxes, until `until` at most.
+        (Not cancelled by this wait, ending or cancelled: another firing may need them.)"""
+        while (pending := {t for t in self._measuring if not t.done()}) and (
+            left := until - clock()
+        ) > 0:
+            # A box seen meanwhile joins at the next turn.
+            await asyncio.wait(pending, timeout=min(left, 0.5))
 
     def fix(self, boxes: set[str]) -> list[float]:
         """Plan these boxes now; returns the distinct planned times, earliest first."""
@@ -260,10 +282,25 @@ class Aims:
             return self.instant
         return self.instant - clocks.config.max_advance
 
-    def correct(self, box: str, *, early: float, opened: float | None) -> None:
-        plan_ = self._plans.get(box)
-        if self.clocks is not None and plan_ is not None and plan_.aim == "arrive":
-            self.clocks.correct(box, self.instant, early=early, opened=opened)
+    def saw(self, box: str, answers: list[tuple[float, str]]) -> None:
+        """A booking's writes to `box` at this instant and their answers' codes."""
+        self._answers.setdefault(box, []).extend(answers)
+
+    def correct(self) -> None:
+        """Once the instant's answers are in: a box aimed at whose first answers said
+        "not open yet" gets its clock estimate corrected for the next instants, by the
+        latest write it found not open and the earliest it found open (of all the
+        bookings sent to it)."""
+        for box, answers in self._answers.items():
+            plan_ = self._plans.get(box)
+            if self.clocks is None or plan_ is None or plan_.aim != "arrive":
+                continue
+            first = min(answers, default=None)
+            if first is None or first[1] != "not_open":
+                continue
+            opened = [at for at, code in answers if code in OPEN]
+            early = max(at for at, code in answers if code == "not_open")
+            self.clocks.correct(box, self.instant, early=early, opened=min(opened, default=None))
 
     def shown(self) -> dict[str, Any]:
         """Per box, for the instant's log line: aim, planned (ms from the instant),

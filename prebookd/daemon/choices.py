@@ -62,10 +62,8 @@ class Sent:
     attempts: int  # requests written for the row, earlier runs included
     written_at: float | None  # the first write of the row
     tried: list[str] = dataclasses.field(default_factory=list)  # earlier choices' answers
-    # The last write answered "not open yet" before any found the box open, and the
-    # first that found it open (for the box clock's correction, aim.py).
-    early: float | None = None
-    opened: float | None = None
+    # Each write and its answer's code: what the box's clock did (aim.py corrects by it).
+    answers: list[tuple[float, str]] = dataclasses.field(default_factory=list)
 
 
 def moves_on(exchange: Exchange, writes_for_choice: int) -> bool:
@@ -126,8 +124,8 @@ class Choices:
         retry_until = loop.time() + max(0.0, left)
         writes = 1 if sent.exchange.written_at is not None else 0
         cap = sent.attempts - writes + self._timing.max_requests  # attempts allowed, at most
-        if sent.exchange.outcome.code == "not_open":
-            sent.early = sent.exchange.written_at
+        if sent.exchange.written_at is not None:
+            sent.answers.append((sent.exchange.written_at, sent.exchange.outcome.code))
         writes = await self._retry(sent, retry_until, writes, cap)
         alternatives = sent.booking.alternatives  # the first choice's
         by_choice = {p.booking.choice: p for p in parked}
@@ -204,12 +202,8 @@ class Choices:
                 sent.booking, self.attempt(None, sent.booking.box)
             )
             await self._hot.wait_clear()
-            if (written_at := sent.exchange.written_at) is not None and sent.opened is None:
-                if sent.exchange.outcome.code == "not_open":
-                    sent.early = written_at if sent.early is not None else None
-                elif sent.early is not None:
-                    sent.opened = written_at
             if sent.exchange.written_at is not None:
+                sent.answers.append((sent.exchange.written_at, sent.exchange.outcome.code))
                 writes += 1
                 sent.attempts += 1
                 sent.written_at = sent.written_at or sent.exchange.written_at

@@ -112,6 +112,7 @@ class Firing:
         self._idle_limit: float | None = None
         self._planned: list[float] = []  # the boxes' planned write times, once fixed
         self._released_upto: float | None = None  # gates of boxes planned by then: open
+        self._probe_until = self._aims.earliest_possible() - timing.stage_lead
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -129,6 +130,7 @@ class Firing:
         loop = asyncio.get_running_loop()
         slot = Slot(booking, self._attempt(loop.create_future(), booking.box), label)
         self._slots[booking.id] = slot
+        self._aims.watch(booking, until=self._probe_until)  # its box's clock, if due
         if self.released:
             slot.gate.set_result(None)  # late arrival: the instant has come, send now
         elif self._release_order is not None:
@@ -163,9 +165,8 @@ class Firing:
 
     async def _run(self) -> dict[str, Any] | None:
         t = self._timing
-        # The boxes' clocks, measured where due, by when the earliest plan may stage.
-        until = self._aims.earliest_possible() - t.stage_lead
-        await self._aims.measure([s.booking for s in self._slots.values()], until=until)
+        # The boxes' clocks, measured where due (see add), by when staging may begin.
+        await self._aims.measured(until=self._probe_until, clock=self._clock)
         first = self._plan()
         if t.stage_requests:
             await sleep_until(first - t.stage_lead, clock=self._clock)
@@ -194,6 +195,7 @@ class Firing:
                     summaries.append(outcome)
                 elif not isinstance(outcome, asyncio.CancelledError):
                     log.error("send_crashed", error=repr(outcome))  # a bug: say it loudly
+        self._aims.correct()
         summary = summarize(summaries, self.instant)
         if summary is not None and (aims := self._aims.shown()):
             summary["aim"] = aims
@@ -405,8 +407,7 @@ class Firing:
                 answer=first.outcome.code,
             )
         sent = await self._choices.follow(Sent(first, booking, attempts, written_at), slot.parked)
-        if sent.early is not None:  # its first answers said "not open yet": aim later
-            self._aims.correct(booking.box, early=sent.early, opened=sent.opened)
+        self._aims.saw(booking.box, sent.answers)  # "not open yet" corrects the box's clock
         exchange, written_at = sent.exchange, sent.written_at
         lateness_ms = None if written_at is None else (written_at - self.instant) * 1000
         note = send_note(slot.restaged, slot.lost_because, slot.sent_cold, written_at, sent.tried)
