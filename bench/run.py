@@ -30,12 +30,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench import burst, compare, intake, precision, scale
+from bench import aim, burst, compare, intake, precision, scale
 from bench.infra import pg_server, raise_fd_limit
 from bench.report import Line, render
 
 # In running order: the baselines compare themselves with precision's result.
-SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (precision, compare, burst, intake, scale)}
+SCENARIOS: dict[str, ModuleType] = {
+    m.NAME: m for m in (precision, compare, burst, intake, scale, aim)
+}
 # Descriptors on each side of a 2000-request burst, plus headroom.
 FD_LIMIT = 8192
 
