@@ -56,6 +56,10 @@ PROBE_TIMEOUT = 2.0
 # No probe is written later than this before staging begins (a firing does not wait
 # for a probe past then: it stages, and the probe's answer comes when it comes).
 PROBE_RESERVE = 0.25
+# The last stretch before a probe is waited out on the wall clock (see clock.py), and
+# the time aiohttp takes to send a HEAD is allowed for (up to MAX_OVERHEAD).
+PROBE_SPIN = 0.002
+MAX_OVERHEAD = 0.005
 # An estimate is used for at most this long after it was made (clocks drift).
 ESTIMATE_TTL = 3600.0
 NO_ANSWER = "no probe answered"
@@ -155,16 +159,21 @@ class BoxClocks:
     async def _measure(self, box: str, base_url: str, until: float) -> None:
         samples: list[Sample] = []
         reason = NO_ANSWER
+        overhead = 0.0  # from asking aiohttp for a HEAD to its head being sent
         for _ in range(self.config.probes):
-            at = next_probe_at(samples, self._clock())
+            at = next_probe_at(samples, self._clock() + overhead)
             while self._near_instant(at):
                 at += 1.0  # the same phase of the next second
             if at + PROBE_RESERVE > until:
                 break  # no time left before staging: what was had is used
-            await sleep_until(at, clock=self._clock)
+            # Written at `at` as closely as the instant's requests are: a probe off its
+            # aim halves the bracket less.
+            await sleep_until(at - overhead, spin_window=PROBE_SPIN, clock=self._clock)
+            called = self._clock()
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT):
                     samples.append(await probe_clock(self._client, base_url))
+                overhead = min(max(0.0, samples[-1].sent - called), MAX_OVERHEAD)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 reason = f"a probe failed: {type(exc).__name__}"
                 break
