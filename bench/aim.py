@@ -49,7 +49,7 @@ class Size:
     drain: float = 8.0
 
 
-FULL = Size(instants=30, spacing=0.8, per_class=3, capacity=2)
+FULL = Size(instants=30, spacing=1.0, per_class=3, capacity=2)
 QUICK = Size(instants=6, spacing=0.8, per_class=2, capacity=1)
 
 
@@ -136,6 +136,7 @@ async def run_one(server_dsn: str, aim: str, size: Size) -> dict[str, Any]:
                 "p50": round(quantile(firsts, 0.5), 2) if firsts else None,
                 "p99": round(quantile(firsts, 0.99), 2) if firsts else None,
                 "min": round(min(firsts), 2) if firsts else None,
+                "each": [round(f, 2) for f in firsts],  # instant by instant
             },
             "not_open_per_booking": round(not_open / bookings, 2),
             "requests_per_booking": round(requests / bookings, 2),

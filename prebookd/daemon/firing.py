@@ -196,7 +196,7 @@ class Firing:
                 elif not isinstance(outcome, asyncio.CancelledError):
                     log.error("send_crashed", error=repr(outcome))  # a bug: say it loudly
         self._aims.correct()
-        summary = summarize(summaries, self.instant)
+        summary = summarize(summaries, self.instant, self._aims.at)
         if summary is not None and (aims := self._aims.shown()):
             summary["aim"] = aims
         if summary is not None:

@@ -7,6 +7,7 @@ import itertools
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -79,12 +80,23 @@ def final_update(
     )
 
 
-def summarize(summaries: list[ExchangeSummary], instant: float) -> dict[str, Any] | None:
+def summarize(
+    summaries: list[ExchangeSummary],
+    instant: float,
+    planned: Callable[[str], float] | None = None,
+) -> dict[str, Any] | None:
     """The instant's summary (the firing logs it as `instant_fired`); None when nothing
-    was sent."""
+    was sent. Lateness and spread are of each first write behind its box's planned time
+    (`planned(box)`, daemon/aim.py; the instant when not aimed at the box's clock)."""
     if not summaries:
         return None
+    plan = planned or (lambda _box: instant)
+    behind = [
+        (s.written_at - plan(s.booking.box)) * 1000 for s in summaries if s.written_at is not None
+    ]
     lateness = [s.lateness_ms for s in summaries if s.lateness_ms is not None]
+    if planned is not None:
+        lateness = behind
     # FIFO held if, in prebooking order, each first request was written no earlier
     # than the one before it.
     written = [s.written_at for s in sorted(summaries, key=lambda s: s.booking.order)]
@@ -96,7 +108,7 @@ def summarize(summaries: list[ExchangeSummary], instant: float) -> dict[str, Any
         "fifo": fifo,
         "lateness_p50_ms": round(statistics.median(lateness), 3) if lateness else None,
         "lateness_max_ms": round(max(lateness), 3) if lateness else None,
-        "spread_ms": round((max(sent) - min(sent)) * 1000, 3) if sent else None,
+        "spread_ms": round(max(behind) - min(behind), 3) if behind else None,
         "outcomes": dict(Counter(s.outcome for s in summaries)),
         # Requests written per box, retries included: what AimHarder saw of us.
         "requests": dict(_requests_by_box(summaries)),
