@@ -124,13 +124,17 @@ def test_planned_time_never_precedes_the_instant_by_more_than_max_advance() -> N
 
 
 def test_not_open_yet_corrects_the_estimate_for_the_next_instant() -> None:
-    # Aimed by a bracket 20 ms too high: written 18.5 ms before the box opened.
-    est = Estimate(0.335, 0.337, 0.03, T - 60, 10)  # truth: 0.315
-    early = T - 0.335 + 0.0015
-    opened = early + 0.02  # the fast retries found it open 20 ms later
+    # Aimed by a bracket 2.5 ms too high (the probes' timing a little off): written
+    # 1 ms before the box opened, by its clock.
+    est = Estimate(0.3175, 0.3185, 0.03, T - 60, 10)  # truth: 0.315
+    early = T - 0.3175 + 0.0015
+    opened = early + 0.035  # the fast retry, one round trip later, found it open
     fixed = corrected(est, T, early=early, opened=opened)
-    assert fixed.low <= 0.315 < fixed.high
-    assert plan(T, fixed, aim="arrive", margin=0.0015, max_advance=0.5, bound_max=0.05).at > early
+    assert fixed.low <= 0.315 + 1e-6 and fixed.high > 0.315
+    assert fixed.bound == pytest.approx(est.bound)  # as tight as before: still aimed
+    again = plan(T, fixed, aim="arrive", margin=0.0015, max_advance=0.5, bound_max=0.005)
+    assert again.aim == "arrive"
+    assert 0 <= again.at + 0.315 - T < 0.005  # arrives 0-5 ms after the opening
     # A "not open yet" the bracket allows (jitter past the margin) only trims its top.
     est = Estimate(0.314, 0.318, 0.03, T - 60, 10)
     fixed = corrected(est, T, early=T - 0.3155, opened=T - 0.3115)

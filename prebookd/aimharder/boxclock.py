@@ -191,12 +191,16 @@ def corrected(est: Estimate, instant: float, *, early: float, opened: float | No
     """The estimate after a request written at `early` (our clock) was answered "not
     open yet" at `instant`, and (`opened`) one written later found the box open.
 
-    Not open: `early + arrival < instant`; open: `opened + arrival >= instant`. A
-    bracket those answers contradict moves below them, so the next instant is aimed
-    later; one they do not (jitter beyond `aim_margin`) only gets its upper end."""
-    high = min(est.high, instant - early)
-    low = est.low
-    if low >= high:  # the bracket was wrong: below what the answers say
-        low = instant - opened if opened is not None else high - 0.001
-        low = min(low, high - 0.0001)
-    return Estimate(low, high, est.rtt, est.measured_at, est.samples)
+    Not open says `arrival < instant - early`. A bracket that allows it (jitter past
+    `aim_margin`) only gets its top trimmed. One that does not (the probes' timing a
+    little off) moves just below it, keeping its width, and not below what the open
+    answer says (`arrival >= instant - opened`): the next instant is aimed that much
+    later. One answer cannot tell how far off the bracket was: a box corrected again
+    and again is measured again (daemon/aim.py)."""
+    limit = instant - early
+    if est.low < limit:
+        return Estimate(est.low, min(est.high, limit), est.rtt, est.measured_at, est.samples)
+    low = limit - (est.high - est.low)
+    if opened is not None:
+        low = max(low, min(instant - opened, limit - 0.0001))
+    return Estimate(low, limit, est.rtt, est.measured_at, est.samples)

@@ -63,6 +63,9 @@ MAX_OVERHEAD = 0.005
 # An estimate is used for at most this long after it was made (clocks drift).
 ESTIMATE_TTL = 3600.0
 NO_ANSWER = "no probe answered"
+# A box whose estimate the answers contradict more often than this (since it was
+# measured) is measured again.
+MAX_CORRECTIONS = 2
 # Answers that say the class was open for booking when the request arrived.
 OPEN = frozenset({"booked", "waitlisted", "full", "already_booked"})
 
@@ -111,7 +114,7 @@ class BoxClocks:
         self._unusable: dict[str, tuple[float, str]] = {}  # box -> (when, why)
         self._tried_at: dict[str, float] = {}
         self._measuring: dict[str, asyncio.Task[None]] = {}
-        self._corrected: set[tuple[str, float]] = set()
+        self._corrections: dict[str, int] = {}  # box -> since its last measurement
 
     def estimate_of(self, box: str) -> Estimate | None:
         est = self._estimates.get(box)
@@ -193,6 +196,7 @@ class BoxClocks:
             return
         est = estimate(samples)
         self._estimates[box] = est
+        self._corrections.pop(box, None)
         self._unusable.pop(box, None)
         log.info("box_clock_measured", box=box, probes=len(samples), **est.shown())
 
@@ -207,14 +211,30 @@ class BoxClocks:
 
     def correct(self, box: str, instant: float, *, early: float, opened: float | None) -> None:
         """The first answers at `instant` said "not open yet" (a request written at
-        `early`), and one written at `opened` found it open: aim later next time."""
+        `early`), and one written at `opened` found it open: aim later next time
+        (boxclock.corrected), or measure again."""
         est = self._estimates.get(box)
-        if est is None or (box, instant) in self._corrected:
+        if est is None:
             return
-        self._corrected.add((box, instant))
         fixed = corrected(est, instant, early=early, opened=opened)
+        self._corrections[box] = self._corrections.get(box, 0) + 1
+        if fixed.low != est.low and self._corrections[box] > MAX_CORRECTIONS:
+            # Contradicted again and again: not the clock that was measured. Aimed at
+            # our clock until measured again, at the next arming.
+            del self._estimates[box]
+            self._tried_at.pop(box, None)
+            log.warning(
+                "box_clock_corrected",
+                box=box,
+                reason="answered not open yet when aimed at its opening, again: measured again",
+                before=est.shown(),
+                aim="send",
+            )
+            return
         self._estimates[box] = fixed
-        log.warning(
+        # A warning when the answers contradicted the bracket; jitter past the margin
+        # only trims its top, which is worth an info line.
+        (log.warning if fixed.low != est.low else log.info)(
             "box_clock_corrected",
             box=box,
             reason="answered not open yet when aimed at its opening",

@@ -165,8 +165,10 @@ class Firing:
 
     async def _run(self) -> dict[str, Any] | None:
         t = self._timing
-        # The boxes' clocks, measured where due (see add), by when staging may begin.
+        # The boxes' clocks, measured where due (see add), by when staging may begin;
+        # planned then (not before: an earlier instant may correct a box's clock).
         await self._aims.measured(until=self._probe_until, clock=self._clock)
+        await sleep_until(self._probe_until, clock=self._clock)
         first = self._plan()
         if t.stage_requests:
             await sleep_until(first - t.stage_lead, clock=self._clock)
