@@ -24,7 +24,9 @@ cancelled before anything is written; aiohttp then closes its connection.
 That hook is also the one place where the rule "no byte before its instant" is kept:
 every `Attempt` carries `not_before`, and the hook waits for it after the gate, whatever
 the path that led there (first try, retry, re-stage, a row added late). A caller cannot
-forget it: there is no Attempt without it.
+forget it: there is no Attempt without it. (`not_before` is the booking's planned
+time: `available_at`, or aimed at the box's clock, daemon/aim.py. The box-clock probes,
+`probe_clock`, are a HEAD with no member's data and no Attempt.)
 """
 
 from __future__ import annotations

@@ -1,21 +1,23 @@
 """One opening instant: stage every request before it, release them all at it.
 
-Timeline of a `Firing` for instant T:
+Timeline of a `Firing` for instant T; each box has its planned time P (aim.py: T, or
+aimed at the box's clock, never before T - max_advance), fixed when staging may begin:
 
-- until T - stage_lead: bookings are added (claimed rows) or withdrawn freely;
-- at T - stage_lead: each booking's request is staged (built, connection opened)
+- until then: bookings are added (claimed rows) or withdrawn freely; their boxes'
+  clocks are measured where due;
+- at min(P) - stage_lead: each booking's request is staged (built, connection opened)
   and parks at its own gate;
-- at T (precise wake): gates open in `(created_at, id)` order, so requests are
-  written in FIFO order; then "not open yet" answers are retried every
-  retry_interval until T + retry_window, and a "full" answer releases the
-  booking's next alternative, staged at a gate of its own (see choices.py).
+- at each box's P (precise wake): its gates open in `(created_at, id)` order, so
+  requests are written in FIFO order; then "not open yet" answers are retried (fast
+  just after P, see choices.py) until T + retry_window, and a "full" answer releases
+  the booking's next alternative, staged at a gate of its own.
 
 A booking withdrawn before its gate opens is never written. A staged request whose
 connection is lost before its gate opens (a load balancer closing it as idle, with or
 without a 408; a reset; a connection that cannot be opened) was never written: it is
 staged again, at the same gate, and a request never written is retried while the retry
-window is open. No byte goes out before the instant on any of these paths: every
-`Attempt` carries it, and the client's write hook waits for it (aimharder/client.py).
+window is open. No byte goes out before its box's planned time on any of these paths:
+every `Attempt` carries it, and the client's write hook waits for it (client.py).
 Results go to the `report` callback (the batched writer): `executing` when written,
 then final.
 """
