@@ -12,12 +12,16 @@ from email.utils import formatdate
 from pathlib import Path
 
 import asyncpg
+import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
 from prebookd.aimharder.client import AimHarderClient
+from prebookd.cli.status import box_clock_lines
 from prebookd.daemon.aim import AimConfig, BoxClocks
 from prebookd.daemon.clock import HotWindows
+from prebookd.daemon.metrics import Metrics
+from prebookd.daemon.status import gauges_from_snapshot
 from prebookd.sim.server import BoxClock, Simulator
 from tests.support import (
     add_box,
@@ -27,6 +31,7 @@ from tests.support import (
     running_daemon,
     wait_rows_final,
 )
+from tests.test_status import parse_exposition
 
 BOXES = {"ahead": BoxClock(300, 15, 0.5), "behind": BoxClock(-300, 40, 0.5)}
 
@@ -139,3 +144,26 @@ async def test_a_box_whose_date_is_missing_or_jumps_is_aimed_at_our_clock_with_a
         await client.close()
         for runner in runners:
             await runner.cleanup()
+
+
+def test_status_and_metrics_show_each_boxs_clock() -> None:
+    snapshot = {
+        "box_clocks": {
+            "aim": "arrive",
+            "boxes": {
+                "ahead": {"offset_ms": 300.4, "bound_ms": 0.9, "trip_ms": 15.2, "age_s": 12.0},
+                "nodate": {"aim": "send", "reason": "an answer had no readable Date header"},
+            },
+        }
+    }
+    shown = "\n".join(box_clock_lines(snapshot["box_clocks"]))
+    assert "aim        arrive" in shown
+    assert "ahead: clock +300.4 ms (±0.9), trip 15.2 ms" in shown
+    assert "nodate: aimed at our clock: an answer had no readable Date header" in shown
+    types, samples = parse_exposition(Metrics().render(gauges_from_snapshot(snapshot)))
+    assert types["prebookd_box_clock_offset_seconds"] == "gauge"
+    found = {(name, labels.get("box")): value for name, labels, value in samples}
+    assert found[("prebookd_box_clock_offset_seconds", "ahead")] == pytest.approx(0.3004)
+    assert found[("prebookd_box_clock_bound_seconds", "ahead")] == pytest.approx(0.0009)
+    assert found[("prebookd_box_clock_trip_seconds", "ahead")] == pytest.approx(0.0152)
+    assert ("prebookd_box_clock_offset_seconds", "nodate") not in found
