@@ -144,6 +144,8 @@ class BoxClocks:
             now = self._clock()
             if now - self._tried_at.get(box, -math.inf) < cfg.probe_every:
                 return None
+            if until - now < PROBE_RESERVE:
+                return None  # armed too late to probe before staging: a later instant will
             self._tried_at[box] = now
             task = asyncio.create_task(self._measure(box, base_url, until), name=f"clock-{box}")
             self._measuring[box] = task

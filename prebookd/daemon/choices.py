@@ -39,7 +39,7 @@ class Timing:
     retry_unexpected: int = 2  # other answers worth another try, at most this many times
     # Issue 18: "not open yet" retried every fast_retry_interval for fast_retry_window
     # after the planned time; at most max_requests written per booking and instant.
-    fast_retry_interval: float = 0.004
+    fast_retry_interval: float = 0.005
     fast_retry_window: float = 0.0
     max_requests: int = 1000
 
@@ -120,7 +120,9 @@ class Choices:
         loop = asyncio.get_running_loop()
         # The window is measured on the loop's monotonic clock: a wall-clock step after
         # the release must not stretch (or cut) the retries.
-        left = self._instant + self._timing.retry_window - self._clock()
+        # From the box's planned time when aimed later than the instant (its clock behind).
+        start = max(self._instant, self._planned(sent.booking.box))
+        left = start + self._timing.retry_window - self._clock()
         retry_until = loop.time() + max(0.0, left)
         writes = 1 if sent.exchange.written_at is not None else 0
         cap = sent.attempts - writes + self._timing.max_requests  # attempts allowed, at most
