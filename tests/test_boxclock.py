@@ -152,3 +152,38 @@ def test_not_open_yet_is_retried_fast_near_the_planned_time_only() -> None:
     assert pause(ex, 0.1, fast=(0.004, 0.3), interval=0.05) == 0.004
     assert pause(ex, 0.4, fast=(0.004, 0.3), interval=0.05) == 0.05
     assert pause(Exchange(failed, None, T, T, 500), 0.1, fast=(0.004, 0.3), interval=0.05) == 0.05
+
+
+def test_a_wrong_instant_or_a_far_answer_never_pushes_a_boxs_aim_late() -> None:
+    """ "Not open yet" corrects the box's clock only when the box then opened, and only
+    by a little; far off, the box is aimed at our clock until measured again."""
+    from prebookd.daemon.aim import AimConfig, Aims, BoxClocks
+    from prebookd.daemon.clock import HotWindows
+
+    def clocks_with(est: Estimate) -> BoxClocks:
+        clocks = BoxClocks(None, AimConfig(aim="arrive"), hot=HotWindows(), clock=lambda: T)  # type: ignore[arg-type]
+        clocks._estimates["box"] = est  # as a measurement leaves it
+        return clocks
+
+    def fired(clocks: BoxClocks, answers: list[tuple[float, str]]) -> None:
+        aims = Aims(T, clocks)
+        aims.fix({"box"})
+        aims.saw("box", answers)
+        aims.correct()
+
+    est = Estimate(0.0175, 0.0185, 0.03, T - 60, 10)  # truth: 0.015
+    planned = T - 0.0175 + 0.0015
+    # 1 ms early, then open: aimed 2.5 ms later next time, still aimed.
+    clocks = clocks_with(est)
+    fired(clocks, [(planned, "not_open"), (planned + 0.035, "booked")])
+    again = clocks.plan("box", T + 60)
+    assert again.aim == "arrive" and 0 <= again.at - (T + 60 - 0.015) < 0.005
+    # Never open in the window (available_at a day off): the clock is not to blame.
+    clocks = clocks_with(est)
+    fired(clocks, [(planned + k * 0.05, "not_open") for k in range(60)])
+    assert clocks.plan("box", T + 60).at == pytest.approx(T + 60 - 0.0175 + 0.0015)
+    # Open only a second later: not the probes' timing a little off. Measured again,
+    # at our clock meanwhile (never a second late).
+    clocks = clocks_with(est)
+    fired(clocks, [(planned + 0.99, "not_open"), (planned + 1.0, "booked")])
+    assert clocks.plan("box", T + 60).aim == "send"

@@ -66,6 +66,9 @@ NO_ANSWER = "no probe answered"
 # A box whose estimate the answers contradict more often than this (since it was
 # measured) is measured again.
 MAX_CORRECTIONS = 2
+# "Not open yet" this much earlier than the estimate allows is not the probes' timing
+# a little off: the box is measured again rather than aimed that much later.
+MAX_SHIFT = 0.02
 # Answers that say the class was open for booking when the request arrived.
 OPEN = frozenset({"booked", "waitlisted", "full", "already_booked"})
 
@@ -220,15 +223,19 @@ class BoxClocks:
             return
         fixed = corrected(est, instant, early=early, opened=opened)
         self._corrections[box] = self._corrections.get(box, 0) + 1
-        if fixed.low != est.low and self._corrections[box] > MAX_CORRECTIONS:
-            # Contradicted again and again: not the clock that was measured. Aimed at
-            # our clock until measured again, at the next arming.
+        far = est.low - (instant - early) > MAX_SHIFT
+        if far or (fixed.low != est.low and self._corrections[box] > MAX_CORRECTIONS):
+            # Far off, or contradicted again and again: not the clock that was
+            # measured (or not a matter of clocks: an available_at a second off). Aimed
+            # at our clock until measured again, at the next arming.
             del self._estimates[box]
             self._tried_at.pop(box, None)
             log.warning(
                 "box_clock_corrected",
                 box=box,
-                reason="answered not open yet when aimed at its opening, again: measured again",
+                reason="answered not open yet when aimed at its opening, "
+                + ("far from the estimate" if far else "again")
+                + ": measured again",
                 before=est.shown(),
                 aim="send",
             )
@@ -327,11 +334,11 @@ class Aims:
             if self.clocks is None or plan_ is None or plan_.aim != "arrive":
                 continue
             first = min(answers, default=None)
-            if first is None or first[1] != "not_open":
-                continue
             opened = [at for at, code in answers if code in OPEN]
+            if first is None or first[1] != "not_open" or not opened:
+                continue  # never found open: not a matter of its clock (a wrong instant)
             early = max(at for at, code in answers if code == "not_open")
-            self.clocks.correct(box, self.instant, early=early, opened=min(opened, default=None))
+            self.clocks.correct(box, self.instant, early=early, opened=min(opened))
 
     def shown(self) -> dict[str, Any]:
         """Per box, for the instant's log line: aim, planned (ms from the instant),
