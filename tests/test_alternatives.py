@@ -112,6 +112,15 @@ async def test_twenty_members_ten_places_the_next_ten_get_the_alternative(
     first = sorted((r for r in requests if r.session_id == "7000"), key=lambda r: r.arrived_at)
     assert [r.email for r in first] == fifo
 
+    # The booking_sent line of a row booked on its backup names that class and says so.
+    for k, email in enumerate(fifo):
+        row_id = by_email[email]["id"]
+        (told,) = [x for x in daemon.events("booking_sent") if f"prebooking_id={row_id}" in x]
+        booked = re.search(r"\bclass=\W?class (\d+) on 2030-12-01", told)
+        assert booked is not None and booked[1] == ("7000" if k < 10 else "8000"), told
+        backup = re.search(r"\bbackup_for=\W?class 7000 on 2030-12-01", told)
+        assert (backup is not None, "choice=1" in told.split()) == (k >= 10, k >= 10), told
+
     # Alternatives were staged and only written once "full" was heard.
     fired = daemon.events("alternative_fired")
     assert len(fired) == 10
