@@ -50,11 +50,9 @@ Rows already added keep their opening instant: a new time zone or window counts 
 new base URL or box id counts for every row not yet sent.
 
 examples:
-  prebookd box set crossfitnorte --window 72h
+  prebookd box set crossfitnorte --window 72h --cancel-cutoff 2h
   prebookd box set crossfitnorte --timezone Europe/Lisbon --name "CrossFit Norte (Porto)"
   prebookd box set crossfitnorte --window none          # then `prebookd add` needs --at
-  prebookd box set crossfitnorte --cancel-cutoff 2h     # freed places watched until then
-  prebookd box set crossfitnorte --cancel-cutoff none   # PREBOOKD_WATCH_CUTOFF again
 """
 SET_WINDOW_EPILOG = """\
 examples:
