@@ -204,14 +204,15 @@ def test_rules_alternatives_are_resolved_from_the_listing_in_order() -> None:
     assert class_labels({"08:00": "WOD"}) == ()
 
 
-async def test_alternatives_whose_staged_connections_were_closed_go_cold_never_early(
+async def test_alternatives_whose_staged_connections_were_closed_are_staged_again_never_early(
     conn: asyncpg.Connection,
     db_dsn: str,
     make_sim: Callable[..., Awaitable[Simulator]],
     tmp_path: Path,
 ) -> None:
     # The load balancer closes connections idle for 1.2 s: the alternatives parked 3 s
-    # ahead lose theirs, and are built and sent when "full" comes.
+    # ahead lose theirs, and are staged again at the re-check just before the instant,
+    # so each waits warm at its gate when "full" comes.
     sim = await make_sim(balancer=Balancer(idle_timeout=1.2, idle_action="408"))
     box = await add_box(conn, sim, BOX)
     members = [f"m{k}@lb.test" for k in range(6)]
@@ -235,4 +236,4 @@ async def test_alternatives_whose_staged_connections_were_closed_go_cold_never_e
     assert [r for r in books if r.arrived_at < instant] == []
     assert len(books) == 9
     fired = daemon.events("alternative_fired")
-    assert len(fired) == 3 and all("warm=False" in line for line in fired), fired
+    assert len(fired) == 3 and all("warm=True" in line for line in fired), fired
