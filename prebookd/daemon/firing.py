@@ -185,6 +185,7 @@ class Firing:
             if t.stage_lead > RECHECK_LEAD:
                 await sleep_until(self.instant - RECHECK_LEAD, clock=self._clock)
                 self._recheck()
+                self._choices.restage([s.parked for s in self._slots.values()], self._idle_limit)
         await sleep_until(self.instant - GC_PAUSE, clock=self._clock)
         with gc_paused(asyncio.get_running_loop(), GC_PAUSE):
             await sleep_until(self.instant, spin_window=t.spin_window, clock=self._clock)

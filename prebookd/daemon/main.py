@@ -160,6 +160,7 @@ class Daemon:
             timing=WatchTiming.of(settings),
             allowed_hosts=settings.box_hosts,
             wait_clear=self.hot.wait_clear,
+            owner=lock.lease_owner,
         )
         self.metrics = Metrics()
         self.engine = Engine(
