@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from tests.receivers import http_receiver, smtp_receiver
 from tests.cli_support import cli_with_env
+from tests.receivers import http_receiver, smtp_receiver
 
 
 def env(db_dsn: str) -> dict[str, str]:
