@@ -260,6 +260,13 @@ class Settings(BaseSettings):
         le=300.0,
         description="A notification not sent after this long is given up and retried later.",
     )
+    history_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days prebookd keeps its own records: messages delivered or given up, "
+        "rule misses. Prebookings are the web app's and never deleted.",
+    )
 
     log_format: Literal["console", "journal", "json"] = Field(
         default_factory=default_log_format,  # the detection lives with the formats

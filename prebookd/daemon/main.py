@@ -19,6 +19,7 @@ import structlog
 
 from prebookd import __version__, setting_sources
 from prebookd.aimharder.client import AimHarderClient
+from prebookd.daemon import upkeep
 from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.engine import Engine, EngineConfig
 from prebookd.daemon.firing_report import iso_instant
@@ -33,7 +34,6 @@ from prebookd.daemon.statedir import StateDirLock, lock_state_dir
 from prebookd.daemon.status import StatusServer
 from prebookd.daemon.supervise import Background, Backoff, Signals, first_of, wait_future
 from prebookd.daemon.systemd import Notifier
-from prebookd.daemon.upkeep import connect_when_up, keep_embedded_up, reconcile, watchdog
 from prebookd.daemon.watchers import Watcher, WatchTiming
 from prebookd.db import store
 from prebookd.db.connection import create_pool, database
@@ -76,7 +76,7 @@ async def _run(settings: Settings, lock: StateDirLock) -> int:
     signals = Signals()
     signals.install()
     async with database(settings) as (dsn, embedded):
-        conn = await connect_when_up(dsn, signals.stop)
+        conn = await upkeep.connect_when_up(dsn, signals.stop)
         if conn is None:
             return EXIT_OK  # asked to stop before Postgres ever answered
         try:
@@ -252,16 +252,19 @@ class Daemon:
         self._background.start(self.engine.fetch_loop(stop), "row-fetcher")
         self._background.start(self.engine.lease_loop(stop), "leases")
         self._background.start(self._resync_every_interval(), "reconcile")
-        self._background.start(watchdog(self._notifier, self._tasks_stop), "watchdog")
+        self._background.start(upkeep.watchdog(self._notifier, self._tasks_stop), "watchdog")
         if self._embedded is not None:
             self._background.start(
-                keep_embedded_up(self._embedded, self.hot, self._tasks_stop), "embedded-postgres"
+                upkeep.keep_embedded_up(self._embedded, self.hot, self._tasks_stop),
+                "embedded-postgres",
             )
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
         self._background.start(self.planner.run(stop), "planner")
         self._background.start(self.watcher.run(stop), "watcher")
         self._background.start(self.notify.run(stop), "notify")
         self._background.start(self.listing_watch.run(stop), "listing-watch")
+        days = lambda: self.settings.history_days  # noqa: E731 (live: a reload may change it)
+        self._background.start(upkeep.purge_history(self._pool, days, self.hot, stop), "purge")
 
         await first_of(
             self.listener.ready.wait(), self._signals.stop.wait(), wait_future(self._crashed)
@@ -410,7 +413,7 @@ class Daemon:
         }
 
     async def _resync_every_interval(self) -> None:
-        await reconcile(
+        await upkeep.reconcile(
             self.engine,
             lambda: self.listener.connected,
             lambda: self.settings.reconcile_interval,  # live: a reload may change it
