@@ -26,7 +26,7 @@ from prebookd.db import admin_store
 from prebookd.db.connection import connect, database_dsn
 from prebookd.db.migrate import pending_migrations
 from prebookd.errors import BadRow, DatabaseError, UsageError
-from prebookd.models import box_base_url
+from prebookd.hosts import box_base_url
 from prebookd.settings import Settings
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -197,7 +197,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 def parse_base_url(text: str, subdomain: str, allowed_hosts: Sequence[str]) -> str:
     """A box's base URL, if the daemon would send members' cookies there (as
-    `models.box_base_url` decides at arming): a UsageError otherwise."""
+    `hosts.box_base_url` decides at arming): a UsageError otherwise."""
     parts = urlsplit(text.strip())
     try:
         parts.port  # noqa: B018 - raises on a non-numeric port

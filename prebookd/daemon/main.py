@@ -92,6 +92,7 @@ async def _run(settings: Settings, lock: StateDirLock) -> int:
             limit=settings.http_pool_limit,
             limit_per_host=settings.http_pool_per_host,
             request_timeout=settings.request_timeout,
+            proxy_url=settings.proxy,
         )
         await client.start()
         notifier = Notifier()

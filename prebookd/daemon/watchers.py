@@ -47,8 +47,9 @@ from prebookd.aimharder.client import AimHarderClient, Attempt
 from prebookd.daemon.clock import WallClock
 from prebookd.db import watch_store
 from prebookd.errors import BadRow, describe
+from prebookd.hosts import box_base_url
 from prebookd.log import mask_email
-from prebookd.models import box_base_url, build_booking
+from prebookd.models import build_booking
 from prebookd.settings import Settings
 
 log = structlog.get_logger(__name__)

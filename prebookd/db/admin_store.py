@@ -33,6 +33,7 @@ class Box:
     created_at: datetime | None
     booking_window_kind: str | None
     booking_window_length: int | None
+    proxy_url: str | None = None  # its own proxy; None: PREBOOKD_PROXY_URL (migration 0012)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class BackgroundSession:
 
 _BOX_COLUMNS = (
     "id, box_id, subdomain, name, base_url, timezone, created_at, "
-    "booking_window_kind, booking_window_length"
+    "booking_window_kind, booking_window_length, proxy_url"
 )
 
 
@@ -155,6 +156,18 @@ async def update_box(
         set_window,
         window_kind,
         window_length,
+    )
+    assert row is not None
+    return _box(row)
+
+
+async def set_box_proxy(conn: asyncpg.Connection, box: uuid.UUID, proxy_url: str | None) -> Box:
+    """Set a box's own proxy (None: the global one)."""
+    row = await conn.fetchrow(
+        f"UPDATE boxes SET proxy_url = $2, updated_at = now() WHERE id = $1 "
+        f"RETURNING {_BOX_COLUMNS}",
+        box,
+        proxy_url,
     )
     assert row is not None
     return _box(row)
