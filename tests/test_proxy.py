@@ -57,6 +57,10 @@ def booking_at(sim: Simulator, box: str, proxy_url: str | None = None) -> Bookin
     )
 
 
+def sim_port(sim: Simulator) -> int:
+    return int(sim.base_url.rsplit(":", 1)[1])
+
+
 def before_and_after(proxy: ForwardProxy, instant: float) -> tuple[set[str], bytes]:
     """The kinds of event the proxy saw before `instant`, and the bytes after it."""
     before = {e.kind for e in proxy.events if e.at < instant}
@@ -178,8 +182,8 @@ async def test_the_daemon_books_through_proxies_and_never_shows_their_password(
 ) -> None:
     alpha = await add_box(conn, sim, "alpha")
     beta = await add_box(conn, sim, "beta")
-    for email in ("ana@x.es", "bea@x.es"):
-        await add_member(conn, sim, email)
+    await add_member(conn, sim, "ana@x.es", refreshed_ago=3600)  # refreshed at arming
+    await add_member(conn, sim, "bea@x.es")
     async with (
         running_proxy("ana", SECRET) as http_proxy,
         running_proxy("bea", SECRET) as socks_proxy,
@@ -213,6 +217,8 @@ async def test_the_daemon_books_through_proxies_and_never_shows_their_password(
     assert sim.bookings("beta", "1") == ["bea@x.es"]
     before, after = before_and_after(http_proxy, instant)
     assert "accept" in before and b"/alpha/api/book HTTP/1.1" in after
+    sent = b"".join(e.data for e in http_proxy.of_kind("bytes"))
+    assert b"POST http://127.0.0.1:%d/api/tokenUpdate" % sim_port(sim) in sent  # the account too
     before, after = before_and_after(socks_proxy, instant)
     assert "tunnel" in before and b"POST /beta/api/book HTTP/1.1" in after
     for shown in (out, listed, config, err, *daemon.lines):

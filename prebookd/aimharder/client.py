@@ -185,6 +185,11 @@ class AimHarderClient:
             auto_decompress=True,
         )
 
+    @property
+    def proxy_url(self) -> str | None:
+        """PREBOOKD_PROXY_URL, as the client was given it (None: direct)."""
+        return self._proxy_url
+
     def _session_for(self, booking: Booking) -> aiohttp.ClientSession:
         """The session of the booking's box's own proxy, else the default one."""
         assert self._session is not None, "client not started"

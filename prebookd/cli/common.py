@@ -22,6 +22,7 @@ import aiohttp
 import asyncpg
 
 from prebookd import timeparse
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.db import admin_store
 from prebookd.db.connection import connect, database_dsn
 from prebookd.db.migrate import pending_migrations
@@ -83,11 +84,12 @@ def box_zone(box: admin_store.Box) -> ZoneInfo:
 
 
 @contextlib.asynccontextmanager
-async def member_http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP session for requests made as a member (login, class listings)."""
+async def member_http(proxy_url: str | None) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP session for requests made as a member (login, class listings), through
+    `proxy_url` (PREBOOKD_PROXY_URL; None: direct)."""
     # No cookie jar: the member's cookies go in explicitly and come back through
     # prebookd.aimharder.account, never kept by aiohttp (shared/AIMHARDER.md, Session).
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with proxied_session(proxy_url, cookie_jar=aiohttp.DummyCookieJar()) as http:
         yield http
 
 

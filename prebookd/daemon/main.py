@@ -147,6 +147,7 @@ class Daemon:
             refresh_age=settings.token_refresh_age,
             keep_horizon=settings.session_keep_horizon,
             wait_clear=self.hot.wait_clear,
+            proxy_url=settings.proxy,
         )
         self.planner = Planner(
             pool,
@@ -154,6 +155,7 @@ class Daemon:
             interval=settings.plan_interval,
             allowed_hosts=settings.box_hosts,
             wait_clear=self.hot.wait_clear,
+            proxy_url=settings.proxy,
         )
         self.watcher = Watcher(
             pool,

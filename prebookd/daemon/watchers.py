@@ -44,6 +44,7 @@ import structlog
 from prebookd.aimharder.account import AccountError
 from prebookd.aimharder.classes import ClassInfo, list_classes
 from prebookd.aimharder.client import AimHarderClient, Attempt
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.daemon.clock import WallClock
 from prebookd.db import watch_store
 from prebookd.errors import BadRow, describe
@@ -139,8 +140,8 @@ class Watcher:
         self.booked = 0
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4), cookie_jar=aiohttp.DummyCookieJar()
+        self._http = proxied_session(
+            self._client.proxy_url, connector={"limit": 4}, cookie_jar=aiohttp.DummyCookieJar()
         )
 
     async def close(self) -> None:
