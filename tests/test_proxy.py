@@ -134,7 +134,9 @@ async def test_a_wrong_proxy_password_is_a_failed_booking_not_a_hang(make_sim: .
             exchange = await client.book(booking_at(sim, "alpha"), Attempt(None, time.time()))
         finally:
             await client.close()
-    assert exchange.outcome.final is False or exchange.outcome.code != "booked"
+    assert exchange.outcome.code == "transport_error"  # retried inside the window, then failed
+    assert "socks5 proxy refused" in exchange.outcome.reason
+    assert SECRET not in exchange.outcome.reason and "not-it" not in exchange.outcome.reason
     assert exchange.written_at is None and sim.requests == []
     assert proxy.refused == 1
 
@@ -211,6 +213,9 @@ async def test_the_daemon_books_through_proxies_and_never_shows_their_password(
             ]
             rows = await wait_rows_final(conn, ids, timeout=15)
             assert await daemon.stop() == 0
+        code, cleared, err = await run_prebookd("box", "set", "beta", "--proxy", "none", env=env)
+        assert code == 0, err
+        assert "-> none (PREBOOKD_PROXY_URL)" in cleared
 
     assert [r["status"] for r in rows] == ["completed", "completed"]
     assert sim.bookings("alpha", "1") == ["ana@x.es"]
@@ -221,5 +226,6 @@ async def test_the_daemon_books_through_proxies_and_never_shows_their_password(
     assert b"POST http://127.0.0.1:%d/api/tokenUpdate" % sim_port(sim) in sent  # the account too
     before, after = before_and_after(socks_proxy, instant)
     assert "tunnel" in before and b"POST /beta/api/book HTTP/1.1" in after
-    for shown in (out, listed, config, err, *daemon.lines):
+    assert '"proxy_url": "socks5://bea:****@127.0.0.1:' in listed
+    for shown in (out, listed, config, cleared, err, *daemon.lines):
         assert SECRET not in shown
