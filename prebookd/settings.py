@@ -19,6 +19,7 @@ from yarl import URL
 from prebookd.errors import ConfigError
 from prebookd.hosts import DEFAULT_BOX_HOSTS, parse_host_patterns, url_not_allowed
 from prebookd.log import default_log_format
+from prebookd.proxies import mask_proxy_url, parse_proxy_url
 
 
 def default_state_dir() -> Path:
@@ -336,6 +337,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name == "database_url":
                 value = mask_dsn(value.get_secret_value()) if value else "(embedded)"
+            elif name == "proxy_url":
+                value = mask_proxy_url(value.get_secret_value()) if value else "(direct)"
             elif isinstance(value, SecretStr):
                 value = "**********"
             elif isinstance(value, Path):
@@ -344,6 +347,26 @@ class Settings(BaseSettings):
                 value = ",".join(value)  # as PREBOOKD_BOX_HOSTS is written
             shown[name] = value
         return shown
+
+    # --- the proxy AimHarder is reached through (issue 18) ---------------------------
+    proxy_url: SecretStr | None = Field(
+        default=None,
+        description="Proxy for every request to AimHarder (it answers 403 to some cloud "
+        "address ranges): http://, https:// or socks5://[user:password@]host:port. A "
+        "box's own (`prebookd box set --proxy`) wins. Unset: direct.",
+    )
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _check_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(parse_proxy_url(value.get_secret_value()))  # never echoes it
+
+    @property
+    def proxy(self) -> str | None:
+        """PREBOOKD_PROXY_URL as the HTTP clients take it; None: direct."""
+        return self.proxy_url.get_secret_value() if self.proxy_url else None
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)

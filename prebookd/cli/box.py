@@ -28,6 +28,7 @@ from prebookd.cli.common import (
 )
 from prebookd.db import admin_store
 from prebookd.errors import UsageError
+from prebookd.proxies import mask_proxy_url, parse_proxy_url
 from prebookd.settings import Settings
 
 DEFAULT_TIMEZONE = "Europe/Madrid"
@@ -52,7 +53,7 @@ new base URL or box id counts for every row not yet sent.
 examples:
   prebookd box set crossfitnorte --window 72h --cancel-cutoff 2h
   prebookd box set crossfitnorte --timezone Europe/Lisbon --name "CrossFit Norte (Porto)"
-  prebookd box set crossfitnorte --window none          # then `prebookd add` needs --at
+  prebookd box set crossfitnorte --window none --proxy socks5://user:password@203.0.113.7:1080
 """
 SET_WINDOW_EPILOG = """\
 examples:
@@ -112,7 +113,8 @@ def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "set",
         help="change a box",
         description="Change a box's name, base URL, time zone, box id, booking window or "
-        "cancellation cutoff, with the checks of `box add`. What is not given stays as it is.",
+        "cancellation cutoff or proxy, with the checks of `box add`. What is not given "
+        "stays as it is.",
         epilog=SET_EPILOG,
     )
     change.add_argument("subdomain", metavar="SUBDOMAIN")
@@ -127,6 +129,12 @@ def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--cancel-cutoff",
         help="how long before a class members may no longer cancel: a freed place is "
         f"watched for until then ({timeparse.CUTOFF_FORMS}); none: PREBOOKD_WATCH_CUTOFF",
+    )
+    change.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="this box's own proxy, http://, https:// or socks5://[user:password@]host:port; "
+        "none: PREBOOKD_PROXY_URL (or direct)",
     )
     change.set_defaults(handler=_box_set)
 
@@ -218,12 +226,13 @@ def _describe_conflict(taken: admin_store.Box, subdomain: str, box_id: str) -> s
 
 async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
     subdomain = parse_subdomain(args.subdomain)
-    given = [args.name, args.base_url, args.timezone, args.box_id, args.window, args.cancel_cutoff]
-    if all(value is None for value in given):
+    given = [args.name, args.base_url, args.timezone, args.box_id, args.window]
+    if all(value is None for value in [*given, args.cancel_cutoff, args.proxy]):
         raise UsageError(
-            "nothing to change: give --name, --base-url, --timezone, --box-id, --window or "
-            "--cancel-cutoff"
+            "nothing to change: give --name, --base-url, --timezone, --box-id, --window, "
+            "--cancel-cutoff or --proxy"
         )
+    proxy = _parse_proxy(args.proxy) if args.proxy is not None else None
     name = _parse_name(args.name) if args.name is not None else None
     base_url = (
         parse_base_url(args.base_url, subdomain, settings.box_hosts)
@@ -262,6 +271,8 @@ async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
             )
         except asyncpg.UniqueViolationError:
             raise UsageError(f"a box with box id {box_id!r} exists already") from None
+        if args.proxy is not None:
+            after = await admin_store.set_box_proxy(conn, before.id, proxy)
         open_rows = sum((await admin_store.count_box_rows(conn, before.id))[0].values())
     changes = _changes(before, after)
     print(f"box {subdomain}: {', '.join(changes) if changes else 'nothing changed'}")
@@ -283,8 +294,23 @@ def _changes(before: admin_store.Box, after: admin_store.Box) -> list[str]:
         "box id": (before.box_id, after.box_id),
         "window": (_window_code(before) or "none", _window_code(after) or "none"),
         "cancel cutoff": (_cutoff_code(before), _cutoff_code(after)),
+        "proxy": (_proxy_shown(before), _proxy_shown(after)),
     }
     return [f"{what} {old} -> {new}" for what, (old, new) in shown.items() if old != new]
+
+
+def _parse_proxy(text: str) -> str | None:
+    """--proxy: a proxy URL, or none (or empty) for the global one."""
+    if text.strip().lower() in ("", "none"):
+        return None
+    try:
+        return parse_proxy_url(text)
+    except ValueError as exc:
+        raise UsageError(f"--proxy {exc}") from None  # never echoed: it may hold a password
+
+
+def _proxy_shown(box: admin_store.Box) -> str:
+    return mask_proxy_url(box.proxy_url) if box.proxy_url else "none (PREBOOKD_PROXY_URL)"
 
 
 async def _box_set_window(args: argparse.Namespace, settings: Settings) -> int:
@@ -380,6 +406,7 @@ def _box_json(box: admin_store.Box) -> dict[str, Any]:
         "timezone": box.timezone,
         "booking_window": _window_code(box) or None,
         "cancel_cutoff": timeparse.format_cutoff(box.cancel_cutoff_seconds) or None,
+        "proxy_url": mask_proxy_url(box.proxy_url) if box.proxy_url else None,
         "created_at": iso_or_none(box.created_at),
     }
 

@@ -26,11 +26,13 @@ from prebookd.sim.config import (
     SETTING_KEYWORDS,
     ConfigFile,
     SettingsSection,
+    parse_box_clock,
     parse_opens_at,
     with_times,
 )
 from prebookd.sim.server import (
     BalancerSpec,
+    BoxClock,
     BoxSpec,
     ClassSpec,
     FaultsSpec,
@@ -56,11 +58,16 @@ Booking a class id that was not configured is refused, as AimHarder does; with
 --ad-hoc-classes it is created instead, with --capacity places and --waitlist waiting
 places, opening at --opens-at.
 
+A box's base URL itself answers GET and HEAD, with a Date header by the box's clock
+(--box-clock) as every answer of the box has.
+
 Control endpoints: GET /_sim/requests (every request, with the instant its first byte
-arrived and any fault injected), GET /_sim/bookings, GET /_sim/waitlists,
-POST /_sim/reset, and POST /_sim/boxes, /_sim/classes, /_sim/members, /_sim/faults,
-/_sim/balancer (JSON bodies with the fields of the config file's entries below, times
-and days in the same forms); GET
+arrived, by real time and by the box's clock, and any fault injected), GET
+/_sim/bookings, GET /_sim/waitlists, POST /_sim/reset, and POST /_sim/boxes,
+/_sim/classes, /_sim/members, /_sim/faults, /_sim/balancer (JSON bodies with the
+fields of the config file's entries below, times and days in the same forms), and
+/_sim/box_clock ({"box": SUBDOMAIN, "clock_offset_ms", "delay_ms", "jitter_ms"}: only
+the box's clock, its other settings kept); GET
 /_sim/balancer says what the load balancer is set to and how many idle connections it
 closed (idle_closed), answered 408 (idle_408) or reset (idle_reset).
 Flags override the config file's [settings]. Stops on SIGINT or SIGTERM.
@@ -85,6 +92,10 @@ config file (TOML when FILE ends in .toml, else JSON with the same keys):
   late_cancel_window = 7200  # optional: seconds before starts_at when cancelling is late
   limit_shows_waitlist = false  # optional: the listing's limit as "16 (4)"
   day_as_text = false        # optional: the listing's day as "martes, 1 de diciembre"
+  clock_offset_ms = -300     # optional: the box's clock minus real time (its Date
+                             # header, when booking opens by it); default 0
+  delay_ms = 20              # optional: one-way delay of requests and answers, each
+  jitter_ms = 5              # plus up to this, drawn uniformly from the seed
   [[classes]]
   box = "crossfitx"
   session_id = "106015104"
@@ -131,6 +142,8 @@ examples:
   curl -s http://127.0.0.1:8099/_sim/classes -d '{"box": "crossfitnorte",
       "session_id": "106015104", "day": "+5d", "time": "07:00 - 08:00", "name": "WOD"}'
   prebookd simulate --config sim.toml --faults crossfitnorte:error_rate=0.1
+  prebookd simulate --box crossfitnorte:1234 --box-clock crossfitnorte:-300:20:5
+  curl -sI http://127.0.0.1:8099/crossfitnorte   # the box's Date, by its clock
 """
 
 
@@ -274,6 +287,16 @@ def add_simulate_parser(commands: Any) -> None:
         "(keys as in the config file's [[faults]]; repeatable)",
     )
     add(
+        "--box-clock",
+        action="append",
+        default=[],
+        metavar="SUBDOMAIN:OFFSET_MS[:DELAY_MS[:JITTER_MS]]",
+        help="the box's clock runs OFFSET_MS ahead of real time (negative: behind), and "
+        "requests and answers each take DELAY_MS plus up to JITTER_MS on the way, e.g. "
+        "crossfitx:-300:20:5; DELAY_MS and JITTER_MS left out are 0 (as the config file's "
+        "[[boxes]] clock_offset_ms, delay_ms, jitter_ms, which this overrides; repeatable)",
+    )
+    add(
         "--balancer",
         type=_balancer_arg,
         metavar="KEY=VALUE,...",
@@ -340,6 +363,10 @@ def build_simulator(args: argparse.Namespace, now: float) -> Simulator:
         for i, entry in enumerate(config.boxes):
             where = f"{source}: boxes[{i}]"
             apply_box(sim, BoxSpec.model_validate(entry))
+        for text in args.box_clock:
+            where = f"--box-clock {text}"
+            subdomain, clock = parse_box_clock(text)
+            sim.set_box_clock(subdomain, BoxClock(**clock))
         for i, entry in enumerate(config.classes):
             where = f"{source}: classes[{i}]"
             spec = ClassSpec.model_validate(with_times(entry, ("opens_at", "starts_at"), now))

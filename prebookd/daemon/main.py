@@ -92,6 +92,7 @@ async def _run(settings: Settings, lock: StateDirLock) -> int:
             limit=settings.http_pool_limit,
             limit_per_host=settings.http_pool_per_host,
             request_timeout=settings.request_timeout,
+            proxy_url=settings.proxy,
         )
         await client.start()
         notifier = Notifier()
@@ -146,6 +147,7 @@ class Daemon:
             refresh_age=settings.token_refresh_age,
             keep_horizon=settings.session_keep_horizon,
             wait_clear=self.hot.wait_clear,
+            proxy_url=settings.proxy,
         )
         self.planner = Planner(
             pool,
@@ -153,6 +155,7 @@ class Daemon:
             interval=settings.plan_interval,
             allowed_hosts=settings.box_hosts,
             wait_clear=self.hot.wait_clear,
+            proxy_url=settings.proxy,
         )
         self.watcher = Watcher(
             pool,

@@ -55,11 +55,13 @@ import structlog
 from prebookd.aimharder.account import AccountError
 from prebookd.aimharder.classes import ClassInfo, list_classes
 from prebookd.aimharder.client import AimHarderClient, Attempt
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.daemon.clock import WallClock
 from prebookd.db import watch_store
 from prebookd.errors import BadRow, describe
+from prebookd.hosts import box_base_url
 from prebookd.log import mask_email
-from prebookd.models import box_base_url, build_booking
+from prebookd.models import build_booking
 from prebookd.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -155,8 +157,8 @@ class Watcher:
         self.booked = 0
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4), cookie_jar=aiohttp.DummyCookieJar()
+        self._http = proxied_session(
+            self._client.proxy_url, connector={"limit": 4}, cookie_jar=aiohttp.DummyCookieJar()
         )
 
     async def close(self) -> None:

@@ -34,6 +34,7 @@ class Box:
     booking_window_kind: str | None
     booking_window_length: int | None
     cancel_cutoff_seconds: int | None = None  # None: the watch_cutoff setting
+    proxy_url: str | None = None  # its own proxy; None: PREBOOKD_PROXY_URL (migration 0012)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class BackgroundSession:
 
 _BOX_COLUMNS = (
     "id, box_id, subdomain, name, base_url, timezone, created_at, "
-    "booking_window_kind, booking_window_length, cancel_cutoff_seconds"
+    "booking_window_kind, booking_window_length, cancel_cutoff_seconds, proxy_url"
 )
 
 
@@ -162,6 +163,18 @@ async def update_box(
         window_length,
         set_cutoff,
         cutoff,
+    )
+    assert row is not None
+    return _box(row)
+
+
+async def set_box_proxy(conn: asyncpg.Connection, box: uuid.UUID, proxy_url: str | None) -> Box:
+    """Set a box's own proxy (None: the global one)."""
+    row = await conn.fetchrow(
+        f"UPDATE boxes SET proxy_url = $2, updated_at = now() WHERE id = $1 "
+        f"RETURNING {_BOX_COLUMNS}",
+        box,
+        proxy_url,
     )
     assert row is not None
     return _box(row)

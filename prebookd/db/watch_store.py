@@ -53,6 +53,7 @@ async def watched_rows(db: Db) -> list[asyncpg.Record]:
                    {_clamped("p.watch_until")},
                    b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
                    b.box_id AS aimharder_box_id, b.timezone, b.cancel_cutoff_seconds,
+                   b.proxy_url,
                    s.found IS NOT NULL AS session_found, s.aimharder_cookies
               FROM prebookings p
               LEFT JOIN boxes b ON b.id = p.box_id

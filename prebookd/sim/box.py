@@ -1,12 +1,15 @@
-"""A box's endpoints (shared/AIMHARDER.md): the classes of a day, book, cancelBook.
+"""A box's endpoints (shared/AIMHARDER.md): the classes of a day, book, cancelBook, and
+the page at its base URL.
 
 Each route reads the request as the simulator received it and decides from the state
-and `call.now` / `call.arrived_at`; nothing here waits or does I/O.
+and the box's clock, `call.box_now` / `call.box_arrived_at`; nothing here waits or
+does I/O.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import re
 from typing import Any
 from urllib.parse import parse_qsl
@@ -44,7 +47,7 @@ def form_of(call: Call) -> dict[str, str]:
 
 
 def _member_email(state: SimState, call: Call) -> str | None:
-    member = state.member_for_cookie(call.request.cookies.get(AUTH_COOKIE), call.now)
+    member = state.member_for_cookie(call.request.cookies.get(AUTH_COOKIE), call.box_now)
     return member.email if member else None
 
 
@@ -91,9 +94,10 @@ async def book(state: SimState, call: Call) -> Answer:
     if call.fault == UNLISTED:
         return answer(NOT_AVAILABLE, UNLISTED)
     # Compare the first-byte time, never the handler time: a request that reached the
-    # server before the instant was early, however long it then queued here. A box
-    # whose clock is behind ours opens that much later, by our clock.
-    if call.arrived_at < cls.opens_at + box.faults.clock_behind_ms / 1000:
+    # box before the instant was early, however long it then queued here. The instant
+    # is the box's own clock's: a box whose clock is behind ours opens that much later,
+    # by ours.
+    if call.box_arrived_at < cls.opens_at:
         behind = CLOCK_BEHIND if call.arrived_at >= cls.opens_at else None  # open by ours
         return answer(NOT_OPEN_ANSWERS[box.faults.not_open_code], behind)
     if (session_id, email, family_id) in box.by_member:
@@ -143,7 +147,7 @@ async def cancel_book(state: SimState, call: Call) -> Answer:
         not box.is_waiting(res)  # leaving a waiting list costs nothing
         and cls is not None
         and cls.starts_at is not None
-        and cls.starts_at - call.now < box.late_cancel_window
+        and cls.starts_at - call.box_now < box.late_cancel_window
     )
     if late and form.get("late") != "1":
         return answer(2)  # the member must confirm losing the credit
@@ -242,7 +246,21 @@ async def classes_of_day(state: SimState, call: Call) -> Answer:
     return Answer(payload, email=email, day=day)
 
 
+# --- the box's page ------------------------------------------------------------------
+
+
+async def home(state: SimState, call: Call) -> Answer:
+    """The box's page at its base URL, for anyone: what a probe of the box's clock
+    (HEAD, reading the Date header) gets, at no cost. AimHarder serves the box's public
+    page there; a short page stands in for it."""
+    assert call.box is not None
+    name = html.escape(call.box.name)
+    return Answer({}, html=f"<!DOCTYPE html>\n<html><head><title>{name}</title></head></html>\n")
+
+
 BOX_ROUTES: dict[tuple[str, str], Route] = {
+    ("GET", "/"): home,
+    ("HEAD", "/"): home,
     ("POST", "/api/book"): book,
     ("POST", "/api/cancelBook"): cancel_book,
     ("GET", "/api/bookings"): classes_of_day,

@@ -70,6 +70,20 @@ def parse_opens_at(value: object, now: float) -> float:
     return moment.timestamp()
 
 
+def parse_box_clock(text: str) -> tuple[str, dict[str, float]]:
+    """`SUBDOMAIN:OFFSET_MS[:DELAY_MS[:JITTER_MS]]` (e.g. `crossfitx:-300:20:5`) as the
+    subdomain and BoxClock's fields; ValueError says what is wrong."""
+    subdomain, *numbers = text.split(":")
+    names = ("clock_offset_ms", "delay_ms", "jitter_ms")
+    if not subdomain or not 1 <= len(numbers) <= len(names):
+        raise ValueError("expected SUBDOMAIN:OFFSET_MS[:DELAY_MS[:JITTER_MS]]")
+    try:
+        values = [float(n) for n in numbers]
+    except ValueError:
+        raise ValueError(f"not numbers of ms: {':'.join(numbers)[:40]!r}") from None
+    return subdomain, dict(zip(names, values, strict=False))
+
+
 def with_times(entry: dict[str, Any], keys: tuple[str, ...], now: float) -> dict[str, Any]:
     """`entry` with its time fields (relative, ISO or epoch) as epoch seconds."""
     times = {k: parse_opens_at(entry[k], now) for k in keys if entry.get(k) is not None}

@@ -15,8 +15,12 @@ from email.utils import formatdate
 from typing import Any, cast
 
 from aiohttp import web, web_protocol
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 
 from prebookd.sim.faults import reset_transport
+from prebookd.sim.network import DatedRequest
 from prebookd.sim.state import SimState
 
 
@@ -125,7 +129,8 @@ class Connection(web_protocol.RequestHandler):
 
 
 class ConnectionServer(web.Server):
-    """aiohttp's low-level server, with a Connection for each client connection."""
+    """aiohttp's low-level server, with a Connection for each client connection and
+    a DatedRequest for each request."""
 
     def __init__(self, handler: Any, *, sim: SimState, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -133,3 +138,14 @@ class ConnectionServer(web.Server):
 
     def __call__(self) -> web_protocol.RequestHandler:
         return Connection(self, loop=self._loop, sim=self.sim, **self._kwargs)
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web_protocol.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        # web.Server's own request factory, making requests that can carry their Date.
+        return DatedRequest(message, payload, protocol, writer, task, self._loop)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import ValidationError
 
+from prebookd.sim.network import BoxClock
+
 AUTH_COOKIE = "amhrdrauth"
 # `clasesContratadas` names the classes of the member's plan, not the class booked;
 # every simulated member has the same plan.
@@ -44,8 +46,10 @@ class SimClass:
 @dataclass(frozen=True)
 class RecordedRequest:
     seq: int  # 0, 1, 2... in the order requests were answered (= arrival order, see _handle)
-    arrived_at: float  # time.time() when the request's first byte arrived
-    handled_at: float  # time.time() at handler entry
+    # time.time() when the request's first byte arrived at the box: when it reached the
+    # simulator, plus the box's one-way delay (BoxClock; none by default)
+    arrived_at: float
+    handled_at: float  # time.time() at handler entry (after that delay)
     box: str  # subdomain; "" for the account site (login, tokenUpdate, whoami)
     method: str
     path: str  # e.g. "/api/book", without the box prefix
@@ -57,6 +61,12 @@ class RecordedRequest:
     status: int = 200  # HTTP status answered; 0 when the connection was reset
     connection_opened_at: float | None = None  # when the request's connection was accepted
     connection_served: int = 0  # requests that connection carried before this one
+    # arrived_at by the box's clock (BoxClock.clock_offset_ms, less Faults.clock_behind_ms):
+    # what the box judges opening by; arrival minus opens_at is how early or late it was
+    box_arrived_at: float | None = None
+    # time.time() when the first byte reached the simulator's socket, before the box's
+    # one-way delay (equal to arrived_at without one): when the client sent it, on loopback
+    received_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,8 @@ class Faults:
     login_redirect_rate: float = 0.0  # HTTP 302 to the account site's login page
     throttled_rate: float = 0.0  # HTTP 429 with an HTML body
     # AimHarder's clock runs this many ms behind ours: booking opens this long after a
-    # class's opens_at, and "not open yet" is answered until then.
+    # class's opens_at, and "not open yet" is answered until then. Added to the box's
+    # own clock (BoxClock.clock_offset_ms, subtracted), its Date header included.
     clock_behind_ms: float = 0.0
     # The -12 code of this box's "not open yet" answer (see NOT_OPEN_ANSWERS).
     not_open_code: str = "ERROR_ANTELACION_CLIENTE"
@@ -253,6 +264,13 @@ class Box:
     per_day: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     faults: Faults = field(default_factory=Faults)
     rng: random.Random = field(default_factory=random.Random)
+    clock: BoxClock = field(default_factory=BoxClock)  # its clock and distance (issue 18)
+    net_rng: random.Random = field(default_factory=random.Random)  # the delays' jitter
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds the box's clock is ahead of real time (negative: behind)."""
+        return (self.clock.clock_offset_ms - self.faults.clock_behind_ms) / 1000
 
     def hold(self, res: Reservation, *, waiting: bool) -> None:
         (self.waiting if waiting else self.booked).setdefault(res.session_id, []).append(res)
@@ -279,7 +297,9 @@ class Box:
 
 @dataclass(frozen=True)
 class Call:
-    """What a route gets: the request as read, plus where the simulator stands."""
+    """What a route gets: the request as read, plus where the simulator stands.
+    arrived_at and now are real time; a box decides by its own clock (box_arrived_at,
+    box_now)."""
 
     request: web.BaseRequest
     arrived_at: float
@@ -289,6 +309,14 @@ class Call:
     # The fault the box drew for this request, for the faults the route itself answers
     # (refusal, unlisted: see Faults); None otherwise.
     fault: str | None = None
+
+    @property
+    def box_arrived_at(self) -> float:
+        return self.arrived_at + (self.box.clock_offset if self.box else 0.0)
+
+    @property
+    def box_now(self) -> float:
+        return self.now + (self.box.clock_offset if self.box else 0.0)
 
 
 @dataclass(frozen=True)

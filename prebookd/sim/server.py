@@ -7,8 +7,10 @@ its first byte arrived:
   `POST /api/tokenUpdate`, `GET /api/whoami` (prebookd/sim/account.py), so the
   account base URL is the simulator's base URL;
 - many boxes, each under `{base}/{subdomain}`: `GET .../api/bookings`,
-  `POST .../api/book`, `POST .../api/cancelBook` (prebookd/sim/box.py), with
-  per-box fault injection (prebookd/sim/faults.py);
+  `POST .../api/book`, `POST .../api/cancelBook`, and `GET`/`HEAD` of the base URL
+  itself (prebookd/sim/box.py), with per-box fault injection
+  (prebookd/sim/faults.py) and a per-box clock and distance (BoxClock,
+  prebookd/sim/network.py): each answer's `Date` is the box's clock;
 - a load balancer in front of them all, which may close, answer 408 on, or reset
   idle connections (Balancer; prebookd/sim/connection.py);
 - `/_sim/...` for a test in another process to set it up and read what it saw
@@ -68,6 +70,7 @@ from prebookd.sim.model import (
     dumps,
     one_line_error,
 )
+from prebookd.sim.network import BoxClock, DatedRequest, http_date, wait_until
 from prebookd.sim.state import Route, SimState
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "Balancer",
     "BalancerSpec",
     "BalancerStats",
+    "BoxClock",
     "BoxSpec",
     "ClassSpec",
     "Faults",
@@ -187,27 +191,46 @@ class Simulator(SimState):
             box = self.find_box(subdomain)
             route = BOX_ROUTES.get((request.method, route_path)) if box else None
 
+        received_at, back = arrived_at, 0.0
+        if box is not None:
+            # The box's distance: the request reaches it one one-way delay after its bytes
+            # reached us, is stamped and handled then, and its answer takes another.
+            # Drawn in the order requests reached us, before anything yields.
+            if box.clock.distant:
+                arrived_at = received_at + box.clock.one_way(box.net_rng)
+                back = box.clock.one_way(box.net_rng)
+                handled_at = await wait_until(arrived_at)
+            if isinstance(request, DatedRequest):  # its Date: the box's clock, now
+                request.answer_date = http_date(handled_at + box.clock_offset)
+
         # Faults are drawn before anything can yield, so draws follow handling order.
         fault = draw_fault(box.faults, box.rng) if box else None
-        delay = draw_delay(box.faults, box.rng) if box else 0.0
+        delay = back + (draw_delay(box.faults, box.rng) if box else 0.0)
         variant = draw_variant(fault, box.rng) if box else 0
         call = Call(
             request, arrived_at, handled_at, body, box, fault if fault in BY_THE_BOX else None
         )
         if box is not None and fault in IN_FRONT:
             response, status = front_answer(request, fault, box.rng)
-            self._record(call, subdomain, route_path, Answer({}, status=status), fault)
+            answered = Answer({}, status=status)
+            self._record(call, subdomain, route_path, answered, fault, received_at)
             await _hold(delay)
             return response
         answer = await self._run(route, call, "endpoint" if box or account_route else "box")
-        # Handlers start in the order requests arrived (one process, FIFO scheduling)
-        # and nothing from reading the body to here yields when the body came with the
-        # headers, so seq and the places given follow arrival order. Latency is added
+        # Handlers start in the order requests arrived (one process, FIFO scheduling;
+        # at a distant box, woken in the order they reach it) and nothing from reading
+        # the body (or waking) to here yields when the body came with the headers, so
+        # seq and the places given follow arrival order. Latency is added
         # after the decision for the same reason: it delays answers, not arrivals.
         # A mangled answer is the fault the client met; otherwise the route says which
         # of its own answers was one (a refusal drawn for a dead session is not).
         self._record(
-            call, subdomain, route_path, answer, fault if fault in MANGLED else answer.fault
+            call,
+            subdomain,
+            route_path,
+            answer,
+            fault if fault in MANGLED else answer.fault,
+            received_at,
         )
         await _hold(delay)
         if box is not None and fault in MANGLED:
@@ -225,7 +248,15 @@ class Simulator(SimState):
         except (ValidationError, ValueError, KeyError) as exc:
             return Answer({"error": one_line_error(exc)}, status=400)
 
-    def _record(self, call: Call, box: str, path: str, answer: Answer, fault: str | None) -> None:
+    def _record(
+        self,
+        call: Call,
+        box: str,
+        path: str,
+        answer: Answer,
+        fault: str | None,
+        received_at: float,
+    ) -> None:
         protocol = call.request.protocol
         connected_at = getattr(protocol, "connected_at", None)
         served = getattr(protocol, "served", 0)
@@ -247,6 +278,8 @@ class Simulator(SimState):
                 status=answer.status,
                 connection_opened_at=connected_at,
                 connection_served=served,
+                box_arrived_at=call.box_arrived_at,
+                received_at=received_at,
             )
         )
 

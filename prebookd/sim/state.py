@@ -25,6 +25,7 @@ from prebookd.sim.model import (
     RecordedRequest,
     SimClass,
 )
+from prebookd.sim.network import BoxClock
 
 # Paths the account site serves at the root of the port; a box cannot be named after
 # their first segment, or its URLs would be ambiguous.
@@ -87,17 +88,24 @@ class SimState:
         late_cancel_window: float = 0.0,
         limit_shows_waitlist: bool = False,
         day_as_text: bool = False,
+        clock_offset_ms: float = 0.0,
+        delay_ms: float = 0.0,
+        jitter_ms: float = 0.0,
     ) -> None:
         """Serve a box under `{base}/{subdomain}`. Adding it again replaces its settings
-        (id, name, limits, listing format); its classes, bookings and faults are kept.
-        limit_shows_waitlist: the listing's limit as "16 (3)"; day_as_text: its day as
-        "martes, 1 de diciembre" (both seen from some boxes)."""
+        (id, name, limits, listing format, clock); its classes, bookings and faults are
+        kept. limit_shows_waitlist: the listing's limit as "16 (3)"; day_as_text: its
+        day as "martes, 1 de diciembre" (both seen from some boxes). clock_offset_ms,
+        delay_ms, jitter_ms: its clock and distance (see set_box_clock)."""
         if not subdomain or "/" in subdomain or subdomain in RESERVED_SUBDOMAINS:
             raise ValueError(f"invalid box subdomain: {subdomain!r}")
+        clock = BoxClock(clock_offset_ms, delay_ms, jitter_ms)  # checked before any change
         box = self._boxes.get(subdomain)
         if box is None:
             box = self._boxes[subdomain] = Box(subdomain, box_id, name or subdomain)
             box.rng = self._rng_for(subdomain)
+            box.net_rng = self._rng_for(f"{subdomain}:net")
+        box.clock = clock
         box.box_id, box.name = box_id, name or subdomain
         box.daily_limit, box.late_cancel_window = daily_limit, late_cancel_window
         box.limit_shows_waitlist, box.day_as_text = limit_shows_waitlist, day_as_text
@@ -152,6 +160,16 @@ class SimState:
         box.faults = faults
         box.rng = self._rng_for(subdomain)
 
+    def set_box_clock(self, subdomain: str, clock: BoxClock) -> None:
+        """Give a box its own clock and distance (BoxClock() for none): the `Date` it
+        answers and every decision it takes (booking opening, late cancelling, session
+        age) go by real time + clock_offset_ms; each request reaches it, and each answer
+        comes back, one one-way delay (delay_ms + up to jitter_ms) later. Its random
+        sequence of delays restarts from the seed."""
+        box = self.box(subdomain)
+        box.clock = clock
+        box.net_rng = self._rng_for(f"{subdomain}:net")
+
     def set_balancer(self, balancer: Balancer) -> None:
         """Put `balancer` in front of every box and the account site (Balancer() for
         none). New connections meet it at once; the idle clock of a connection already
@@ -190,13 +208,14 @@ class SimState:
 
     def reset(self) -> None:
         """Forget recorded requests, bookings, waiting lists, login failures and what
-        the balancer did, and restart every box's fault sequence; boxes, classes,
+        the balancer did, and restart every box's fault and delay sequences; boxes, classes,
         members, sessions, fault and balancer settings stay."""
         self.requests.clear()
         self.balancer_stats = BalancerStats()
         for box in self._boxes.values():
             box.clear_reservations()
             box.rng = self._rng_for(box.subdomain)
+            box.net_rng = self._rng_for(f"{box.subdomain}:net")
         for member in self._members.values():
             member.failed_logins, member.locked_until = 0, 0.0
 
