@@ -74,7 +74,8 @@ GRANT UPDATE (aimharder_token, aimharder_cookies, last_token_update_date,
 GRANT SELECT ON prebookings TO prebookd_app;
 GRANT UPDATE (status, result, error_message, loaded_at, executed_at,
               lease_owner, lease_expires_at, attempts, written_at, lateness_ms,
-              outcome, fired_by, send_note, booked_choice, watch, watch_until)
+              outcome, fired_by, send_note, booked_choice, watch, watch_until,
+              watch_claim_owner, watch_claim_expires_at)
     ON prebookings TO prebookd_app;
 
 -- Recurring rules and days away: read only (the CLI or the web app writes them). The
@@ -91,10 +92,14 @@ GRANT SELECT, INSERT, UPDATE ON prebookd_rule_misses TO prebookd_app;
 -- is inserted with the result it reports, then marked sent, retried or dead).
 GRANT SELECT ON prebookd_notify_channels TO prebookd_app;
 GRANT SELECT, INSERT, UPDATE ON prebookd_outbox TO prebookd_app;
+-- prebookd's own history: messages delivered and rule misses older than
+-- PREBOOKD_HISTORY_DAYS are deleted (db/history_store.py).
+GRANT DELETE ON prebookd_outbox, prebookd_rule_misses TO prebookd_app;
 
 -- Note: to let this role also run the producer-side CLI (tests, a demo), add
 --     GRANT INSERT ON boxes, prebookings TO prebookd_app;
 -- (`rule ...` and `away ...` write prebookd_rules and prebookd_away: the owner's too.)
 -- `prebookd cancel` needs nothing more than the UPDATE (status) above; `box set` and
 -- `box remove` need UPDATE and DELETE on boxes (and DELETE on prebookings for
--- `--with-history`): keep those with the owner. The daemon itself never DELETEs.
+-- `--with-history`): keep those with the owner. The daemon deletes nothing but its own
+-- history above.

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from yarl import URL
 
 from prebookd.errors import BadRow
-from prebookd.hosts import DEFAULT_BOX_HOSTS, url_not_allowed
+from prebookd.hosts import DEFAULT_BOX_HOSTS, box_base_url
 from prebookd.log import register_secret
+from prebookd.proxies import box_proxy_url
 from prebookd.text import clip, one_line
 
 # What a browser sends; AimHarder's front end posts forms through XMLHttpRequest.
@@ -111,6 +112,7 @@ class Booking:
     # another form body. Each has `choice` 1, 2, ... and no alternatives of its own.
     alternatives: tuple[Booking, ...] = ()
     choice: int = 0  # 0: booking_data; n: the nth alternative
+    proxy_url: str | None = None  # the box's own proxy (boxes.proxy_url); None: the global
 
     def with_session(self, session: MemberSession) -> Booking:
         """The same request, sent with a renewed session's cookies (its alternatives too)."""
@@ -208,6 +210,7 @@ def build_booking(record: RecordLike, allowed_hosts: Sequence[str] = DEFAULT_BOX
         session=MemberSession.from_record(record) if "session_id" in record else None,
         prior_attempts=int(record["attempts"] or 0) if "attempts" in record else 0,
         insist=data.insist != 0,
+        proxy_url=box_proxy_url(record.get("proxy_url")),
     )
     alternatives = enumerate(parse_alternatives(record.get("alternatives")), start=1)
     return dataclasses.replace(
@@ -270,43 +273,6 @@ def _json_text(raw: str, problem: str) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than it reads
         raise BadRow(problem) from None
-
-
-# A box's subdomain is one DNS label: anything else would send the member's cookies
-# to another host (`evil.example#` makes https://evil.example#.aimharder.com).
-_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-def box_base_url(base_url: Any, subdomain: Any, allowed_hosts: Sequence[str]) -> str:
-    """The base URL a box's requests go to, with the member's cookies: the row's
-    base_url if it is an https URL on `allowed_hosts` (plain http only to a loopback
-    host named there), or https://SUBDOMAIN.aimharder.com; else BadRow saying why."""
-    derived = f"https://{subdomain}.aimharder.com"
-    if not base_url:
-        if not subdomain:
-            raise BadRow("box has neither base_url nor subdomain")
-        if not isinstance(subdomain, str) or not _DNS_LABEL.fullmatch(subdomain):
-            raise BadRow(f"box subdomain is not a host name: {one_line(subdomain, 100)}")
-        base_url = derived
-    problem = f"box base_url is not an http(s) URL: {one_line(base_url, 100)}"
-    # It goes in the Origin and Referer headers as it is: no whitespace (a CR or LF
-    # would end the header), nothing unprintable, nothing a header cannot encode.
-    if not isinstance(base_url, str) or not base_url.isprintable() or not base_url.isascii():
-        raise BadRow(problem)
-    try:
-        url = URL(base_url)
-        valid = url.scheme in ("http", "https") and bool(url.host) and url.port is not None
-    except (ValueError, TypeError):  # a port out of range, a broken IPv6 literal...
-        valid = False
-    if not valid or any(c in base_url for c in " ?#"):  # "/api/book" is appended
-        raise BadRow(problem)
-    # The URL the subdomain makes is always AimHarder's; any other must be allowed.
-    named = isinstance(subdomain, str) and _DNS_LABEL.fullmatch(subdomain)
-    if not named or base_url.rstrip("/").lower() != derived.lower():
-        refused = url_not_allowed(url, allowed_hosts)
-        if refused is not None:
-            raise BadRow(f"box base_url {one_line(base_url, 100)} is not allowed: {refused}")
-    return base_url.rstrip("/")
 
 
 def _cookie_header(raw: Any, session_found: bool) -> str:

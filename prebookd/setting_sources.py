@@ -47,6 +47,7 @@ LIVE_SETTINGS = frozenset(
         "plan_interval",
         "listing_check_interval",
         "listing_check_max",
+        "history_days",
         "log_format",
         "log_level",
         # issue 18: aiming at the box's clock

@@ -19,6 +19,7 @@ from yarl import URL
 from prebookd.errors import ConfigError
 from prebookd.hosts import DEFAULT_BOX_HOSTS, parse_host_patterns, url_not_allowed
 from prebookd.log import default_log_format
+from prebookd.proxies import mask_proxy_url, parse_proxy_url
 
 
 def default_state_dir() -> Path:
@@ -260,6 +261,13 @@ class Settings(BaseSettings):
         le=300.0,
         description="A notification not sent after this long is given up and retried later.",
     )
+    history_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days prebookd keeps its own records: messages delivered or given up, "
+        "rule misses. Prebookings are the web app's and never deleted.",
+    )
 
     log_format: Literal["console", "journal", "json"] = Field(
         default_factory=default_log_format,  # the detection lives with the formats
@@ -271,61 +279,33 @@ class Settings(BaseSettings):
         default="info", description="Lowest level logged."
     )
 
-    # Issue 18: aim at the box's opening by the box's clock (aimharder/boxclock.py).
+    # Issue 18: aim at each box's opening by its clock (README "Aiming at the box's clock").
     aim: Literal["arrive", "send"] = Field(
-        default="arrive",
-        description="arrive: write each box's requests so that they reach it just after "
-        "it opens by its own clock (measured from its Date header), once that clock is "
-        "measured closely enough; send: write them at available_at by ours.",
+        default="arrive", description="arrive: reach each box as it opens by its clock."
     )
     max_advance: float = Field(
-        default=0.5,
-        ge=0.0,
-        le=2.0,
-        description="aim=arrive writes at most this many seconds before available_at.",
+        default=0.5, ge=0.0, le=2.0, description="aim=arrive: at most this early (s)."
     )
     aim_margin: float = Field(
-        default=0.0015,
-        ge=0.0,
-        le=0.1,
-        description="aim=arrive aims this many seconds after the box's opening (jitter).",
+        default=0.0015, ge=0.0, le=0.1, description="aim=arrive: this long after opening."
     )
     clock_bound_max: float = Field(
-        default=0.005,
-        ge=0.0005,
-        le=0.1,
-        description="A box's clock is aimed at only when known to within this many "
-        "seconds; otherwise its requests go at available_at.",
+        default=0.005, ge=0.0005, le=0.1, description="Aimed only when known this closely."
     )
     clock_probes: int = Field(
-        default=10,
-        ge=0,
-        le=20,
-        description="HEAD requests per measurement of a box's clock (0: never measure).",
+        default=10, ge=0, le=20, description="HEAD requests per box clock measurement."
     )
     clock_probe_every: float = Field(
-        default=300.0,
-        ge=60.0,
-        le=86_400.0,
-        description="A box's clock is measured again at most this often (seconds), "
-        "only while it has an instant armed.",
+        default=300.0, ge=60.0, le=86_400.0, description="Box clocks measured this seldom."
     )
     fast_retry_interval: float = Field(
-        default=0.005,
-        ge=0.001,
-        le=1.0,
-        description="'Not open yet' is retried this often (seconds) for the first "
-        "fast_retry_window after the planned time, then every retry_interval.",
+        default=0.005, ge=0.001, le=1.0, description="'Not open yet' retried this often..."
     )
     fast_retry_window: float = Field(
-        default=0.2, ge=0.0, le=5.0, description="Seconds of fast retries (see above)."
+        default=0.2, ge=0.0, le=5.0, description="...this long after the planned time."
     )
     max_requests: int = Field(
-        default=100,
-        ge=1,
-        le=500,
-        description="Booking requests written for one prebooking at one instant, at most "
-        "(first try, retries and alternatives).",
+        default=100, ge=1, le=500, description="Booking requests per prebooking, at most."
     )
 
     @field_validator("database_url")
@@ -386,6 +366,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name == "database_url":
                 value = mask_dsn(value.get_secret_value()) if value else "(embedded)"
+            elif name == "proxy_url":
+                value = mask_proxy_url(value.get_secret_value()) if value else "(direct)"
             elif isinstance(value, SecretStr):
                 value = "**********"
             elif isinstance(value, Path):
@@ -394,6 +376,26 @@ class Settings(BaseSettings):
                 value = ",".join(value)  # as PREBOOKD_BOX_HOSTS is written
             shown[name] = value
         return shown
+
+    # --- the proxy AimHarder is reached through (issue 18) ---------------------------
+    proxy_url: SecretStr | None = Field(
+        default=None,
+        description="Proxy for every request to AimHarder (it answers 403 to some cloud "
+        "address ranges): http://, https:// or socks5://[user:password@]host:port. A "
+        "box's own (`prebookd box set --proxy`) wins. Unset: direct.",
+    )
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _check_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(parse_proxy_url(value.get_secret_value()))  # never echoes it
+
+    @property
+    def proxy(self) -> str | None:
+        """PREBOOKD_PROXY_URL as the HTTP clients take it; None: direct."""
+        return self.proxy_url.get_secret_value() if self.proxy_url else None
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)

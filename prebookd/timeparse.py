@@ -310,3 +310,35 @@ def window_from_message(text: str) -> BookingWindow | None:
     kind = "hours" if match[2].lower().startswith("h") else "days"
     limit = MAX_WINDOW_DAYS if kind == "days" else MAX_WINDOW_HOURS
     return BookingWindow(kind, length) if 1 <= length <= limit else None
+
+
+# ---- a box's cancellation cutoff (`box set --cancel-cutoff`) -------------------------
+
+CUTOFF_FORMS = "a duration such as 2h, 90m, 1h30m or 0 (members may cancel until the start)"
+MAX_CUTOFF = 7 * 86_400  # boxes.cancel_cutoff_seconds' CHECK
+_CUTOFF = re.compile(r"^(?:(\d{1,3})\s*h(?:ours?)?)?\s*(?:(\d{1,5})\s*m(?:in(?:utes?)?)?)?$")
+
+
+def parse_cutoff(text: str) -> int:
+    """How long before a class members may no longer cancel, in seconds: `2h`,
+    `90m`, `1h30m`, `45 min`, `0`."""
+    cleaned = text.strip().lower()
+    if cleaned == "0":
+        return 0
+    match = _CUTOFF.match(cleaned)
+    if not cleaned or match is None or (match[1] is None and match[2] is None):
+        raise UsageError(f"malformed cancellation cutoff {text!r}: expected {CUTOFF_FORMS}")
+    seconds = int(match[1] or 0) * 3600 + int(match[2] or 0) * 60
+    if seconds > MAX_CUTOFF:
+        raise UsageError(f"cancellation cutoff {text!r} out of range: 0 to {MAX_CUTOFF // 3600}h")
+    return seconds
+
+
+def format_cutoff(seconds: int | None) -> str:
+    """`2h`, `90m` -> `1h30m`, `0`; "" for none (as `box list` shows it)."""
+    if seconds is None:
+        return ""
+    hours, minutes = divmod(seconds // 60, 60)
+    if not hours and not minutes:
+        return "0"
+    return f"{hours}h" * bool(hours) + f"{minutes}m" * bool(minutes)

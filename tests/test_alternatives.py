@@ -112,6 +112,15 @@ async def test_twenty_members_ten_places_the_next_ten_get_the_alternative(
     first = sorted((r for r in requests if r.session_id == "7000"), key=lambda r: r.arrived_at)
     assert [r.email for r in first] == fifo
 
+    # The booking_sent line of a row booked on its backup names that class and says so.
+    for k, email in enumerate(fifo):
+        row_id = by_email[email]["id"]
+        (told,) = [x for x in daemon.events("booking_sent") if f"prebooking_id={row_id}" in x]
+        booked = re.search(r"\bclass=\W?class (\d+) on 2030-12-01", told)
+        assert booked is not None and booked[1] == ("7000" if k < 10 else "8000"), told
+        backup = re.search(r"\bbackup_for=\W?class 7000 on 2030-12-01", told)
+        assert (backup is not None, "choice=1" in told.split()) == (k >= 10, k >= 10), told
+
     # Alternatives were staged and only written once "full" was heard.
     fired = daemon.events("alternative_fired")
     assert len(fired) == 10
@@ -195,14 +204,15 @@ def test_rules_alternatives_are_resolved_from_the_listing_in_order() -> None:
     assert class_labels({"08:00": "WOD"}) == ()
 
 
-async def test_alternatives_whose_staged_connections_were_closed_go_cold_never_early(
+async def test_alternatives_whose_staged_connections_were_closed_are_staged_again_never_early(
     conn: asyncpg.Connection,
     db_dsn: str,
     make_sim: Callable[..., Awaitable[Simulator]],
     tmp_path: Path,
 ) -> None:
     # The load balancer closes connections idle for 1.2 s: the alternatives parked 3 s
-    # ahead lose theirs, and are built and sent when "full" comes.
+    # ahead lose theirs, and are staged again at the re-check just before the instant,
+    # so each waits warm at its gate when "full" comes.
     sim = await make_sim(balancer=Balancer(idle_timeout=1.2, idle_action="408"))
     box = await add_box(conn, sim, BOX)
     members = [f"m{k}@lb.test" for k in range(6)]
@@ -226,4 +236,4 @@ async def test_alternatives_whose_staged_connections_were_closed_go_cold_never_e
     assert [r for r in books if r.arrived_at < instant] == []
     assert len(books) == 9
     fired = daemon.events("alternative_fired")
-    assert len(fired) == 3 and all("warm=False" in line for line in fired), fired
+    assert len(fired) == 3 and all("warm=True" in line for line in fired), fired

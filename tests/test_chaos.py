@@ -225,7 +225,7 @@ async def test_writers_insert_reschedule_cancel_while_1000_rows_fire(
     db_dsn: str, tmp_path: Path, seed: int
 ) -> None:
     verdict = await run_load(
-        db_dsn, tmp_path / "state", rows=1000, span=30, writers=4, rate=10, rng=random.Random(seed)
+        db_dsn, tmp_path / "state", rows=1000, span=18, writers=4, rate=10, rng=random.Random(seed)
     )
     assert_sound(verdict, seed)
     assert verdict.withdrawn > 0 and verdict.max_requests == 1
@@ -273,13 +273,19 @@ async def test_listener_reconnects_promptly_after_every_cut(
     assert verdict.worst_late_s < 0.5, f"the row inserted after the last cut: {plan}"
 
 
+SHUTDOWN_BUDGET = 8.0
+
+
 async def test_sigterm_while_postgres_blackholed_stops_in_time_and_truthfully(
     db_dsn: str, tmp_path: Path, seed: int
 ) -> None:
     state = tmp_path / "state"
+    # A shutdown budget of 8 s (the unit's is 20 s, under systemd's 30 s): the test is
+    # that it is kept, whatever its length, and a shorter one keeps CI fast.
+    settings = {"shutdown_timeout": SHUTDOWN_BUDGET}
     async with (
         pg_proxy(db_dsn) as proxy,
-        bed(db_dsn, state, rng=random.Random(seed), daemon_dsn=proxy.dsn()) as b,
+        bed(db_dsn, state, rng=random.Random(seed), daemon_dsn=proxy.dsn(), settings=settings) as b,
     ):
         await b.start()
         first = time.time() + 3.0
@@ -295,10 +301,12 @@ async def test_sigterm_while_postgres_blackholed_stops_in_time_and_truthfully(
     spooled = {u.id for u in Spool(state / SPOOL_FILE).load() if u.status == "completed"}
     assert code == 0
     assert {p.id for p in plans[:10]} <= spooled, "the first burst's results wait in the spool"
-    # The stop keeps to PREBOOKD_SHUTDOWN_TIMEOUT (20 s), then closes its pools (a few
-    # seconds at most), well before systemd's TimeoutStopSec=30 would SIGKILL it, and
-    # says what it could not write.
-    assert took < 27.0, f"SIGTERM to exit took {took:.1f} s:\n" + "\n".join(b.lines[-25:])
+    # The stop keeps to PREBOOKD_SHUTDOWN_TIMEOUT, then closes its pools (a few seconds
+    # at most): with the unit's 20 s, well before systemd's TimeoutStopSec=30 would
+    # SIGKILL it; and it says what it could not write.
+    assert took < SHUTDOWN_BUDGET + 7.0, f"SIGTERM to exit took {took:.1f} s:\n" + "\n".join(
+        b.lines[-25:]
+    )
     ((_, stopped),) = events(b.lines, "daemon_stopped")
     assert "all_written=False" in stopped, f"results only in the spool: {stopped}"
 

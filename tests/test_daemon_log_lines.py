@@ -16,12 +16,14 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
+from yarl import URL
 
 from prebookd import __version__
 from prebookd.daemon import rowlog
 from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.firing_report import iso_instant
-from prebookd.daemon.rowlog import RESYNC_LISTED, RowLog, class_of
+from prebookd.daemon.rowlog import RESYNC_LISTED, RowLog, class_of, tell_outcome
+from prebookd.models import Booking, ResultUpdate
 from prebookd.sim.server import Simulator
 from tests.support import (
     DaemonProcess,
@@ -242,6 +244,28 @@ async def test_flush_writes_what_is_queued_at_once() -> None:
         rows.flush()
         assert [e["prebooking_id"] for e in logs] == ["0", "1", "2"]
         assert len(rows) == 0
+
+
+def test_a_row_booked_on_its_backup_class_names_that_class_and_says_so() -> None:
+    def choice(session: str, number: int, *alternatives: Booking) -> Booking:
+        body = f"id={session}&day=20301201&insist=0&familyId=".encode()
+        return Booking(uuid.UUID(int=1), "ana@gym.test", "gym", 1.0e9, 0.0, URL("http://x/"),
+                       body, {}, alternatives=alternatives, choice=number)  # fmt: skip
+
+    first = choice("7000", 0, choice("8000", 1), choice("9000", 2))
+    label = "WOD 07:00 - 08:00 on 2030-12-01 (class 7000)"
+    rows = RowLog()
+    with capture_logs() as logs:
+        for booked, status, outcome in ((2, "completed", "booked"), (0, "completed", "booked"),
+                                        (2, "failed", "full")):  # fmt: skip
+            update = ResultUpdate(first.id, status, outcome, written_at=1.0e9, booked_choice=booked)
+            tell_outcome(rows, first, label, update)
+    backup, plain, failed = logs
+    assert backup["event"] == "booking_sent" and backup["log_level"] == "info"
+    assert backup["class"] == "class 9000 on 2030-12-01"  # the class booked
+    assert (backup["choice"], backup["backup_for"]) == (2, label)  # the backup, for what
+    assert plain["class"] == label and "backup_for" not in plain
+    assert failed["class"] == label and "backup_for" not in failed  # booked nothing
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from prebookd.db import store
+from prebookd.db import history_store, store, watch_store
 from prebookd.db.connection import connect
 from prebookd.db.migrate import pending_migrations
 from prebookd.models import ResultUpdate
@@ -273,6 +273,27 @@ async def test_role_can_do_what_the_daemon_does(
 
     final = await conn.fetchrow("SELECT status, outcome FROM prebookings WHERE id = $1", row)
     assert (final["status"], final["outcome"]) == ("completed", "booked")
+
+    # The watcher claims a row that ended full before it asks for a freed place.
+    await conn.execute("RESET ROLE")
+    watched = await conn.fetchval(
+        "INSERT INTO prebookings (user_email, box_id, booking_data, available_at, status, "
+        "outcome, watch) VALUES ($1, $2, $3, now(), 'failed', 'full', true) RETURNING id",
+        "ana@example.com",
+        box,
+        {"day": "20301201", "familyId": "", "id": "106015105", "insist": 0},
+    )
+    await conn.execute(f'SET ROLE "{role}"')
+    as_role = await asyncpg.create_pool(
+        db_dsn, min_size=1, max_size=1, init=lambda c: c.execute(f'SET ROLE "{role}"')
+    )
+    try:
+        assert await watch_store.claim_turn(as_role, watched, "vps1", 30.0)
+        await watch_store.release_turn(as_role, watched, "vps1")
+    finally:
+        await as_role.close()
+    # And deletes its own history once old: delivered messages, rule misses.
+    assert await history_store.purge(conn, 30) == {"messages": 0, "rule_misses": 0}
 
     # What it must not do.
     refused = [

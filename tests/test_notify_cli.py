@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncpg
 
+from tests.cli_support import cli_with_env
 from tests.receivers import http_receiver, smtp_receiver
-from tests.support import clean_env, run_prebookd
 
 
 def env(db_dsn: str) -> dict[str, str]:
-    return clean_env(PREBOOKD_DATABASE_URL=db_dsn, PREBOOKD_NOTIFY_TIMEOUT="3")
+    return {"PREBOOKD_DATABASE_URL": db_dsn, "PREBOOKD_NOTIFY_TIMEOUT": "3"}
+
+
+async def run_prebookd(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    run = await cli_with_env(env, *args)
+    return run.code, run.out, run.err
 
 
 async def test_channels_are_added_listed_masked_tested_and_removed(

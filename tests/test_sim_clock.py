@@ -169,6 +169,10 @@ async def test_the_control_endpoint_and_config_file_set_a_boxs_clock(
     async with http.post(f"{sim.base_url}/_sim/boxes", json=body) as response:
         assert response.status == 200
     assert sim.box("alpha").clock == BoxClock(-250.5, 20, 3)
+    clock = {"box": "alpha", "clock_offset_ms": 120}  # the clock alone, the rest kept
+    async with http.post(f"{sim.base_url}/_sim/box_clock", json=clock) as response:
+        assert response.status == 200
+    assert sim.box("alpha").clock == BoxClock(120, 0, 0)
     async with http.post(
         f"{sim.base_url}/_sim/boxes", json={"subdomain": "alpha", "delay_ms": -1}
     ) as response:

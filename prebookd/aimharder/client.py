@@ -46,6 +46,7 @@ import structlog
 
 from prebookd.aimharder.boxclock import Sample, parse_date
 from prebookd.aimharder.outcomes import Outcome, classify_http, transport_failure
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.models import Booking
 
 log = structlog.get_logger(__name__)
@@ -151,7 +152,14 @@ class Exchange:
 
 
 class AimHarderClient:
-    def __init__(self, *, limit: int, limit_per_host: int, request_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int,
+        limit_per_host: int,
+        request_timeout: float,
+        proxy_url: str | None = None,
+    ) -> None:
         self._limit = limit
         self._limit_per_host = limit_per_host
         # No total timeout: a staged request waits at its gate for seconds by design;
@@ -161,39 +169,64 @@ class AimHarderClient:
         )
         self._request_timeout = request_timeout
         self._session: aiohttp.ClientSession | None = None
-        self._connector: aiohttp.TCPConnector | None = None
+        # Through a proxy (prebookd/aimharder/proxy.py): `_session` through
+        # PREBOOKD_PROXY_URL (or direct), and one more per box proxy met, made when its
+        # first request is staged, so its connections are opened at staging too.
+        self._proxy_url = proxy_url
+        self._proxied: dict[str, aiohttp.ClientSession] = {}
+        self._trace = aiohttp.TraceConfig()
         self._paused: dict[str, tuple[float, Outcome]] = {}  # box -> (until, why)
 
     async def start(self) -> None:
-        trace = aiohttp.TraceConfig()
+        trace = self._trace
         trace.on_request_chunk_sent.append(_hold_then_stamp)
         trace.on_connection_create_end.append(_connection_created)
         trace.on_connection_reuseconn.append(_connection_reused)
         trace.on_request_headers_sent.append(_probe_written)
-        self._connector = aiohttp.TCPConnector(
-            limit=self._limit,
-            limit_per_host=self._limit_per_host,
-            keepalive_timeout=60,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=self._connector,
+        self._session = self._new_session(self._proxy_url)
+
+    def _new_session(self, proxy_url: str | None) -> aiohttp.ClientSession:
+        return proxied_session(
+            proxy_url,
+            connector={
+                "limit": self._limit,
+                "limit_per_host": self._limit_per_host,
+                "keepalive_timeout": 60,
+                "ttl_dns_cache": 300,
+            },
             timeout=self._timeout,
-            trace_configs=[trace],
+            trace_configs=[self._trace],
             # Never mix members: each request carries its own Cookie header, and
             # nothing a box answers with Set-Cookie is kept for anyone else.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
         )
 
+    @property
+    def proxy_url(self) -> str | None:
+        """PREBOOKD_PROXY_URL, as the client was given it (None: direct)."""
+        return self._proxy_url
+
+    def _session_for(self, booking: Booking) -> aiohttp.ClientSession:
+        """The session of the booking's box's own proxy, else the default one."""
+        assert self._session is not None, "client not started"
+        proxy = booking.proxy_url
+        if proxy is None or proxy == self._proxy_url:
+            return self._session
+        if (session := self._proxied.get(proxy)) is None:
+            session = self._proxied[proxy] = self._new_session(proxy)
+        return session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._proxied = [self._session, *self._proxied.values()], {}
+        self._session = None
+        for session in sessions:
+            if session is not None:
+                await session.close()
 
     def pool_in_use(self) -> int:
-        connector = self._connector
-        return 0 if connector is None else len(connector._acquired)
+        sessions = [self._session, *self._proxied.values()]
+        return sum(len(s.connector._acquired) for s in sessions if s and s.connector)
 
     def has_room(self, connections: int) -> bool:
         """Whether this many more connections fit in the pool (per host too)."""
@@ -221,7 +254,7 @@ class AimHarderClient:
         attempt.paused = functools.partial(self.paused, booking.box)
         token = _current_attempt.set(attempt)
         try:
-            async with self._session.post(
+            async with self._session_for(booking).post(
                 booking.url,
                 data=booking.body,
                 headers=booking.headers,
@@ -264,13 +297,16 @@ async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)[:MAX_ANSWER_BYTES]
 
 
-async def probe_clock(client: AimHarderClient, base_url: str) -> Sample:
-    """HEAD the box's base URL on a warm connection: when the request was sent and its
-    answer read (our clock), and the box's `Date` (boxclock.py). No cookies: a probe is
-    not a member's request, and no `Attempt`: nothing of a member's is written. Its
-    time is stamped when aiohttp has sent its head (a body-less request passes no
-    chunk hook). Raises aiohttp.ClientError, OSError or TimeoutError."""
-    session = client._session
+async def probe_clock(
+    client: AimHarderClient, base_url: str, *, like: Booking | None = None
+) -> Sample:
+    """HEAD the box's base URL on a warm connection (through the proxy `like`'s requests
+    take, when given): when the request was sent and its answer read (our clock), and
+    the box's `Date` (boxclock.py). No cookies: a probe is not a member's request, and
+    no `Attempt`: nothing of a member's is written. Its time is stamped when aiohttp
+    has sent its head (a body-less request passes no chunk hook). Raises
+    aiohttp.ClientError, OSError or TimeoutError."""
+    session = client._session if like is None else client._session_for(like)
     assert session is not None, "client not started"
     stamps: list[float] = []
     token = _probe_sent.set(stamps)

@@ -84,7 +84,7 @@ async def _login(args: argparse.Namespace, settings: Settings) -> int:
         # Read on the loop's thread, blocking it (nothing else runs): in a worker thread,
         # Ctrl-C would leave getpass waiting with the terminal's echo off.
         password = _read_password(email, args.password_stdin)
-        async with member_http() as http:
+        async with member_http(settings.proxy) as http:
             result = await account.login(http, settings.aimharder_url, email, password, fingerprint)
             del password  # nothing below needs it
             boxes = await admin_store.list_boxes(conn)

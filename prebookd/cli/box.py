@@ -1,6 +1,7 @@
 """The `box` commands: `box add`, `box set`, `box set-window`, `box remove` and
 `box list`, the boxes (gyms) prebookings are made at, with the time zone and booking
-window `prebookd add` works out opening instants from.
+window `prebookd add` works out opening instants from, and the cancellation cutoff
+the freed-places watch stops at (`box set --cancel-cutoff`).
 
 Like the other producer-side commands, each validates everything before it writes
 anything; the SQL lives in `prebookd.db.admin_store`.
@@ -27,6 +28,7 @@ from prebookd.cli.common import (
 )
 from prebookd.db import admin_store
 from prebookd.errors import UsageError
+from prebookd.proxies import mask_proxy_url, parse_proxy_url
 from prebookd.settings import Settings
 
 DEFAULT_TIMEZONE = "Europe/Madrid"
@@ -49,9 +51,9 @@ Rows already added keep their opening instant: a new time zone or window counts 
 new base URL or box id counts for every row not yet sent.
 
 examples:
-  prebookd box set crossfitnorte --window 72h
+  prebookd box set crossfitnorte --window 72h --cancel-cutoff 2h
   prebookd box set crossfitnorte --timezone Europe/Lisbon --name "CrossFit Norte (Porto)"
-  prebookd box set crossfitnorte --window none          # then `prebookd add` needs --at
+  prebookd box set crossfitnorte --window none --proxy socks5://user:password@203.0.113.7:1080
 """
 SET_WINDOW_EPILOG = """\
 examples:
@@ -110,8 +112,9 @@ def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
     change = actions.add_parser(
         "set",
         help="change a box",
-        description="Change a box's name, base URL, time zone, box id or booking window, "
-        "with the checks of `box add`. What is not given stays as it is.",
+        description="Change a box's name, base URL, time zone, box id, booking window or "
+        "cancellation cutoff or proxy, with the checks of `box add`. What is not given "
+        "stays as it is.",
         epilog=SET_EPILOG,
     )
     change.add_argument("subdomain", metavar="SUBDOMAIN")
@@ -121,6 +124,17 @@ def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
     change.add_argument("--box-id", help="AimHarder's box id, a number")
     change.add_argument(
         "--window", help=f"{timeparse.WINDOW_FORMS}, or none (then `prebookd add` needs --at)"
+    )
+    change.add_argument(
+        "--cancel-cutoff",
+        help="how long before a class members may no longer cancel: a freed place is "
+        f"watched for until then ({timeparse.CUTOFF_FORMS}); none: PREBOOKD_WATCH_CUTOFF",
+    )
+    change.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="this box's own proxy, http://, https:// or socks5://[user:password@]host:port; "
+        "none: PREBOOKD_PROXY_URL (or direct)",
     )
     change.set_defaults(handler=_box_set)
 
@@ -213,10 +227,12 @@ def _describe_conflict(taken: admin_store.Box, subdomain: str, box_id: str) -> s
 async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
     subdomain = parse_subdomain(args.subdomain)
     given = [args.name, args.base_url, args.timezone, args.box_id, args.window]
-    if all(value is None for value in given):
+    if all(value is None for value in [*given, args.cancel_cutoff, args.proxy]):
         raise UsageError(
-            "nothing to change: give --name, --base-url, --timezone, --box-id or --window"
+            "nothing to change: give --name, --base-url, --timezone, --box-id, --window, "
+            "--cancel-cutoff or --proxy"
         )
+    proxy = _parse_proxy(args.proxy) if args.proxy is not None else None
     name = _parse_name(args.name) if args.name is not None else None
     base_url = (
         parse_base_url(args.base_url, subdomain, settings.box_hosts)
@@ -227,6 +243,9 @@ async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
     box_id = parse_box_id(args.box_id) if args.box_id is not None else None
     clear_window = args.window is not None and args.window.strip().lower() == "none"
     window = parse_window(args.window) if args.window is not None and not clear_window else None
+    cutoff = args.cancel_cutoff
+    clear_cutoff = cutoff is not None and cutoff.strip().lower() == "none"
+    seconds = timeparse.parse_cutoff(cutoff) if cutoff is not None and not clear_cutoff else None
     async with database(settings) as conn:
         before = await admin_store.find_box(conn, subdomain)
         if before is None:
@@ -247,9 +266,13 @@ async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
                 set_window=args.window is not None,
                 window_kind=window.kind if window else None,
                 window_length=window.length if window else None,
+                set_cutoff=cutoff is not None,
+                cutoff=seconds,
             )
         except asyncpg.UniqueViolationError:
             raise UsageError(f"a box with box id {box_id!r} exists already") from None
+        if args.proxy is not None:
+            after = await admin_store.set_box_proxy(conn, before.id, proxy)
         open_rows = sum((await admin_store.count_box_rows(conn, before.id))[0].values())
     changes = _changes(before, after)
     print(f"box {subdomain}: {', '.join(changes) if changes else 'nothing changed'}")
@@ -270,8 +293,24 @@ def _changes(before: admin_store.Box, after: admin_store.Box) -> list[str]:
         "time zone": (before.timezone, after.timezone),
         "box id": (before.box_id, after.box_id),
         "window": (_window_code(before) or "none", _window_code(after) or "none"),
+        "cancel cutoff": (_cutoff_code(before), _cutoff_code(after)),
+        "proxy": (_proxy_shown(before), _proxy_shown(after)),
     }
     return [f"{what} {old} -> {new}" for what, (old, new) in shown.items() if old != new]
+
+
+def _parse_proxy(text: str) -> str | None:
+    """--proxy: a proxy URL, or none (or empty) for the global one."""
+    if text.strip().lower() in ("", "none"):
+        return None
+    try:
+        return parse_proxy_url(text)
+    except ValueError as exc:
+        raise UsageError(f"--proxy {exc}") from None  # never echoed: it may hold a password
+
+
+def _proxy_shown(box: admin_store.Box) -> str:
+    return mask_proxy_url(box.proxy_url) if box.proxy_url else "none (PREBOOKD_PROXY_URL)"
 
 
 async def _box_set_window(args: argparse.Namespace, settings: Settings) -> int:
@@ -339,9 +378,18 @@ async def _box_list(args: argparse.Namespace, settings: Settings) -> int:
         print("no boxes: add one with `prebookd box add`")
     else:
         print_table(
-            ("SUBDOMAIN", "BOX ID", "NAME", "TIME ZONE", "BASE URL", "ID", "WINDOW"),
+            ("SUBDOMAIN", "BOX ID", "NAME", "TIME ZONE", "BASE URL", "ID", "CUTOFF", "WINDOW"),
             [
-                (b.subdomain, b.box_id, b.name, b.timezone, b.base_url, b.id, _window_code(b))
+                (
+                    b.subdomain,
+                    b.box_id,
+                    b.name,
+                    b.timezone,
+                    b.base_url,
+                    b.id,
+                    timeparse.format_cutoff(b.cancel_cutoff_seconds),
+                    _window_code(b),
+                )
                 for b in boxes
             ],
         )
@@ -357,6 +405,8 @@ def _box_json(box: admin_store.Box) -> dict[str, Any]:
         "base_url": box.base_url,
         "timezone": box.timezone,
         "booking_window": _window_code(box) or None,
+        "cancel_cutoff": timeparse.format_cutoff(box.cancel_cutoff_seconds) or None,
+        "proxy_url": mask_proxy_url(box.proxy_url) if box.proxy_url else None,
         "created_at": iso_or_none(box.created_at),
     }
 
@@ -364,3 +414,9 @@ def _box_json(box: admin_store.Box) -> dict[str, Any]:
 def _window_code(box: admin_store.Box) -> str:
     window = timeparse.window_from_columns(box.booking_window_kind, box.booking_window_length)
     return window.code if window else ""
+
+
+def _cutoff_code(box: admin_store.Box) -> str:
+    """The box's cancellation cutoff as `box set` says it changed."""
+    shown = timeparse.format_cutoff(box.cancel_cutoff_seconds)
+    return shown or "none (watch_cutoff)"

@@ -174,7 +174,7 @@ async def _list_with(
     family_id: str,
 ) -> list[ClassInfo]:
     box_url = checked_box_url(box, settings.box_hosts)
-    async with member_http() as http:
+    async with member_http(settings.proxy) as http:
         return await list_classes(
             http,
             box_url,

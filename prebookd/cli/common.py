@@ -22,11 +22,12 @@ import aiohttp
 import asyncpg
 
 from prebookd import timeparse
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.db import admin_store
 from prebookd.db.connection import connect, database_dsn
 from prebookd.db.migrate import pending_migrations
 from prebookd.errors import BadRow, DatabaseError, UsageError
-from prebookd.models import box_base_url
+from prebookd.hosts import box_base_url
 from prebookd.settings import Settings
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -83,11 +84,12 @@ def box_zone(box: admin_store.Box) -> ZoneInfo:
 
 
 @contextlib.asynccontextmanager
-async def member_http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP session for requests made as a member (login, class listings)."""
+async def member_http(proxy_url: str | None) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP session for requests made as a member (login, class listings), through
+    `proxy_url` (PREBOOKD_PROXY_URL; None: direct)."""
     # No cookie jar: the member's cookies go in explicitly and come back through
     # prebookd.aimharder.account, never kept by aiohttp (shared/AIMHARDER.md, Session).
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with proxied_session(proxy_url, cookie_jar=aiohttp.DummyCookieJar()) as http:
         yield http
 
 
@@ -197,7 +199,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 def parse_base_url(text: str, subdomain: str, allowed_hosts: Sequence[str]) -> str:
     """A box's base URL, if the daemon would send members' cookies there (as
-    `models.box_base_url` decides at arming): a UsageError otherwise."""
+    `hosts.box_base_url` decides at arming): a UsageError otherwise."""
     parts = urlsplit(text.strip())
     try:
         parts.port  # noqa: B018 - raises on a non-numeric port

@@ -64,9 +64,10 @@ A box's base URL itself answers GET and HEAD, with a Date header by the box's cl
 Control endpoints: GET /_sim/requests (every request, with the instant its first byte
 arrived, by real time and by the box's clock, and any fault injected), GET
 /_sim/bookings, GET /_sim/waitlists, POST /_sim/reset, and POST /_sim/boxes,
-/_sim/classes, /_sim/members, /_sim/faults,
-/_sim/balancer (JSON bodies with the fields of the config file's entries below, times
-and days in the same forms); GET
+/_sim/classes, /_sim/members, /_sim/faults, /_sim/balancer (JSON bodies with the
+fields of the config file's entries below, times and days in the same forms), and
+/_sim/box_clock ({"box": SUBDOMAIN, "clock_offset_ms", "delay_ms", "jitter_ms"}: only
+the box's clock, its other settings kept); GET
 /_sim/balancer says what the load balancer is set to and how many idle connections it
 closed (idle_closed), answered 408 (idle_408) or reset (idle_reset).
 Flags override the config file's [settings]. Stops on SIGINT or SIGTERM.

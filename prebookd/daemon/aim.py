@@ -136,7 +136,9 @@ class BoxClocks:
             bound_max=cfg.bound_max,
         )
 
-    def measure_soon(self, box: str, base_url: str, *, until: float) -> asyncio.Task[None] | None:
+    def measure_soon(
+        self, box: str, base_url: str, *, until: float, like: Booking | None = None
+    ) -> asyncio.Task[None] | None:
         """Start measuring the box's clock if due, probing until `until` at the latest;
         the measurement under way, or None."""
         cfg = self.config
@@ -150,7 +152,9 @@ class BoxClocks:
             if until - now < PROBE_RESERVE:
                 return None  # armed too late to probe before staging: a later instant will
             self._tried_at[box] = now
-            task = asyncio.create_task(self._measure(box, base_url, until), name=f"clock-{box}")
+            task = asyncio.create_task(
+                self._measure(box, base_url, until, like), name=f"clock-{box}"
+            )
             self._measuring[box] = task
             task.add_done_callback(functools.partial(self._measured, box))
         return task
@@ -164,7 +168,8 @@ class BoxClocks:
     def _measured(self, box: str, _task: asyncio.Task[None]) -> None:
         self._measuring.pop(box, None)
 
-    async def _measure(self, box: str, base_url: str, until: float) -> None:
+    async def _measure(self, box: str, base_url: str, until: float, like: Booking | None) -> None:
+        """Probe the box (through the proxy `like`'s requests take) until `until`."""
         samples: list[Sample] = []
         reason = NO_ANSWER
         overhead = 0.0  # from asking aiohttp for a HEAD to its head being sent
@@ -180,7 +185,7 @@ class BoxClocks:
             called = self._clock()
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT):
-                    samples.append(await probe_clock(self._client, base_url))
+                    samples.append(await probe_clock(self._client, base_url, like=like))
                 overhead = min(max(0.0, samples[-1].sent - called), MAX_OVERHEAD)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 reason = f"a probe failed: {type(exc).__name__}"
@@ -295,7 +300,9 @@ class Aims:
     def watch(self, booking: Booking, *, until: float) -> None:
         """A booking for this instant: its box's clock is measured if due, by `until`."""
         if self.clocks is not None and not self.fixed:
-            task = self.clocks.measure_soon(booking.box, base_url_of(booking), until=until)
+            task = self.clocks.measure_soon(
+                booking.box, base_url_of(booking), until=until, like=booking
+            )
             if task is not None:
                 self._measuring.add(task)
 

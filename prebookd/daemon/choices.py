@@ -7,15 +7,19 @@ repeat answered so may be our own earlier request gone through, and ends the row
 Its request was staged before the instant at a gate of its own (`Parked`), so when the
 "full" answer comes only the write is left; the gate opens then, never before the
 instant: the `Attempt` carries `not_before` like every other (aimharder/client.py).
-An alternative whose staged request was lost, or never staged (the pool had no room,
-a row added late), is built and sent when needed, under the same rule.
+Shortly before the instant (firing.py's RECHECK_LEAD, as for first choices) the
+alternatives whose staged request was lost (a load balancer closed its idle
+connection) or waits on a connection as old, by then, as the shortest-lived one lost
+in this firing are staged again on fresh connections (`restage`), while the pool keeps
+room for first choices. One whose staged request was lost, or never staged (the pool
+had no room, a row added late), is built and sent when needed, under the same rule.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from prebookd.aimharder.client import AimHarderClient, Attempt, Exchange
@@ -27,6 +31,10 @@ from prebookd.models import Booking
 # Given a booking whose session AimHarder says is dead, the same booking with a
 # refreshed session, or None when the session cannot be renewed.
 Renew = Callable[[Booking], Awaitable[Booking | None]]
+
+# Connections `restage` leaves free in the pool for first choices staged again at the
+# same moment (firing.py leaves 2 * STAGE_CHUNK when it parks alternatives).
+FIRST_CHOICE_ROOM = 20
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,36 @@ class Choices:
             request = asyncio.ensure_future(self._client.book(alternative, attempt))
             parked.append(Parked(alternative, attempt, request))
         return parked
+
+    def restage(self, parked: Iterable[list[Parked]], idle_limit: float | None) -> int:
+        """Called as long before the instant as the first choices' re-check: stage
+        again, on fresh connections, the alternatives whose staged request was lost
+        (never written: its gate is shut) or that wait on a connection as old, by
+        then, as `idle_limit` (the shortest-lived connection lost in this firing).
+        "By then" is as long after the instant as now is before it: the "full" answer
+        comes first. Returns how many were staged again."""
+        loop = asyncio.get_running_loop()
+        count = 0
+        for alternative in (p for row in parked for p in row):
+            # The box's planned time stands for the instant (aim.py).
+            by_then = 2 * self._planned(alternative.booking.box) - self._clock()
+            gate = alternative.attempt.gate
+            if gate is None or gate.done():
+                continue  # released (or withdrawn): not ours to touch any more
+            parked_at = alternative.attempt.parked_at
+            if not alternative.request.done() and (
+                idle_limit is None or parked_at is None or by_then - parked_at < 0.8 * idle_limit
+            ):
+                continue  # staged, on a connection young enough
+            if not self._client.has_room(1 + FIRST_CHOICE_ROOM):
+                break
+            alternative.request.cancel()  # lost already, or on an old connection
+            alternative.attempt = self.attempt(loop.create_future(), alternative.booking.box)
+            alternative.request = asyncio.ensure_future(
+                self._client.book(alternative.booking, alternative.attempt)
+            )
+            count += 1
+        return count
 
     async def follow(self, sent: Sent, parked: list[Parked]) -> Sent:
         """Retry the first choice inside the window, then the alternatives in order."""

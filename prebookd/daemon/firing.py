@@ -180,6 +180,7 @@ class Firing:
             if t.stage_lead > RECHECK_LEAD:
                 await sleep_until(first - RECHECK_LEAD, clock=self._clock)
                 self._recheck(first)
+                self._choices.restage([s.parked for s in self._slots.values()], self._idle_limit)
         await sleep_until(first - GC_PAUSE, clock=self._clock)
         with gc_paused(asyncio.get_running_loop(), GC_PAUSE):
             # Each box at its planned time (the instant, unless aimed at its clock).

@@ -31,6 +31,7 @@ import asyncpg
 import structlog
 
 from prebookd.aimharder.classes import ClassInfo
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.daemon.clock import WallClock
 from prebookd.daemon.listings import read_listing
 from prebookd.daemon.supervise import Backoff, first_of
@@ -127,9 +128,8 @@ class ListingWatch:
 
     async def run(self, stop: asyncio.Event) -> None:
         """A round every `listing_check_interval` until `stop`; a failed round is logged."""
-        connector = aiohttp.TCPConnector(limit=2)
-        async with aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+        async with proxied_session(
+            self._settings().proxy, connector={"limit": 2}, cookie_jar=aiohttp.DummyCookieJar()
         ) as http:
             self._http, self._stop = http, stop
             while not stop.is_set():

@@ -22,8 +22,8 @@ from prebookd.aimharder.account import AccountError, SessionExpired
 from prebookd.aimharder.classes import ClassInfo, list_classes
 from prebookd.db import rules_store
 from prebookd.errors import BadRow, describe
+from prebookd.hosts import box_base_url
 from prebookd.log import mask_email
-from prebookd.models import box_base_url
 
 
 @dataclass

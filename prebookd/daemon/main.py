@@ -19,6 +19,7 @@ import structlog
 
 from prebookd import __version__, setting_sources
 from prebookd.aimharder.client import AimHarderClient
+from prebookd.daemon import upkeep
 from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.engine import Engine, EngineConfig
 from prebookd.daemon.firing_report import iso_instant
@@ -33,7 +34,6 @@ from prebookd.daemon.statedir import StateDirLock, lock_state_dir
 from prebookd.daemon.status import StatusServer
 from prebookd.daemon.supervise import Background, Backoff, Signals, first_of, wait_future
 from prebookd.daemon.systemd import Notifier
-from prebookd.daemon.upkeep import connect_when_up, keep_embedded_up, reconcile, watchdog
 from prebookd.daemon.watchers import Watcher, WatchTiming
 from prebookd.db import store
 from prebookd.db.connection import create_pool, database
@@ -76,7 +76,7 @@ async def _run(settings: Settings, lock: StateDirLock) -> int:
     signals = Signals()
     signals.install()
     async with database(settings) as (dsn, embedded):
-        conn = await connect_when_up(dsn, signals.stop)
+        conn = await upkeep.connect_when_up(dsn, signals.stop)
         if conn is None:
             return EXIT_OK  # asked to stop before Postgres ever answered
         try:
@@ -92,6 +92,7 @@ async def _run(settings: Settings, lock: StateDirLock) -> int:
             limit=settings.http_pool_limit,
             limit_per_host=settings.http_pool_per_host,
             request_timeout=settings.request_timeout,
+            proxy_url=settings.proxy,
         )
         await client.start()
         notifier = Notifier()
@@ -146,6 +147,7 @@ class Daemon:
             refresh_age=settings.token_refresh_age,
             keep_horizon=settings.session_keep_horizon,
             wait_clear=self.hot.wait_clear,
+            proxy_url=settings.proxy,
         )
         self.planner = Planner(
             pool,
@@ -153,6 +155,7 @@ class Daemon:
             interval=settings.plan_interval,
             allowed_hosts=settings.box_hosts,
             wait_clear=self.hot.wait_clear,
+            proxy_url=settings.proxy,
         )
         self.watcher = Watcher(
             pool,
@@ -160,6 +163,7 @@ class Daemon:
             timing=WatchTiming.of(settings),
             allowed_hosts=settings.box_hosts,
             wait_clear=self.hot.wait_clear,
+            owner=lock.lease_owner,
         )
         self.metrics = Metrics()
         self.engine = Engine(
@@ -251,16 +255,19 @@ class Daemon:
         self._background.start(self.engine.fetch_loop(stop), "row-fetcher")
         self._background.start(self.engine.lease_loop(stop), "leases")
         self._background.start(self._resync_every_interval(), "reconcile")
-        self._background.start(watchdog(self._notifier, self._tasks_stop), "watchdog")
+        self._background.start(upkeep.watchdog(self._notifier, self._tasks_stop), "watchdog")
         if self._embedded is not None:
             self._background.start(
-                keep_embedded_up(self._embedded, self.hot, self._tasks_stop), "embedded-postgres"
+                upkeep.keep_embedded_up(self._embedded, self.hot, self._tasks_stop),
+                "embedded-postgres",
             )
         self._background.start(self.sessions.keep_alive(stop), "session-keeper")
         self._background.start(self.planner.run(stop), "planner")
         self._background.start(self.watcher.run(stop), "watcher")
         self._background.start(self.notify.run(stop), "notify")
         self._background.start(self.listing_watch.run(stop), "listing-watch")
+        days = lambda: self.settings.history_days  # noqa: E731 (live: a reload may change it)
+        self._background.start(upkeep.purge_history(self._pool, days, self.hot, stop), "purge")
 
         await first_of(
             self.listener.ready.wait(), self._signals.stop.wait(), wait_future(self._crashed)
@@ -409,7 +416,7 @@ class Daemon:
         }
 
     async def _resync_every_interval(self) -> None:
-        await reconcile(
+        await upkeep.reconcile(
             self.engine,
             lambda: self.listener.connected,
             lambda: self.settings.reconcile_interval,  # live: a reload may change it

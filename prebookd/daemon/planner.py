@@ -25,6 +25,7 @@ import structlog
 
 from prebookd import timeparse
 from prebookd.aimharder.classes import ClassInfo
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.daemon.clock import WallClock
 from prebookd.daemon.listings import read_listing
 from prebookd.daemon.plan import (
@@ -56,8 +57,10 @@ class Planner:
         allowed_hosts: Sequence[str],
         wait_clear: Callable[[], Awaitable[None]],
         clock: WallClock = time.time,
+        proxy_url: str | None = None,  # PREBOOKD_PROXY_URL
     ) -> None:
         self._pool = pool
+        self._proxy_url = proxy_url
         self.horizon = horizon
         self.interval = interval
         self._allowed_hosts = allowed_hosts
@@ -72,8 +75,8 @@ class Planner:
         self.next_day: date | None = None
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4), cookie_jar=aiohttp.DummyCookieJar()
+        self._http = proxied_session(
+            self._proxy_url, connector={"limit": 4}, cookie_jar=aiohttp.DummyCookieJar()
         )
 
     async def close(self) -> None:

@@ -9,7 +9,8 @@
     prebooking_staged     info     request built, connection opening: waits at its gate
     prebooking_fired      info     first request written: lateness, whether it waited
                                    ready at its gate (`warm`), AimHarder's first answer
-    booking_sent          info     booked, waitlisted, already booked
+    booking_sent          info     booked, waitlisted, already booked (on a backup
+                                   class: that class, `choice`, `backup_for`)
                           warning  did not book (full, not open after the retry window,
                                    refused, ...): `reason` in words, as the row says
     booking_not_sent      warning  never written (box paused, connections lost)
@@ -126,13 +127,21 @@ class RowLog:
 
 def tell_outcome(rows: RowLog, booking: Booking, label: str | None, update: ResultUpdate) -> None:
     """A booking's final result, from its row's own `update`: `booking_sent` (or
-    `booking_not_sent`), at the level its outcome deserves, with the reason in words."""
+    `booking_not_sent`), at the level its outcome deserves, with the reason in words.
+    A row booked on a backup class (`booked_choice` n > 0) names that class, with
+    `choice` n and the first choice it stood in for as `backup_for`."""
     lateness = update.lateness_ms
+    fields = booking_fields(booking, label)
+    backup = next((a for a in booking.alternatives if a.choice == update.booked_choice), None)
+    if backup is not None and backup.choice > 0 and update.status == "completed":
+        fields["backup_for"] = fields["class"]
+        fields["class"] = class_of_booking(backup)
+        fields["choice"] = backup.choice
     rows.log(
         outcome_level(update.status, update.outcome),
         "booking_sent" if update.written_at is not None else "booking_not_sent",
         prebooking_id=str(update.id),
-        **booking_fields(booking, label),
+        **fields,
         lateness_ms=None if lateness is None else round(lateness, 3),
         attempts=update.attempts,
         outcome=update.outcome,

@@ -21,6 +21,7 @@ import structlog
 
 from prebookd.aimharder import account
 from prebookd.aimharder.account import Refreshed, SessionDead
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.daemon.clock import WallClock
 from prebookd.db import store
 from prebookd.errors import describe
@@ -45,9 +46,11 @@ class SessionKeeper:
         keep_horizon: float,
         wait_clear: Callable[[], Awaitable[None]],
         clock: WallClock = time.time,
+        proxy_url: str | None = None,  # PREBOOKD_PROXY_URL
     ) -> None:
         self._pool = pool
         self.account_url = account_url
+        self._proxy_url = proxy_url
         self.refresh_age = refresh_age
         self.keep_horizon = keep_horizon
         self._wait_clear = wait_clear
@@ -59,9 +62,8 @@ class SessionKeeper:
         self.on_dead: Callable[[str], None] | None = None  # told the member's e-mail
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4),
-            cookie_jar=aiohttp.DummyCookieJar(),
+        self._http = proxied_session(
+            self._proxy_url, connector={"limit": 4}, cookie_jar=aiohttp.DummyCookieJar()
         )
 
     async def close(self) -> None:

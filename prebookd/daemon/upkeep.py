@@ -1,6 +1,6 @@
 """The daemon's upkeep beside the bookings: waiting for Postgres at start, the full
-resync that backs NOTIFY up, the embedded Postgres kept running, and systemd's
-watchdog fed from the event loop."""
+resync that backs NOTIFY up, the embedded Postgres kept running, systemd's watchdog
+fed from the event loop, and prebookd's own old records deleted."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from prebookd.daemon.clock import HotWindows
 from prebookd.daemon.engine import Engine
 from prebookd.daemon.supervise import Backoff, first_of
 from prebookd.daemon.systemd import Notifier
+from prebookd.db import history_store
 from prebookd.db.connection import connect
 from prebookd.db.embedded import EmbeddedPostgres
 from prebookd.errors import DatabaseError, EmbeddedPostgresError, describe
@@ -22,6 +23,7 @@ from prebookd.errors import DatabaseError, EmbeddedPostgresError, describe
 log = structlog.get_logger(__name__)
 
 EMBEDDED_CHECK_INTERVAL = 2.0  # how often the embedded Postgres is checked to be up
+PURGE_INTERVAL = 3600.0  # old history goes by the day: hourly is often enough
 
 
 async def connect_when_up(dsn: str, stop: asyncio.Event) -> asyncpg.Connection | None:
@@ -89,3 +91,27 @@ async def watchdog(notifier: Notifier, stop: asyncio.Event) -> None:
     while not stop.is_set():
         notifier.notify("WATCHDOG=1")
         await first_of(stop.wait(), timeout=interval)
+
+
+async def purge_history(
+    pool: asyncpg.Pool,
+    keep_days: Callable[[], int],
+    hot: HotWindows,
+    stop: asyncio.Event,
+) -> None:
+    """Delete prebookd's own records older than `history_days`, hourly, off the
+    moments around instants. A role that may not delete is told once, then left be."""
+    while not stop.is_set():
+        await hot.wait_clear()
+        try:
+            deleted = await history_store.purge(pool, keep_days())
+        except asyncpg.InsufficientPrivilegeError as exc:
+            log.warning("history_purge_not_allowed", error=describe(exc),
+                        action="grant DELETE as deploy/prebookd-role.sql does")  # fmt: skip
+            return
+        except Exception as exc:  # Postgres away: the next hour's turn
+            log.warning("history_purge_failed", error=describe(exc))
+        else:
+            if any(deleted.values()):
+                log.info("history_purged", days=keep_days(), **deleted)
+        await first_of(stop.wait(), timeout=PURGE_INTERVAL)

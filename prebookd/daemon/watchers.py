@@ -3,13 +3,24 @@
 Every round (a few a minute, off the hot windows around instants) the watched rows are
 read, grouped by (box, day), and each group's listing is read once for all its
 watchers, every `watch_interval` (`watch_interval_last_hour` once one of its classes
-starts within the hour), with the background session of its oldest watcher that has
-one. Where a watched class shows `ocupation < limit`, its watchers are booked oldest
-first (`created_at`), one request each, as many as places show free; a "full" answer
-ends that class's turn. Watching a row ends when it is booked, when it is cancelled
-(it is no longer `failed`), when the member holds the class already (the listing read
-with their session shows it: booked by hand, so a cancellation by hand is never
-undone), or at `watch_until` (default: the class start minus `watch_cutoff`).
+starts within the hour), with the background session of one of its watchers: each
+read the next one in turn that has a working session. Where a watched class shows
+`ocupation < limit`, its watchers are booked oldest first (`created_at`), one request
+each, as many as places show free; a "full" answer ends that class's turn.
+
+Before a watcher's request the row is claimed in Postgres (`watch_store.claim_turn`):
+two instances on one database never both send for a row, and while another instance
+holds a claim on a watcher of the class (its request in flight), this one leaves that
+class alone for the round, so a younger row never goes before an older one. A claim
+runs out after CLAIM_SECONDS (a crashed instance blocks nothing for long).
+
+A member who holds the class already (booked or on its waiting list: by hand, say)
+is not booked again, and their watch ends then, so a cancellation by hand is never
+undone: the listing shows it for its reader (its `bookState` is the reader's), and
+before booking any other watcher their own view of the day is read (a request like
+the others). Watching a row ends also when it is booked, when it is cancelled (it is
+no longer `failed`), or at `watch_until` (default: the class start minus the box's
+cancellation cutoff, `boxes.cancel_cutoff_seconds`, else `watch_cutoff`).
 
 The waiting list: a row `completed` as `waitlisted` is watched in the same rounds, with
 the listing read with its own member's session (the listing's `bookState` is the
@@ -17,11 +28,11 @@ reader's): when it shows a place (`bookState` 1) the row's outcome becomes `book
 (and the member is told); when it shows neither place nor wait, the member left the
 list and the watch ends; at the class start it ends too.
 
-Bounded: at most `watch_requests_per_minute` requests (listings and bookings) per box
-per minute, nothing to a box the client has paused (HTTP 429, an HTML 403), and a
-listing that fails is read again after a doubling delay (up to 10 minutes). Every
-booking goes through the client's write hook with the row's instant as `not_before`,
-like any other request.
+Bounded: at most `watch_requests_per_minute` requests (listings, members' views and
+bookings) per box per minute, nothing to a box the client has paused (HTTP 429, an
+HTML 403), and a listing that fails is read again after a doubling delay (up to 10
+minutes). Every booking goes through the client's write hook with the row's instant as
+`not_before`, like any other request.
 """
 
 from __future__ import annotations
@@ -44,17 +55,22 @@ import structlog
 from prebookd.aimharder.account import AccountError
 from prebookd.aimharder.classes import ClassInfo, list_classes
 from prebookd.aimharder.client import AimHarderClient, Attempt
+from prebookd.aimharder.proxy import proxied_session
 from prebookd.daemon.clock import WallClock
 from prebookd.db import watch_store
 from prebookd.errors import BadRow, describe
+from prebookd.hosts import box_base_url
 from prebookd.log import mask_email
-from prebookd.models import box_base_url, build_booking
+from prebookd.models import build_booking
 from prebookd.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 MAX_BACKOFF = 600.0
 LAST_HOUR = 3600.0
+# A watch claim's length: far above a view and a booking request (each bounded by the
+# client's timeouts), short enough that a crashed instance's claim frees its class soon.
+CLAIM_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,7 @@ class Budget:
 class _Group:
     next_read: float = 0.0
     backoff: float = 0.0
+    turn: int = 0  # whose session reads the listing next: an index into its watchers
 
 
 class Watcher:
@@ -124,9 +141,11 @@ class Watcher:
         timing: WatchTiming,
         allowed_hosts: Sequence[str],
         wait_clear: Callable[[], Awaitable[None]],
+        owner: str,
         clock: WallClock = time.time,
     ) -> None:
         self._pool = pool
+        self._owner = owner  # this process's own name in watch claims (its lease owner)
         self._client = client
         self.timing = timing
         self._allowed_hosts = allowed_hosts
@@ -138,8 +157,8 @@ class Watcher:
         self.booked = 0
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4), cookie_jar=aiohttp.DummyCookieJar()
+        self._http = proxied_session(
+            self._client.proxy_url, connector={"limit": 4}, cookie_jar=aiohttp.DummyCookieJar()
         )
 
     async def close(self) -> None:
@@ -181,12 +200,14 @@ class Watcher:
         now = self._clock()
         if self._client.paused(box) is not None or not self._budget.take(box, now):
             return
-        listing = await self._listing(day, records)
+        listing = await self._listing(day, records, group.turn)
         if listing is None:
             group.backoff = min(max(2 * group.backoff, self.timing.interval), MAX_BACKOFF)
             group.next_read = now + group.backoff
             return
-        reader, classes = listing
+        read_by, classes = listing
+        group.turn = read_by + 1  # the next read: the next watcher's session
+        reader = records[read_by]["id"]
         group.backoff = 0.0
         by_id = {c.session_id: c for c in classes}
         starts: list[float] = []
@@ -197,7 +218,6 @@ class Watcher:
                 continue  # not listed (yet): looked for again next read
             start = class_start(info, day, record["timezone"])
             starts += [] if start is None else [start]
-            until = record["watch_until"]
             if record["waitlisted"]:
                 if start is not None and self._clock() >= start:
                     await watch_store.stop_watching(self._pool, record["id"], "class started")
@@ -206,29 +226,79 @@ class Watcher:
                 else:
                     await self._waitlisted(record, await self._own_view(day, record, info))
                 continue
-            end = until.timestamp() if until else (start - self.timing.cutoff if start else None)
-            if end is not None and self._clock() >= end:
-                await watch_store.stop_watching(self._pool, record["id"], "watch ended")
-                log.info("watch_ended", prebooking_id=str(record["id"]), box=box)
+            if await self._watch_over(record, start, box):
                 continue
             if record["id"] == reader and (info.booked or info.waitlisted):
-                note = "watch ended: the member holds the class already"
-                await watch_store.record_booked(self._pool, reader, "already_booked", {}, note)
+                await self._holds(record)
                 continue
             left = free.setdefault(info.session_id, info.limit - info.occupancy)
             if left <= 0 or self._client.paused(box) is not None:
                 continue
             if not self._budget.take(box, self._clock()):
                 break
-            code = await self._book(record)
+            if not await watch_store.claim_turn(
+                self._pool, record["id"], self._owner, CLAIM_SECONDS
+            ):
+                # Another instance's request for this class is in flight (or the row
+                # changed meanwhile): the class's turn is theirs this round.
+                free[info.session_id] = 0
+                log.info("watch_turn_held", prebooking_id=str(record["id"]), box=box)
+                continue
+            try:
+                code = await self._turn(day, record, info, reader)
+            finally:
+                await watch_store.release_turn(self._pool, record["id"], self._owner)
+            if code == "no_budget":
+                break
             free[info.session_id] = 0 if code == "full" else left - (code == "booked")
         group.next_read = now + read_interval(starts, now, self.timing)
 
+    async def _watch_over(self, record: asyncpg.Record, start: float | None, box: str) -> bool:
+        """End the row's watch if its time is up: `watch_until`, else the class start
+        minus the box's cancellation cutoff (else `watch_cutoff`)."""
+        until = record["watch_until"]
+        cutoff = record["cancel_cutoff_seconds"]
+        cutoff = self.timing.cutoff if cutoff is None else float(cutoff)
+        end = until.timestamp() if until else (start - cutoff if start is not None else None)
+        if end is None or self._clock() < end:
+            return False
+        await watch_store.stop_watching(self._pool, record["id"], "watch ended")
+        log.info("watch_ended", prebooking_id=str(record["id"]), box=box)
+        return True
+
+    async def _holds(self, record: asyncpg.Record) -> None:
+        """The member holds the class already (booked or waitlisted, by hand maybe):
+        their watch ends, so a later cancellation of theirs is never undone."""
+        note = "watch ended: the member holds the class already"
+        if await watch_store.record_booked(self._pool, record["id"], "already_booked", {}, note):
+            log.info("watch_ended", reason="holds the class already",
+                     prebooking_id=str(record["id"]), box=record["subdomain"])  # fmt: skip
+
+    async def _turn(self, day: str, record: asyncpg.Record, info: ClassInfo, reader: UUID) -> str:
+        """A claimed watcher's turn at a free place (one request taken from the budget
+        already): their own view first unless they read the listing, then their
+        booking. The outcome code; "no_budget" when the booking had to wait."""
+        box = record["subdomain"] or ""
+        if record["id"] != reader:
+            view = await self._listing(day, [record], 0)
+            mine = None if view is None else next(
+                (c for c in view[1] if c.session_id == info.session_id), None
+            )  # fmt: skip
+            if mine is None:  # their view cannot be read: not booked blind this round
+                log.info("watch_view_failed", prebooking_id=str(record["id"]), box=box)
+                return "no_view"
+            if mine.booked or mine.waitlisted:
+                await self._holds(record)
+                return "holds"
+            if self._client.paused(box) is not None or not self._budget.take(box, self._clock()):
+                return "no_budget"
+        return await self._book(record)
+
     async def _listing(
-        self, day: str, records: list[asyncpg.Record]
-    ) -> tuple[UUID, list[ClassInfo]] | None:
-        """The (box, day) listing, read with the oldest watcher's session that works;
-        with the id of the row whose member read it."""
+        self, day: str, records: list[asyncpg.Record], turn: int
+    ) -> tuple[int, list[ClassInfo]] | None:
+        """The (box, day) listing, read with the session of the watcher at `turn`, or
+        of the next one after it whose session works; with that watcher's index."""
         assert self._http is not None, "watcher not started"
         first = records[0]
         try:
@@ -236,7 +306,9 @@ class Watcher:
         except BadRow as exc:
             log.warning("watch_listing_failed", box=first["subdomain"], error=exc.reason)
             return None
-        for record in records:
+        for step in range(len(records)):
+            index = (turn + step) % len(records)
+            record = records[index]
             cookies = record["aimharder_cookies"]
             if not isinstance(cookies, list) or not cookies:
                 continue
@@ -256,7 +328,7 @@ class Watcher:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("watch_listing_failed", box=first["subdomain"], error=describe(exc))
                 return None
-            return record["id"], classes
+            return index, classes
         return None
 
     async def _own_view(
@@ -266,7 +338,7 @@ class Watcher:
         box = record["subdomain"] or ""
         if self._client.paused(box) is not None or not self._budget.take(box, self._clock()):
             return None
-        listing = await self._listing(day, [record])
+        listing = await self._listing(day, [record], 0)
         if listing is None:
             return None
         return next((c for c in listing[1] if c.session_id == shared.session_id), None)

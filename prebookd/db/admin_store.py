@@ -33,6 +33,8 @@ class Box:
     created_at: datetime | None
     booking_window_kind: str | None
     booking_window_length: int | None
+    cancel_cutoff_seconds: int | None = None  # None: the watch_cutoff setting
+    proxy_url: str | None = None  # its own proxy; None: PREBOOKD_PROXY_URL (migration 0012)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class BackgroundSession:
 
 _BOX_COLUMNS = (
     "id, box_id, subdomain, name, base_url, timezone, created_at, "
-    "booking_window_kind, booking_window_length"
+    "booking_window_kind, booking_window_length, cancel_cutoff_seconds, proxy_url"
 )
 
 
@@ -132,9 +134,11 @@ async def update_box(
     set_window: bool,
     window_kind: str | None,
     window_length: int | None,
+    set_cutoff: bool = False,
+    cutoff: int | None = None,
 ) -> Box:
-    """Change what is given (None: as it is); the window only with `set_window`, where
-    None clears it."""
+    """Change what is given (None: as it is); the window only with `set_window`, the
+    cancellation cutoff only with `set_cutoff`, where None clears them."""
     row = await conn.fetchrow(
         f"""
         UPDATE boxes
@@ -143,6 +147,8 @@ async def update_box(
             booking_window_kind = CASE WHEN $6 THEN $7 ELSE booking_window_kind END,
             booking_window_length = CASE WHEN $6 THEN $8::integer
                                          ELSE booking_window_length END,
+            cancel_cutoff_seconds = CASE WHEN $9 THEN $10::integer
+                                         ELSE cancel_cutoff_seconds END,
             updated_at = now()
         WHERE id = $1
         RETURNING {_BOX_COLUMNS}
@@ -155,6 +161,20 @@ async def update_box(
         set_window,
         window_kind,
         window_length,
+        set_cutoff,
+        cutoff,
+    )
+    assert row is not None
+    return _box(row)
+
+
+async def set_box_proxy(conn: asyncpg.Connection, box: uuid.UUID, proxy_url: str | None) -> Box:
+    """Set a box's own proxy (None: the global one)."""
+    row = await conn.fetchrow(
+        f"UPDATE boxes SET proxy_url = $2, updated_at = now() WHERE id = $1 "
+        f"RETURNING {_BOX_COLUMNS}",
+        box,
+        proxy_url,
     )
     assert row is not None
     return _box(row)

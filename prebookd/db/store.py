@@ -206,7 +206,7 @@ async def _claim(
                            p.attempts, p.alternatives
                 )
                 SELECT c.*, b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
-                       s.found IS NOT NULL AS session_found, s.aimharder_cookies,
+                       b.proxy_url, s.found IS NOT NULL AS session_found, s.aimharder_cookies,
                        s.session_id, s.aimharder_token, s.fingerprint,
                        {_clamped("s.last_token_update_date")}
                   FROM claimed c

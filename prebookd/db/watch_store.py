@@ -12,6 +12,11 @@ left the waiting list, or a class that started, ends it (`watch_until` set to no
 Each change is conditional on the row still being watched, so a row cancelled or
 rewritten meanwhile is left alone, and each writes the member's message in the same
 statement (notify_store.LATER_OUTCOME_OUTBOX), unless the role may not.
+
+Two instances may watch one database (migration 0011): before a freed-place request
+the sender claims the row (`claim_turn`), and gets it only while no other process
+holds a live claim on a watcher of the same class (box, day, class id); claims of one
+class are taken one at a time (an advisory lock), and run out after a while.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ async def watched_rows(db: Db) -> list[asyncpg.Record]:
                    {_clamped("p.available_at")}, {_clamped("p.created_at")},
                    {_clamped("p.watch_until")},
                    b.id IS NOT NULL AS box_found, b.subdomain, b.base_url,
-                   b.box_id AS aimharder_box_id, b.timezone,
+                   b.box_id AS aimharder_box_id, b.timezone, b.cancel_cutoff_seconds,
+                   b.proxy_url,
                    s.found IS NOT NULL AS session_found, s.aimharder_cookies
               FROM prebookings p
               LEFT JOIN boxes b ON b.id = p.box_id
@@ -86,6 +92,7 @@ async def record_booked(db: Db, row_id: UUID, outcome: str, answer: Any, note: s
         UPDATE prebookings p
            SET status = 'completed', outcome = $2, result = $3::jsonb, error_message = NULL,
                executed_at = now(), attempts = p.attempts + 1, watch = false,
+               watch_claim_owner = NULL, watch_claim_expires_at = NULL,
                send_note = concat_ws('; ', p.send_note, $4::text)
          WHERE p.id = $1 AND {WATCHED}
         """,
@@ -125,3 +132,54 @@ async def stop_watching(db: Db, row_id: UUID, note: str) -> bool:
         note,
     )
     return status.endswith(" 1")
+
+
+# The class a watched row asks for: rows of one class compete for its freed places.
+_SAME_CLASS = """g.box_id = p.box_id AND g.booking_data->>'day' = p.booking_data->>'day'
+                 AND g.booking_data->>'id' = p.booking_data->>'id'"""
+_CLASS_KEY = """hashtextextended('prebookd watch ' || p.box_id::text || ' '
+                || coalesce(p.booking_data->>'day', '') || ' '
+                || coalesce(p.booking_data->>'id', ''), 0)"""
+
+
+async def claim_turn(pool: asyncpg.Pool, row_id: UUID, owner: str, seconds: float) -> bool:
+    """Claim a watched row for its freed-place request, for `seconds`. False when the
+    row is no longer watched, or another process holds (or is taking) a live claim on
+    a watcher of the same class: that class's turn is theirs."""
+    async with pool.acquire() as conn, conn.transaction():
+        # First the class's lock (until commit); then, in a second statement with a
+        # snapshot taken after it, the claims the class's previous claimer committed.
+        locked = await conn.fetchval(
+            f"SELECT pg_try_advisory_xact_lock({_CLASS_KEY}) FROM prebookings p WHERE p.id = $1",
+            row_id,
+        )
+        if not locked:
+            return False
+        status = await conn.execute(
+            f"""
+            UPDATE prebookings p
+               SET watch_claim_owner = $2,
+                   watch_claim_expires_at = now() + make_interval(secs => $3)
+             WHERE p.id = $1 AND {WATCHED}
+               AND NOT EXISTS (
+                   SELECT 1 FROM prebookings g
+                    WHERE g.watch_claim_owner IS NOT NULL AND g.watch_claim_owner <> $2
+                      AND g.watch_claim_expires_at > now() AND {_SAME_CLASS})
+            """,
+            row_id,
+            owner,
+            seconds,
+        )
+    return status.endswith(" 1")
+
+
+async def release_turn(db: Db, row_id: UUID, owner: str) -> None:
+    """Give back a claim (the request answered, or not sent after all)."""
+    await db.execute(
+        """
+        UPDATE prebookings SET watch_claim_owner = NULL, watch_claim_expires_at = NULL
+         WHERE id = $1 AND watch_claim_owner = $2
+        """,
+        row_id,
+        owner,
+    )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prebookd.sim.config import parse_day, parse_opens_at
 from prebookd.sim.model import Answer, Balancer, Call, Faults, IdleAction, Reservation, SimClass
+from prebookd.sim.network import BoxClock
 from prebookd.sim.state import Route, SimState
 
 CONTROL_PREFIX = "/_sim"
@@ -35,6 +36,16 @@ class BoxSpec(_Spec):
     limit_shows_waitlist: bool = False
     day_as_text: bool = False
     # The box's clock and distance (BoxClock, prebookd/sim/network.py), in ms.
+    clock_offset_ms: float = Field(default=0.0, allow_inf_nan=False)
+    delay_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    jitter_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+class BoxClockSpec(_Spec):
+    """A box's clock and distance alone (POST /_sim/box_clock), its other settings kept;
+    a field left out is 0."""
+
+    box: str = Field(min_length=1)
     clock_offset_ms: float = Field(default=0.0, allow_inf_nan=False)
     delay_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     jitter_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
@@ -121,6 +132,10 @@ def apply_box(sim: SimState, spec: BoxSpec) -> None:
     sim.add_box(**spec.model_dump())
 
 
+def apply_box_clock(sim: SimState, spec: BoxClockSpec) -> None:
+    sim.set_box_clock(spec.box, BoxClock(**spec.model_dump(exclude={"box"})))
+
+
 def apply_class(sim: SimState, spec: ClassSpec) -> SimClass:
     cls = SimClass(
         **spec.model_dump(exclude={"box", "capacity", "opens_at", "waitlist_capacity"}),
@@ -192,6 +207,7 @@ CONTROL_ROUTES: dict[tuple[str, str], Route] = {
     ("GET", f"{CONTROL_PREFIX}/waitlists"): _get_waitlists,
     ("POST", f"{CONTROL_PREFIX}/reset"): _reset,
     ("POST", f"{CONTROL_PREFIX}/boxes"): _setup_route(BoxSpec, apply_box),
+    ("POST", f"{CONTROL_PREFIX}/box_clock"): _setup_route(BoxClockSpec, apply_box_clock),
     ("POST", f"{CONTROL_PREFIX}/classes"): _setup_route(ClassSpec, apply_class),
     ("POST", f"{CONTROL_PREFIX}/members"): _setup_route(MemberSpec, apply_member),
     ("POST", f"{CONTROL_PREFIX}/faults"): _setup_route(FaultsSpec, apply_faults),

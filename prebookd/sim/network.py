@@ -6,7 +6,10 @@ The simulator reads a request's bytes the instant they reach its socket; the box
 made to *receive* it one one-way delay later (the request is stamped as arriving then,
 and handled then), and its answer reaches the client another one-way delay after that.
 The box's clock is what the box shows (the `Date` header) and what it decides by
-(booking opening, the late-cancel window, session age at the box).
+(booking opening, the late-cancel window, session age at the box). The account site
+keeps real time, and so does the load balancer in front of everything
+(prebookd/sim/connection.py): its idle clock runs at the simulator's socket, and its
+closes reach the client without a delay.
 """
 
 from __future__ import annotations
