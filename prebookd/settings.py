@@ -284,7 +284,7 @@ class Settings(BaseSettings):
         default="arrive", description="arrive: reach each box as it opens by its clock."
     )
     max_advance: float = Field(
-        default=0.5, ge=0.0, le=2.0, description="aim=arrive: at most this early (s)."
+        default=0.5, ge=0.0, le=2.0, description="aim=arrive: at most this early, or late (s)."
     )
     aim_margin: float = Field(
         default=0.0015, ge=0.0, le=0.1, description="aim=arrive: this long after opening."

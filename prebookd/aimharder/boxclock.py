@@ -168,8 +168,10 @@ def plan(
     """The planned write time for a box's requests at `instant` (its opening, box time).
 
     `arrive`: written so as to reach the box `margin` after it opens, by the bracket's
-    lower end; never more than `max_advance` before the instant; and only from an
-    estimate whose bound is at most `bound_max` (else as `send`). `send`: the instant."""
+    lower end; never more than `max_advance` before the instant, nor after it (a box
+    whose `Date` says it is further behind, a cache's stale header maybe, is not
+    trusted that far: "not open yet" answers are retried); and only from an estimate
+    whose bound is at most `bound_max` (else as `send`). `send`: the instant."""
     if aim != "arrive":
         return Plan(instant, "send", "aim=send")
     if est is None:
@@ -184,6 +186,8 @@ def plan(
     at = instant - est.low + margin
     if at < instant - max_advance:
         return Plan(instant - max_advance, "arrive", "advance capped at max_advance")
+    if at > instant + max_advance:
+        return Plan(instant + max_advance, "arrive", "delay capped at max_advance")
     return Plan(at, "arrive", "aimed at the box's opening")
 
 
