@@ -72,6 +72,11 @@ async def running_prebookd(
     with tempfile.TemporaryDirectory(prefix="prebookd-bench-state-") as state_dir:
         if sim is not None:
             settings.setdefault("aimharder_url", sim.base_url)
+        # The scenarios measure how close to a given time prebookd writes: to
+        # `available_at`, so by our clock (aim=send), comparable run to run. Aiming at a
+        # box's own clock moves that time on purpose (by aim_margin, 1.5 ms, even on
+        # loopback): `--scenario aim` measures that, and sets `aim` itself.
+        settings.setdefault("aim", "send")
         env = daemon_env(dsn, Path(state_dir), **settings)
         env["PREBOOKD_INSTANCE_NAME"] = "bench"
         daemon = await spawn(["-m", "prebookd", "run"], env)
