@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 
+from prebookd.aimharder.proxy import ProxiedSessions
 from prebookd.daemon.listing_watch import ListingWatch
 from prebookd.db import notify_store
 from prebookd.db.connection import create_pool
@@ -90,7 +90,7 @@ async def watching(
     watch = ListingWatch(
         pool, lambda: chosen, next_instant=lambda: None, wait_clear=_no_wait, warn=warn
     )
-    watch._http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    watch._http = ProxiedSessions(None, limit=2)
     return watch
 
 
@@ -232,8 +232,8 @@ async def test_no_listing_request_within_arm_lead_before_an_instant_nor_just_aft
         warn=Recorded(pool),
         clock=lambda: now[0],
     )
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-        watch._http = http
+    watch._http = http = ProxiedSessions(None, limit=2)
+    try:
         round_ = asyncio.create_task(watch.check_once())
         await asyncio.sleep(1.5)
         assert not round_.done() and listings(sim) == []
@@ -243,4 +243,6 @@ async def test_no_listing_request_within_arm_lead_before_an_instant_nor_just_aft
         instant[0] = None  # its firing is over; 5 s after it the round goes on
         now[0] += 3.5
         done = await asyncio.wait_for(round_, timeout=5)
+    finally:
+        await http.close()
     assert done["listings"] == 1 and listings(sim) == ["hot"]

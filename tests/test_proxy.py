@@ -15,9 +15,12 @@ import asyncpg
 import pytest
 
 from prebookd.aimharder.client import AimHarderClient, Attempt
+from prebookd.aimharder.proxy import ProxiedSessions
+from prebookd.daemon.listings import ListingRead, read_listing
+from prebookd.db.connection import create_pool
 from prebookd.errors import BadRow, ConfigError
 from prebookd.models import Booking, build_booking
-from prebookd.settings import load_settings
+from prebookd.settings import Settings, load_settings
 from prebookd.sim.server import SimClass, Simulator
 from tests.proxies import ForwardProxy, running_proxy
 from tests.support import (
@@ -229,3 +232,53 @@ async def test_the_daemon_books_through_proxies_and_never_shows_their_password(
     assert '"proxy_url": "socks5://bea:****@127.0.0.1:' in listed
     for shown in (out, listed, config, cleared, err, *daemon.lines):
         assert SECRET not in shown
+
+
+async def test_listings_of_a_box_with_its_own_proxy_go_through_it(
+    conn: asyncpg.Connection, db_dsn: str, sim: Simulator
+) -> None:
+    """The planner and the listing watch read a box's listing (`read_listing`) through
+    the box's own proxy, as its bookings go: a box that needs one needs it for every
+    request. The default proxy (here: none) serves the other boxes."""
+    await add_box(conn, sim, "own")
+    await add_box(conn, sim, "direct")
+    await add_member(conn, sim, "ana@own.es")
+    sim.add_class("own", SimClass("7", DAY, capacity=2, opens_at=time.time() + 3600))
+    sim.add_class("direct", SimClass("8", DAY, capacity=2, opens_at=time.time() + 3600))
+    pool = await create_pool(db_dsn, Settings(db_pool_min=1, db_pool_max=2))
+    sessions = ProxiedSessions(None, limit=2)
+    try:
+        async with running_proxy("ana", SECRET) as proxy:
+            boxes = {
+                r["subdomain"]: {**dict(r), "proxy_url": None}
+                for r in await conn.fetch(
+                    "SELECT subdomain, base_url, box_id AS aimharder_box_id FROM boxes"
+                )
+            }
+            boxes["own"]["proxy_url"] = proxy.url("http")
+
+            async def clear() -> None:
+                return None
+
+            async def read(box: str) -> ListingRead:
+                return await read_listing(
+                    sessions, pool, boxes[box], dt.date(2030, 12, 1), ["ana@own.es"],
+                    allowed_hosts=("127.0.0.1",), wait_clear=clear,
+                )  # fmt: skip
+
+            own = await read("own")
+            through = b"".join(e.data for e in proxy.of_kind("bytes"))
+            direct = await read("direct")
+            after = b"".join(e.data for e in proxy.of_kind("bytes"))
+            boxes["own"]["proxy_url"] = "ftp://nope"
+            refused = await read("own")
+    finally:
+        await sessions.close()
+        await pool.close()
+
+    assert [c.session_id for c in own.classes or []] == ["7"], own.problems
+    assert b"/own/api/bookings" in through
+    assert [c.session_id for c in direct.classes or []] == ["8"], direct.problems
+    assert after == through, "the other box's listing went direct"
+    assert refused.classes is None and refused.failed is not None
+    assert "proxy_url" in refused.failed and "nope" not in refused.failed

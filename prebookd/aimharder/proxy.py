@@ -63,3 +63,29 @@ def proxied_session(
             proxy_auth=aiohttp.BasicAuth(*auth),
             **options,
         )
+
+
+class ProxiedSessions:
+    """Sessions to boxes by proxy, for what reads their listings: one through the
+    default proxy (PREBOOKD_PROXY_URL, or direct), and one more per box proxy met, made
+    when first asked for. A box that needs a proxy of its own needs it for every
+    request, not only for bookings."""
+
+    def __init__(self, default: str | None, *, limit: int) -> None:
+        self._default = default
+        self._limit = limit
+        self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+
+    def get(self, box_proxy: str | None) -> aiohttp.ClientSession:
+        """The session for a box whose own proxy is `box_proxy` (None: the default)."""
+        proxy = box_proxy or self._default
+        if (session := self._sessions.get(proxy)) is None:
+            session = self._sessions[proxy] = proxied_session(
+                proxy, connector={"limit": self._limit}, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return session
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()

@@ -35,6 +35,7 @@ from prebookd.cli.common import (
 from prebookd.db import admin_prebookings, admin_store
 from prebookd.errors import UsageError
 from prebookd.log import mask_email
+from prebookd.proxies import box_proxy_url
 from prebookd.settings import Settings
 
 _HEADERS = ("TIME", "CLASS", "SESSION ID", "BOOKED", "WAITING", "YOU")
@@ -174,7 +175,8 @@ async def _list_with(
     family_id: str,
 ) -> list[ClassInfo]:
     box_url = checked_box_url(box, settings.box_hosts)
-    async with member_http(settings.proxy) as http:
+    # The box's own proxy (it may be blocked without), else PREBOOKD_PROXY_URL.
+    async with member_http(box_proxy_url(box.proxy_url) or settings.proxy) as http:
         return await list_classes(
             http,
             box_url,

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from uuid import UUID
 
-import aiohttp
 import asyncpg
 import structlog
 
 from prebookd.aimharder.classes import ClassInfo
-from prebookd.aimharder.proxy import proxied_session
+from prebookd.aimharder.proxy import ProxiedSessions
 from prebookd.daemon.clock import WallClock
 from prebookd.daemon.listings import read_listing
 from prebookd.daemon.supervise import Backoff, first_of
@@ -117,7 +116,7 @@ class ListingWatch:
         self._wait_clear = wait_clear
         self._warn = warn
         self._clock = clock
-        self._http: aiohttp.ClientSession | None = None
+        self._http: ProxiedSessions | None = None
         self._stop = asyncio.Event()  # run()'s
         self._last_instant = 0.0
         self._checked: dict[str, float] = {}  # member: when their session was last tried
@@ -128,10 +127,8 @@ class ListingWatch:
 
     async def run(self, stop: asyncio.Event) -> None:
         """A round every `listing_check_interval` until `stop`; a failed round is logged."""
-        async with proxied_session(
-            self._settings().proxy, connector={"limit": 2}, cookie_jar=aiohttp.DummyCookieJar()
-        ) as http:
-            self._http, self._stop = http, stop
+        self._http, self._stop = ProxiedSessions(self._settings().proxy, limit=2), stop
+        try:
             while not stop.is_set():
                 try:
                     await self.check_once()
@@ -140,7 +137,9 @@ class ListingWatch:
                 except Exception as exc:  # Postgres away, a bug: bookings go on regardless
                     log.warning("listing_check_failed", error=describe(exc))
                 await first_of(stop.wait(), timeout=self._settings().listing_check_interval)
-        self._http = None
+        finally:
+            await self._http.close()
+            self._http = None
 
     async def check_once(self) -> dict[str, int]:
         """One round; returns what it did (for logs and tests)."""

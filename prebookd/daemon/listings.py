@@ -20,10 +20,12 @@ import asyncpg
 from prebookd import timeparse
 from prebookd.aimharder.account import AccountError, SessionExpired
 from prebookd.aimharder.classes import ClassInfo, list_classes
+from prebookd.aimharder.proxy import ProxiedSessions
 from prebookd.db import rules_store
 from prebookd.errors import BadRow, describe
 from prebookd.hosts import box_base_url
 from prebookd.log import mask_email
+from prebookd.proxies import box_proxy_url
 
 
 @dataclass
@@ -39,7 +41,7 @@ class ListingRead:
 
 
 async def read_listing(
-    http: aiohttp.ClientSession,
+    sessions: ProxiedSessions,
     pool: asyncpg.Pool,
     box: Mapping[str, Any],
     day: date,
@@ -48,12 +50,14 @@ async def read_listing(
     allowed_hosts: Sequence[str],
     wait_clear: Callable[[], Awaitable[None]],
 ) -> ListingRead:
-    """`box` holds the boxes row's `subdomain`, `base_url` and `aimharder_box_id`;
-    `wait_clear` is awaited before each request."""
+    """`box` holds the boxes row's `subdomain`, `base_url`, `aimharder_box_id` and
+    `proxy_url` (its own proxy, else `sessions`' default); `wait_clear` is awaited
+    before each request."""
     read = ListingRead()
     where = f"{box['subdomain']} {timeparse.format_day(day)}"
     try:
         url = box_base_url(box["base_url"], box["subdomain"], allowed_hosts)
+        http = sessions.get(box_proxy_url(box.get("proxy_url")))
     except BadRow as exc:
         read.failed = exc.reason
         read.problems.append(f"listing {where}: {exc.reason}")

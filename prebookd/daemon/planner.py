@@ -19,13 +19,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import aiohttp
 import asyncpg
 import structlog
 
 from prebookd import timeparse
 from prebookd.aimharder.classes import ClassInfo
-from prebookd.aimharder.proxy import proxied_session
+from prebookd.aimharder.proxy import ProxiedSessions
 from prebookd.daemon.clock import WallClock
 from prebookd.daemon.listings import read_listing
 from prebookd.daemon.plan import (
@@ -66,7 +65,7 @@ class Planner:
         self._allowed_hosts = allowed_hosts
         self._wait_clear = wait_clear
         self._clock = clock
-        self._http: aiohttp.ClientSession | None = None
+        self._http: ProxiedSessions | None = None
         self._boxes: dict[UUID, dict[str, Any]] = {}
         self.rounds = 0
         self.last_round_at: float | None = None
@@ -75,9 +74,7 @@ class Planner:
         self.next_day: date | None = None
 
     async def start(self) -> None:
-        self._http = proxied_session(
-            self._proxy_url, connector={"limit": 4}, cookie_jar=aiohttp.DummyCookieJar()
-        )
+        self._http = ProxiedSessions(self._proxy_url, limit=4)
 
     async def close(self) -> None:
         if self._http is not None:

@@ -55,13 +55,14 @@ import structlog
 from prebookd.aimharder.account import AccountError
 from prebookd.aimharder.classes import ClassInfo, list_classes
 from prebookd.aimharder.client import AimHarderClient, Attempt
-from prebookd.aimharder.proxy import proxied_session
+from prebookd.aimharder.proxy import ProxiedSessions
 from prebookd.daemon.clock import WallClock
 from prebookd.db import watch_store
 from prebookd.errors import BadRow, describe
 from prebookd.hosts import box_base_url
 from prebookd.log import mask_email
 from prebookd.models import build_booking
+from prebookd.proxies import box_proxy_url
 from prebookd.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -153,13 +154,11 @@ class Watcher:
         self._clock = clock
         self._budget = Budget(timing.requests_per_minute)
         self._groups: dict[tuple[UUID, str], _Group] = {}
-        self._http: aiohttp.ClientSession | None = None
+        self._http: ProxiedSessions | None = None
         self.booked = 0
 
     async def start(self) -> None:
-        self._http = proxied_session(
-            self._client.proxy_url, connector={"limit": 4}, cookie_jar=aiohttp.DummyCookieJar()
-        )
+        self._http = ProxiedSessions(self._client.proxy_url, limit=4)
 
     async def close(self) -> None:
         if self._http is not None:
@@ -303,6 +302,7 @@ class Watcher:
         first = records[0]
         try:
             url = box_base_url(first["base_url"], first["subdomain"], self._allowed_hosts)
+            http = self._http.get(box_proxy_url(first["proxy_url"]))
         except BadRow as exc:
             log.warning("watch_listing_failed", box=first["subdomain"], error=exc.reason)
             return None
@@ -315,7 +315,7 @@ class Watcher:
             await self._wait_clear()
             try:
                 classes = await list_classes(
-                    self._http, url, first["aimharder_box_id"] or "", day, cookies
+                    http, url, first["aimharder_box_id"] or "", day, cookies
                 )
             except AccountError as exc:  # a dead session: the next watcher's
                 log.warning(

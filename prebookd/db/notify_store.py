@@ -156,7 +156,7 @@ async def watched_rows(db: Db, after: float, before: float, limit: int) -> list[
             """
             SELECT p.id, p.user_email, p.box_id, p.available_at,
                    p.booking_data->>'day' AS day, p.booking_data->>'id' AS class_id,
-                   b.subdomain, b.base_url, b.box_id AS aimharder_box_id
+                   b.subdomain, b.base_url, b.box_id AS aimharder_box_id, b.proxy_url
               FROM prebookings p
               JOIN boxes b ON b.id = p.box_id
              WHERE p.status = 'pending' AND p.rule_id IS NULL AND p.lease_owner IS NULL

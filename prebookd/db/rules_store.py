@@ -219,7 +219,7 @@ async def planner_rules(db: Db) -> list[asyncpg.Record]:
         SELECT r.id, r.user_email, r.box_id, r.weekdays, r.class_time, r.class_name,
                r.family_id, r.insist, r.active, r.created_at, r.alternatives, r.watch,
                b.subdomain, b.box_id AS aimharder_box_id, b.base_url, b.timezone,
-               b.booking_window_kind, b.booking_window_length
+               b.booking_window_kind, b.booking_window_length, b.proxy_url
         FROM prebookd_rules r JOIN boxes b ON b.id = r.box_id
         ORDER BY r.id
         """,
