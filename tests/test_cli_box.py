@@ -155,3 +155,29 @@ async def test_box_remove_waits_for_rows_still_to_fire(
     assert plain.out == "removed box vacio (Vacio); members' sessions are kept\n"
     unknown = await cli(db_dsn, "box", "remove", "vacio")
     assert unknown.code == 2 and "unknown box 'vacio'" in unknown.error_line
+
+
+async def test_box_add_takes_a_cancellation_cutoff_and_a_proxy_at_once(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    secret = "add-pr0xy-pw"
+    add = ("box", "add", "--subdomain", "este", "--box-id", "4321", "--name", "Este")
+    run = await cli(
+        db_dsn, *add, "--cancel-cutoff", "2h", "--proxy", f"socks5://u:{secret}@10.0.0.7:1080"
+    )
+    assert run.code == 0, run
+    assert "cancel cutoff 2h" in run.out and "socks5://u:****@10.0.0.7:1080" in run.out
+    assert secret not in run.out + run.err
+    row = await conn.fetchrow(
+        "SELECT cancel_cutoff_seconds, proxy_url FROM boxes WHERE subdomain = 'este'"
+    )
+    assert row is not None and row["cancel_cutoff_seconds"] == 7200
+    assert row["proxy_url"] == f"socks5://u:{secret}@10.0.0.7:1080"
+
+    # A bad value refuses the whole box: nothing is written.
+    other = ("box", "add", "--subdomain", "oeste", "--box-id", "8765", "--name", "Oeste")
+    for bad in (["--cancel-cutoff", "soon"], ["--proxy", f"ftp://u:{secret}@x:21"]):
+        refused = await cli(db_dsn, *other, *bad)
+        assert refused.code == 2 and secret not in refused.err, refused
+        assert refused.error_line.startswith("prebookd: "), refused
+    assert await box_row(conn, "oeste") is None

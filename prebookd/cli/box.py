@@ -78,6 +78,16 @@ examples:
 """
 
 
+_CUTOFF_HELP = (
+    "how long before a class members may no longer cancel: a freed place is watched for "
+    f"until then ({timeparse.CUTOFF_FORMS}); none: PREBOOKD_WATCH_CUTOFF"
+)
+_PROXY_HELP = (
+    "this box's own proxy for every request to it, http://, https:// or "
+    "socks5://[user:password@]host:port; none: PREBOOKD_PROXY_URL (or direct)"
+)
+
+
 def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     box = commands.add_parser(
         "box",
@@ -107,6 +117,8 @@ def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--timezone", default=DEFAULT_TIMEZONE, help=f"IANA zone (default: {DEFAULT_TIMEZONE})"
     )
     add.add_argument("--window", help=_WINDOW_HELP)
+    add.add_argument("--cancel-cutoff", help=_CUTOFF_HELP)
+    add.add_argument("--proxy", metavar="URL", help=_PROXY_HELP)
     add.set_defaults(handler=_box_add)
 
     change = actions.add_parser(
@@ -125,17 +137,8 @@ def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
     change.add_argument(
         "--window", help=f"{timeparse.WINDOW_FORMS}, or none (then `prebookd add` needs --at)"
     )
-    change.add_argument(
-        "--cancel-cutoff",
-        help="how long before a class members may no longer cancel: a freed place is "
-        f"watched for until then ({timeparse.CUTOFF_FORMS}); none: PREBOOKD_WATCH_CUTOFF",
-    )
-    change.add_argument(
-        "--proxy",
-        metavar="URL",
-        help="this box's own proxy, http://, https:// or socks5://[user:password@]host:port; "
-        "none: PREBOOKD_PROXY_URL (or direct)",
-    )
+    change.add_argument("--cancel-cutoff", help=_CUTOFF_HELP)
+    change.add_argument("--proxy", metavar="URL", help=_PROXY_HELP)
     change.set_defaults(handler=_box_set)
 
     window = actions.add_parser(
@@ -182,7 +185,9 @@ async def _box_add(args: argparse.Namespace, settings: Settings) -> int:
     )
     zone = timeparse.parse_zone(args.timezone)
     window = parse_window(args.window) if args.window else None
-    async with database(settings) as conn:
+    cutoff = _parse_cutoff(args.cancel_cutoff)
+    proxy = _parse_proxy(args.proxy) if args.proxy is not None else None
+    async with database(settings) as conn, conn.transaction():
         taken = await admin_store.find_boxes_like(conn, subdomain, box_id)
         if taken:
             raise UsageError(_describe_conflict(taken[0], subdomain, box_id))
@@ -202,11 +207,35 @@ async def _box_add(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(
                 f"a box with subdomain {subdomain!r} or box id {box_id!r} exists already"
             ) from None
+        if cutoff is not None:
+            box = await admin_store.update_box(
+                conn, box.id, name=None, base_url=None, timezone=None, box_id=None,
+                set_window=False, window_kind=None, window_length=None,
+                set_cutoff=True, cutoff=cutoff,
+            )  # fmt: skip
+        if proxy is not None:
+            box = await admin_store.set_box_proxy(conn, box.id, proxy)
     opens = f", booking opens {window.describe()}" if window else ""
+    extra = "".join(
+        f", {what} {shown}"
+        for what, shown, given in (
+            ("cancel cutoff", _cutoff_code(box), cutoff is not None),
+            ("proxy", _proxy_shown(box), proxy is not None),
+        )
+        if given
+    )
     print(
-        f"added box {box.subdomain} ({box.id}): {box.name}, {box.base_url}, {box.timezone}{opens}"
+        f"added box {box.subdomain} ({box.id}): {box.name}, {box.base_url}, {box.timezone}"
+        f"{opens}{extra}"
     )
     return 0
+
+
+def _parse_cutoff(text: str | None) -> int | None:
+    """--cancel-cutoff of `box add`: seconds, or None (none given, or none)."""
+    if text is None or text.strip().lower() == "none":
+        return None
+    return timeparse.parse_cutoff(text)
 
 
 def _parse_name(text: str) -> str:
