@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 import asyncpg
 
 from prebookd import timeparse
+from prebookd.cli.box_view import box_list, cutoff_code, proxy_shown, window_code
 from prebookd.cli.common import (
     database,
-    iso_or_none,
     parse_base_url,
     parse_box_id,
     parse_subdomain,
     parse_window,
-    print_json,
-    print_table,
 )
 from prebookd.db import admin_store
 from prebookd.errors import UsageError
-from prebookd.proxies import mask_proxy_url, parse_proxy_url
+from prebookd.proxies import parse_proxy_url
 from prebookd.settings import Settings
 
 DEFAULT_TIMEZONE = "Europe/Madrid"
@@ -170,7 +167,7 @@ def add_box_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "list", help="list boxes", description="List the boxes.", epilog=LIST_EPILOG
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(handler=_box_list)
+    listing.set_defaults(handler=box_list)
 
 
 # --- box add -------------------------------------------------------------------------
@@ -219,8 +216,8 @@ async def _box_add(args: argparse.Namespace, settings: Settings) -> int:
     extra = "".join(
         f", {what} {shown}"
         for what, shown, given in (
-            ("cancel cutoff", _cutoff_code(box), cutoff is not None),
-            ("proxy", _proxy_shown(box), proxy is not None),
+            ("cancel cutoff", cutoff_code(box), cutoff is not None),
+            ("proxy", proxy_shown(box), proxy is not None),
         )
         if given
     )
@@ -305,7 +302,7 @@ async def _box_set(args: argparse.Namespace, settings: Settings) -> int:
         open_rows = sum((await admin_store.count_box_rows(conn, before.id))[0].values())
     changes = _changes(before, after)
     print(f"box {subdomain}: {', '.join(changes) if changes else 'nothing changed'}")
-    moved = before.timezone != after.timezone or _window_code(before) != _window_code(after)
+    moved = before.timezone != after.timezone or window_code(before) != window_code(after)
     if open_rows and moved:
         print(
             f"note: {open_rows} prebookings of {subdomain} still to fire keep the opening "
@@ -321,9 +318,9 @@ def _changes(before: admin_store.Box, after: admin_store.Box) -> list[str]:
         "base URL": (before.base_url, after.base_url),
         "time zone": (before.timezone, after.timezone),
         "box id": (before.box_id, after.box_id),
-        "window": (_window_code(before) or "none", _window_code(after) or "none"),
-        "cancel cutoff": (_cutoff_code(before), _cutoff_code(after)),
-        "proxy": (_proxy_shown(before), _proxy_shown(after)),
+        "window": (window_code(before) or "none", window_code(after) or "none"),
+        "cancel cutoff": (cutoff_code(before), cutoff_code(after)),
+        "proxy": (proxy_shown(before), proxy_shown(after)),
     }
     return [f"{what} {old} -> {new}" for what, (old, new) in shown.items() if old != new]
 
@@ -336,10 +333,6 @@ def _parse_proxy(text: str) -> str | None:
         return parse_proxy_url(text)
     except ValueError as exc:
         raise UsageError(f"--proxy {exc}") from None  # never echoed: it may hold a password
-
-
-def _proxy_shown(box: admin_store.Box) -> str:
-    return mask_proxy_url(box.proxy_url) if box.proxy_url else "none (PREBOOKD_PROXY_URL)"
 
 
 async def _box_set_window(args: argparse.Namespace, settings: Settings) -> int:
@@ -393,59 +386,3 @@ async def _box_remove(args: argparse.Namespace, settings: Settings) -> int:
     with_rows = f" and its {deleted} finished prebookings" if deleted else ""
     print(f"removed box {subdomain} ({box.name}){with_rows}; members' sessions are kept")
     return 0
-
-
-# --- box list ------------------------------------------------------------------------
-
-
-async def _box_list(args: argparse.Namespace, settings: Settings) -> int:
-    async with database(settings) as conn:
-        boxes = await admin_store.list_boxes(conn)
-    if args.json:
-        print_json([_box_json(box) for box in boxes])
-    elif not boxes:
-        print("no boxes: add one with `prebookd box add`")
-    else:
-        print_table(
-            ("SUBDOMAIN", "BOX ID", "NAME", "TIME ZONE", "BASE URL", "ID", "CUTOFF", "WINDOW"),
-            [
-                (
-                    b.subdomain,
-                    b.box_id,
-                    b.name,
-                    b.timezone,
-                    b.base_url,
-                    b.id,
-                    timeparse.format_cutoff(b.cancel_cutoff_seconds),
-                    _window_code(b),
-                )
-                for b in boxes
-            ],
-        )
-    return 0
-
-
-def _box_json(box: admin_store.Box) -> dict[str, Any]:
-    return {
-        "id": str(box.id),
-        "box_id": box.box_id,
-        "subdomain": box.subdomain,
-        "name": box.name,
-        "base_url": box.base_url,
-        "timezone": box.timezone,
-        "booking_window": _window_code(box) or None,
-        "cancel_cutoff": timeparse.format_cutoff(box.cancel_cutoff_seconds) or None,
-        "proxy_url": mask_proxy_url(box.proxy_url) if box.proxy_url else None,
-        "created_at": iso_or_none(box.created_at),
-    }
-
-
-def _window_code(box: admin_store.Box) -> str:
-    window = timeparse.window_from_columns(box.booking_window_kind, box.booking_window_length)
-    return window.code if window else ""
-
-
-def _cutoff_code(box: admin_store.Box) -> str:
-    """The box's cancellation cutoff as `box set` says it changed."""
-    shown = timeparse.format_cutoff(box.cancel_cutoff_seconds)
-    return shown or "none (watch_cutoff)"
