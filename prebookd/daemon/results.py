@@ -269,6 +269,10 @@ class ResultWriter:
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(min(0.5, deadline - loop.time()))
+        # Results that came while a batch hung on a silent Postgres (it holds the flush
+        # until its statement times out, QUERY_TIMEOUT, maybe after the deadline) were
+        # never in a batch, so never spooled: the spool keeps them for the next start.
+        await self._to_spool(list(self._pending.values()))
         log.error("results_not_written", rows=len(self._pending), spooled=self.spooled)
         return False
 
