@@ -70,7 +70,10 @@ async def test_twenty_members_ten_places_the_next_ten_get_the_alternative(
     open_class(sim, BOX, "7000", instant, 10)  # the first choice: 10 places
     open_class(sim, BOX, "8000", instant, 10)  # everyone's backup: 10 places
 
-    async with running_daemon(db_dsn, tmp_path) as daemon:
+    # aim=send: on a loaded machine the clock probes of this loopback box can be off by
+    # more than aim_margin, and first requests then meet "not open yet"; what that does
+    # to backups is an open problem (the closing note of this session), not this test's.
+    async with running_daemon(db_dsn, tmp_path, aim="send") as daemon:
         ids = [
             await add_with_alternatives(conn, box, e, "7000", instant, [choice("8000")])
             for e in members
